@@ -1,0 +1,31 @@
+# Two commands set up everything on a fresh machine: `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Optional: real spoken digits for AV-Digits (e.g. SPEECH=../shared/data/fsdd/recordings).
+SPEECH ?=
+PYTEST_ARGS ?=
+
+.PHONY: install quickstart test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/avmae sweep experiments/quickstart.yaml $(if $(SPEECH),--speech $(SPEECH),)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache mlflow.db avmae_runs

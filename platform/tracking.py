@@ -1,0 +1,179 @@
+"""How a study is laid out in MLflow: the contract between the platform (writer) and the dashboards (reader).
+
+One MLflow experiment per study (named after the study), one parent run for the study, one nested child run
+per Tune trial. Runs are found again by tags, so a resumed study appends to its own runs instead of
+duplicating them. Only MLflow's client API is used: it works the same against a local SQLite store and a
+remote `mlflow server`, and needs no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+# Tags (strings) that identify runs.
+STUDY_TAG = "avmae.study"
+ROLE_TAG = "avmae.role"  # "study" on the parent run, "trial" on children
+TRIAL_TAG = "avmae.trial_id"
+CELL_TAG = "avmae.cell"  # e.g. "decoder=shared,fusion=mid,objective=joint"
+STATUS_TAG = "avmae.status"  # a TrialStatus value
+PARENT_TAG = "mlflow.parentRunId"
+GIT_TAG = "mlflow.source.git.commit"
+
+# Metric names. Step-wise metrics use the optimiser step as MLflow `step`; epoch-wise ones use the epoch.
+TRAIN_LOSS, TRAIN_LOSS_AUDIO, TRAIN_LOSS_VIDEO = "train/loss", "train/loss_audio", "train/loss_video"
+TRAIN_LR, TRAIN_GRAD_NORM, TRAIN_CLIPS_PER_S = "train/lr", "train/grad_norm", "train/clips_per_s"
+VAL_LOSS, VAL_LOSS_AUDIO, VAL_LOSS_VIDEO = "val/loss", "val/loss_audio", "val/loss_video"
+EPOCH = "epoch"
+DIVERGED_AT_STEP = "diverged_at_step"
+N_BROKEN = "data/n_broken"
+TRAIN_SECONDS = "time/train_s"
+PROBE_PREFIX = "probe/"  # probe/av_acc, probe/audio_acc, probe/video_acc (or *_map for multi-label)
+
+
+def probe_metric(modality: str, score: str) -> str:
+    """Name of a downstream probe score, e.g. probe_metric("audio", "acc") -> "probe/audio_acc"."""
+    return f"{PROBE_PREFIX}{modality}_{score}"
+
+
+class TrialStatus(str, Enum):
+    """What became of a trial. MLflow's run status only knows FINISHED/FAILED/KILLED; this tag says why."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    PRUNED = "pruned"  # stopped early by the scheduler (ASHA)
+    DIVERGED = "diverged"  # loss became non-finite
+    FAILED = "failed"  # raised
+
+
+_MLFLOW_STATUS = {
+    TrialStatus.FINISHED: RunStatus.FINISHED,
+    TrialStatus.PRUNED: RunStatus.KILLED,
+    TrialStatus.DIVERGED: RunStatus.FINISHED,
+    TrialStatus.FAILED: RunStatus.FAILED,
+}
+
+
+def cell_key(cell: Mapping[str, Any]) -> str:
+    """A stable, readable name for an ablation cell: its axes sorted by name."""
+    return ",".join(f"{k}={cell[k]}" for k in sorted(cell))
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> flat `a.b` keys with string values, as MLflow params want them."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return flat
+
+
+def git_commit(path: Path | str = ".") -> str | None:
+    """The checkout's commit, so every study records the code it ran; None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def experiment_id(client: MlflowClient, study: str) -> str:
+    experiment = client.get_experiment_by_name(study)
+    return experiment.experiment_id if experiment else client.create_experiment(study)
+
+
+def _find_run(client: MlflowClient, exp_id: str, filter_string: str) -> str | None:
+    runs = client.search_runs([exp_id], filter_string=filter_string, max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def start_study_run(
+    client: MlflowClient,
+    study: str,
+    resolved_config: Mapping[str, Any],
+    spec_path: Path | None = None,
+) -> str:
+    """The study's parent run: created once, found again (and reopened) when the study resumes."""
+    exp_id = experiment_id(client, study)
+    run_id = _find_run(client, exp_id, f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study}'")
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    tags = {STUDY_TAG: study, ROLE_TAG: "study"}
+    commit = git_commit(spec_path.parent if spec_path else ".")
+    if commit:
+        tags[GIT_TAG] = commit
+    run_id = client.create_run(exp_id, run_name=study, tags=tags).info.run_id
+    log_params(client, run_id, flatten(resolved_config))
+    client.log_dict(run_id, dict(resolved_config), "resolved_config.json")
+    if spec_path is not None:
+        client.log_artifact(run_id, str(spec_path))
+    return run_id
+
+
+def start_trial_run(
+    client: MlflowClient,
+    study_run_id: str,
+    trial_id: str,
+    cell: Mapping[str, Any],
+    params: Mapping[str, Any],
+) -> str:
+    """A trial's child run, nested under the study run; reused if the trial already has one (resume)."""
+    parent = client.get_run(study_run_id)
+    exp_id, study = parent.info.experiment_id, parent.data.tags[STUDY_TAG]
+    run_id = _find_run(
+        client, exp_id, f"tags.`{STUDY_TAG}` = '{study}' and tags.`{TRIAL_TAG}` = '{trial_id}'"
+    )
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, STATUS_TAG, TrialStatus.RUNNING.value)
+        return run_id
+    tags = {
+        PARENT_TAG: study_run_id,
+        STUDY_TAG: study,
+        ROLE_TAG: "trial",
+        TRIAL_TAG: trial_id,
+        CELL_TAG: cell_key(cell),
+        STATUS_TAG: TrialStatus.RUNNING.value,
+    }
+    run_id = client.create_run(exp_id, run_name=f"{cell_key(cell)}#{trial_id}", tags=tags).info.run_id
+    log_params(client, run_id, flatten(params))
+    return run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """Log finite values in one request; non-finite ones are what divergence is, recorded separately."""
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+
+
+def end_trial_run(client: MlflowClient, run_id: str, status: TrialStatus) -> None:
+    """Record why a trial ended, and close its MLflow run (idempotent: a later, truer status wins)."""
+    client.set_tag(run_id, STATUS_TAG, status.value)
+    client.set_terminated(run_id, status=RunStatus.to_string(_MLFLOW_STATUS[status]))
+
+
+def end_study_run(client: MlflowClient, run_id: str, failed: bool = False) -> None:
+    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
