@@ -1,0 +1,84 @@
+"""The raw-media Dataset: decode one window per item, or report the clip as broken instead of raising."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from . import decode
+from .broken import BrokenClip, log_broken_once
+from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
+from .indexes import Clip
+from .window import audio_tensor, choose_window, frame_positions, video_tensor
+
+
+def label_tensor(label: int | tuple[int, ...], num_classes: int, multi_label: bool) -> torch.Tensor:
+    """int64 scalar for multi-class, float multi-hot [num_classes] for multi-label."""
+    if not multi_label:
+        return torch.tensor(label, dtype=torch.int64)
+    hot = torch.zeros(num_classes)
+    hot[list(label)] = 1.0
+    return hot
+
+
+def broken_item(index: int, err: BrokenClip) -> dict[str, Any]:
+    log_broken_once(err)
+    return {"index": index, "broken": (err.path, err.reason)}
+
+
+class AVDataset(Dataset):
+    """Decodes clips straight from their media files (decord frames, PyAV audio, Kaldi fbank).
+
+    Items are dicts `audio` [A, mel], `video` [3, T, S, S], `label`, `index`; a broken clip yields
+    `{"index", "broken": (path, reason)}` for `collate_av` to drop and count.
+    """
+
+    def __init__(
+        self,
+        clips: Sequence[Clip],
+        geometry: ClipGeometry,
+        train: bool,
+        num_classes: int,
+        multi_label: bool = False,
+        audio_stats: AudioStats = AUDIOSET_STATS,
+    ) -> None:
+        self.clips, self.geometry, self.train = list(clips), geometry, train
+        self.num_classes, self.multi_label, self.audio_stats = num_classes, multi_label, audio_stats
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        clip = self.clips[index]
+        try:
+            fbank, frames = self.decode(clip)
+        except BrokenClip as err:
+            return broken_item(index, err)
+        return {
+            "audio": audio_tensor(fbank, self.audio_stats),
+            "video": video_tensor(frames, self.geometry, self.train),
+            "label": label_tensor(clip.label, self.num_classes, self.multi_label),
+            "index": index,
+        }
+
+    def decode(self, clip: Clip) -> tuple[torch.Tensor, np.ndarray]:
+        """Un-normalised log-mel [A, mel] and uint8 frames [T, H, W, 3] (short side resized) of one window."""
+        g = self.geometry
+        info = decode.probe(clip.path)
+        reader = decode.video_reader(clip.path, info, g.short_side)
+        indices = decode.clip_frames(reader, clip.start, clip.end)
+        if len(indices) == 0:
+            raise BrokenClip(str(clip.path), "truncated", f"no video frames in [{clip.start}, {clip.end}) s")
+        duration = len(indices) / reader.get_avg_fps()
+        window = choose_window(len(indices), duration, g, self.train)
+        frames = decode.read_frames(reader, indices[frame_positions(window, len(indices), g)], clip.path)
+        start = clip.start + window.audio_frame / 100
+        seconds = g.audio_samples / g.sample_rate
+        if clip.end is not None:  # a segment of a longer file: its audio stops where the segment does
+            seconds = min(seconds, clip.end - start)
+        wave = decode.read_audio(clip.path, start, seconds, g.sample_rate)
+        return decode.fit_frames(decode.log_mel(wave, g), g.audio_frames), frames

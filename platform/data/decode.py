@@ -1,0 +1,193 @@
+"""Media I/O: probe a file, read its frames with decord and its own audio track with PyAV, make the log-mel.
+
+Every failure leaves here as a `BrokenClip` with a reason, so callers never see codec-specific exceptions.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import decord
+import numpy as np
+import torch
+import torchaudio
+
+from .broken import BrokenClip
+from .geometry import ClipGeometry
+
+SEEK_MARGIN = 2.0  # seconds decoded before a seek target, so codec warm-up never lands in the window
+MP4_BRANDS = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    width: int
+    height: int
+
+
+def _mp4_truncated(path: Path) -> bool:
+    """True when an MP4/MOV top-level box runs past the end of the file (the file was cut short)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8 or head[4:8] not in MP4_BRANDS:
+            return False  # not an ISO-BMFF file; leave it to the demuxer
+        offset = 0
+        while offset < size:
+            f.seek(offset)
+            header = f.read(16)
+            if len(header) < 8:
+                return True
+            box_size = struct.unpack(">I", header[:4])[0]
+            if box_size == 1:
+                if len(header) < 16:
+                    return True
+                box_size = struct.unpack(">Q", header[8:16])[0]
+            elif box_size == 0:
+                return False  # box extends to end of file by definition
+            if box_size < 8:
+                return False  # not a box structure we understand; the demuxer decides
+            offset += box_size
+        return offset > size
+
+
+def check_file(path: str | Path) -> Path:
+    """Cheap checks that need no demuxer: exists, non-empty, not cut short."""
+    path = Path(path)
+    if not path.is_file():
+        raise BrokenClip(str(path), "missing")
+    if path.stat().st_size == 0:
+        raise BrokenClip(str(path), "empty")
+    if _mp4_truncated(path):
+        raise BrokenClip(str(path), "truncated", "an MP4 box runs past the end of the file")
+    return path
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Open the container and check that both streams exist; raises BrokenClip otherwise."""
+    path = check_file(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise BrokenClip(str(path), "no_video")
+            if not container.streams.audio:
+                raise BrokenClip(str(path), "no_audio")
+            ctx = container.streams.video[0].codec_context
+            if not ctx.width or not ctx.height:
+                raise BrokenClip(str(path), "undecodable", "video stream has no frame size")
+            return MediaInfo(ctx.width, ctx.height)
+    except av.FFmpegError as exc:
+        raise BrokenClip(str(path), "undecodable", str(exc)) from exc
+
+
+def decode_first_frames(path: str | Path) -> float:
+    """Decode the first video and audio frame (a cheap health check); returns the container duration in s."""
+    try:
+        with av.open(str(path)) as container:
+            for kind in ("video", "audio"):
+                if next(container.decode(**{kind: 0}), None) is None:
+                    raise BrokenClip(str(path), "undecodable", f"no decodable {kind} frame")
+                container.seek(0)
+            return (container.duration or 0) / 1e6
+    except av.FFmpegError as exc:
+        raise BrokenClip(str(path), "undecodable", str(exc)) from exc
+
+
+def resized(info: MediaInfo, short_side: int) -> tuple[int, int]:
+    """(width, height) with the short side at `short_side`, aspect ratio kept."""
+    scale = short_side / min(info.width, info.height)
+    return max(short_side, round(info.width * scale)), max(short_side, round(info.height * scale))
+
+
+def video_reader(path: str | Path, info: MediaInfo, short_side: int) -> decord.VideoReader:
+    """A single-threaded decord reader that resizes while decoding (one worker = one core)."""
+    width, height = resized(info, short_side)
+    try:
+        return decord.VideoReader(str(path), width=width, height=height, num_threads=1)
+    except decord.DECORDError as exc:
+        raise BrokenClip(str(path), "undecodable", str(exc).splitlines()[0]) from exc
+
+
+def clip_frames(reader: decord.VideoReader, start: float, end: float | None) -> np.ndarray:
+    """Source frame indices presented in [start, end), by timestamp.
+
+    Timestamps, not indices, because real files carry edit lists (frames before t=0 that must not be
+    shown) and variable frame rates; EPIC segments are cut from long videos by time too.
+    """
+    times = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
+    half_frame = 0.5 / max(reader.get_avg_fps(), 1e-6)
+    keep = times >= start - half_frame
+    if end is not None:
+        keep &= times < end - half_frame
+    return np.flatnonzero(keep)
+
+
+def read_frames(reader: decord.VideoReader, indices: np.ndarray, path: str | Path) -> np.ndarray:
+    """uint8 [T, H, W, 3] for the given source indices."""
+    try:
+        return reader.get_batch(list(map(int, indices))).asnumpy()
+    except (decord.DECORDError, RuntimeError) as exc:
+        raise BrokenClip(str(path), "undecodable", str(exc).splitlines()[0]) from exc
+
+
+def read_audio(path: str | Path, start: float, duration: float | None, sample_rate: int) -> np.ndarray:
+    """The file's own audio track from `start` for `duration` s (None: to its end), mono float32.
+
+    Returns fewer samples when the track ends early; zeros stand in for time before the track starts.
+    """
+    end = math.inf if duration is None else start + duration
+    chunks: list[np.ndarray] = []
+    first_time: float | None = None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise BrokenClip(str(path), "no_audio")
+            stream = container.streams.audio[0]
+            if start > SEEK_MARGIN:
+                container.seek(int((start - SEEK_MARGIN) / stream.time_base), stream=stream)
+            resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+            for frame in container.decode(stream):
+                if first_time is None:
+                    first_time = float(frame.time or 0.0)
+                chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
+                if frame.time is not None and frame.time > end:
+                    break
+            chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+    except av.FFmpegError as exc:
+        raise BrokenClip(str(path), "undecodable", str(exc)) from exc
+    if not chunks:
+        raise BrokenClip(str(path), "undecodable", "audio track has no decodable frames")
+    wave = np.concatenate(chunks, axis=1).mean(axis=0).astype(np.float32)
+    offset = round((start - (first_time or 0.0)) * sample_rate)
+    if offset < 0:
+        wave = np.concatenate([np.zeros(-offset, np.float32), wave])
+        offset = 0
+    return wave[offset:] if duration is None else wave[offset : offset + round(duration * sample_rate)]
+
+
+def log_mel(wave: np.ndarray | torch.Tensor, geometry: ClipGeometry) -> torch.Tensor:
+    """Kaldi log-mel [frames, mel] exactly as AST / CAV-MAE compute it; empty when under one window."""
+    wave = torch.as_tensor(wave, dtype=torch.float32).reshape(1, -1)
+    if wave.shape[1] < round(geometry.sample_rate * 0.025):
+        return torch.zeros(0, geometry.num_mel_bins)
+    return torchaudio.compliance.kaldi.fbank(
+        wave,
+        htk_compat=True,
+        sample_frequency=geometry.sample_rate,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=geometry.num_mel_bins,
+        dither=0.0,
+        frame_shift=10,
+    )
+
+
+def fit_frames(fbank: torch.Tensor, frames: int) -> torch.Tensor:
+    """Crop or zero-pad (before normalisation, as AST does) to exactly `frames` rows."""
+    if fbank.shape[0] >= frames:
+        return fbank[:frames]
+    return torch.nn.functional.pad(fbank, (0, 0, 0, frames - fbank.shape[0]))

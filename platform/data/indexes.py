@@ -1,0 +1,211 @@
+"""Adapters that read the datasets' published index files unchanged and map rows onto media files.
+
+A `pattern` (str.format fields listed per reader) names each row's file under `root`. Any row that cannot be
+understood raises IndexFormatError naming the file and the 1-based line.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+VGGSOUND_PATTERN = "{youtube_id}_{start:06d}.mp4"
+AUDIOSET_PATTERN = "{ytid}_{start:.3f}.mp4"
+EPIC_PATTERN = "{video_id}.MP4"
+EPIC_CLASSES = {"verb": 97, "noun": 300}  # EPIC-KITCHENS-100 class counts
+
+
+class IndexFormatError(ValueError):
+    """A row of an index file that cannot be used; the message names file and line."""
+
+    def __init__(self, path: str | Path, line: int, problem: str) -> None:
+        super().__init__(f"{path}:{line}: {problem}")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One sample: a file, its label(s), and the span to use (None = whole file)."""
+
+    path: Path
+    label: int | tuple[int, ...]
+    start: float = 0.0
+    end: float | None = None
+    source: str = ""  # "index.csv:12", for messages
+
+
+@dataclass(frozen=True)
+class Index:
+    clips: list[Clip]
+    classes: list[str]
+    multi_label: bool = False
+
+
+def _rows(path: Path, skip_comments: bool = False) -> Iterator[tuple[int, list[str]]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.reader(f, skipinitialspace=True), start=1):
+            if not row or (skip_comments and row[0].lstrip().startswith("#")):
+                continue
+            yield line, [cell.strip() for cell in row]
+
+
+def _file(root: Path, pattern: str, index: Path, line: int, **fields: object) -> Path:
+    try:
+        return root / pattern.format(**fields)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise IndexFormatError(index, line, f"pattern {pattern!r} does not fit {fields}: {exc}") from exc
+
+
+def _number(text: str, index: Path, line: int, what: str, cast: type = float) -> float:
+    try:
+        value = cast(text)
+    except ValueError:
+        raise IndexFormatError(index, line, f"bad {what} {text!r}") from None
+    if value < 0:
+        raise IndexFormatError(index, line, f"negative {what} {text!r}")
+    return value
+
+
+def read_vggsound(
+    index: str | Path,
+    root: str | Path,
+    split: str | None = None,
+    pattern: str = VGGSOUND_PATTERN,
+    classes: Sequence[str] | None = None,
+) -> Index:
+    """`vggsound.csv`: no header, rows `youtube_id,start_seconds,label,split`.
+
+    Classes are the sorted labels of the whole file (all splits agree), unless `classes` fixes them; then an
+    unknown label is an error. Pattern fields: youtube_id, start (int), label, split.
+    """
+    index, root = Path(index), Path(root)
+    rows = []
+    for line, row in _rows(index):
+        if len(row) != 4:
+            raise IndexFormatError(
+                index, line, f"expected 4 columns youtube_id,start_seconds,label,split; got {row}"
+            )
+        youtube_id, start_text, label, row_split = row
+        start = int(_number(start_text, index, line, "start_seconds", int))
+        if not youtube_id or not label:
+            raise IndexFormatError(index, line, "empty youtube_id or label")
+        rows.append((line, youtube_id, start, label, row_split))
+    names = list(classes) if classes is not None else sorted({r[3] for r in rows})
+    lookup = {name: i for i, name in enumerate(names)}
+    clips = []
+    for line, youtube_id, start, label, row_split in rows:
+        if label not in lookup:
+            raise IndexFormatError(index, line, f"unknown label {label!r}")
+        if split is not None and row_split != split:
+            continue
+        path = _file(
+            root, pattern, index, line, youtube_id=youtube_id, start=start, label=label, split=row_split
+        )
+        clips.append(Clip(path, lookup[label], source=f"{index}:{line}"))
+    return Index(clips, names)
+
+
+def read_audioset_labels(path: str | Path) -> list[str]:
+    """`class_labels_indices.csv` (header `index,mid,display_name`) -> mids in index order."""
+    path = Path(path)
+    mids: dict[int, str] = {}
+    for line, row in _rows(path):
+        if line == 1 and row[:2] == ["index", "mid"]:
+            continue
+        if len(row) < 2:
+            raise IndexFormatError(path, line, f"expected index,mid,display_name; got {row}")
+        mids[int(_number(row[0], path, line, "index", int))] = row[1]
+    if sorted(mids) != list(range(len(mids))):
+        raise IndexFormatError(path, 1, "class indices are not 0..N-1")
+    return [mids[i] for i in range(len(mids))]
+
+
+def read_audioset(
+    index: str | Path,
+    root: str | Path,
+    labels: str | Path,
+    pattern: str = AUDIOSET_PATTERN,
+) -> Index:
+    """AudioSet segment CSV: `# ` comment lines, then `YTID, start_seconds, end_seconds, "mid1,mid2"`.
+
+    Multi-label; classes from `class_labels_indices.csv`. Pattern fields: ytid, start, end (floats).
+    """
+    index, root = Path(index), Path(root)
+    mids = read_audioset_labels(labels)
+    lookup = {mid: i for i, mid in enumerate(mids)}
+    clips = []
+    for line, row in _rows(index, skip_comments=True):
+        if len(row) != 4:
+            raise IndexFormatError(
+                index, line, f"expected YTID, start_seconds, end_seconds, positive_labels; got {row}"
+            )
+        ytid, start_text, end_text, positive = row
+        start = _number(start_text, index, line, "start_seconds")
+        end = _number(end_text, index, line, "end_seconds")
+        if end <= start:
+            raise IndexFormatError(
+                index, line, f"end_seconds {end_text} is not after start_seconds {start_text}"
+            )
+        found = [m.strip() for m in positive.split(",") if m.strip()]
+        unknown = [m for m in found if m not in lookup]
+        if unknown or not found:
+            raise IndexFormatError(index, line, f"unknown label(s) {unknown or positive!r}")
+        path = _file(root, pattern, index, line, ytid=ytid, start=start, end=end)
+        clips.append(Clip(path, tuple(sorted({lookup[m] for m in found})), source=f"{index}:{line}"))
+    return Index(clips, mids, multi_label=True)
+
+
+def parse_timestamp(text: str) -> float:
+    """EPIC `HH:MM:SS.ff` -> seconds."""
+    hours, minutes, seconds = text.split(":")
+    value = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    if int(minutes) >= 60 or float(seconds) >= 60 or value < 0:
+        raise ValueError(text)
+    return value
+
+
+def read_epic(
+    index: str | Path,
+    root: str | Path,
+    target: str = "verb",
+    pattern: str = EPIC_PATTERN,
+    num_classes: int | None = None,
+) -> Index:
+    """EPIC-KITCHENS-100 annotation CSV (with header); each row is a segment cut from `{video_id}.MP4`.
+
+    `target` is "verb" or "noun" (the `*_class` column). Pattern fields: video_id, participant_id.
+    """
+    if target not in EPIC_CLASSES:
+        raise ValueError(f"EPIC target must be one of {sorted(EPIC_CLASSES)}, got {target!r}")
+    index, root = Path(index), Path(root)
+    num_classes = num_classes or EPIC_CLASSES[target]
+    clips, columns = [], None
+    for line, row in _rows(index):
+        if columns is None:
+            columns = {name: i for i, name in enumerate(row)}
+            needed = {"video_id", "participant_id", "start_timestamp", "stop_timestamp", f"{target}_class"}
+            if needed - set(columns):
+                raise IndexFormatError(index, line, f"header lacks {sorted(needed - set(columns))}")
+            continue
+        if len(row) < len(columns):
+            raise IndexFormatError(index, line, f"expected {len(columns)} columns, got {len(row)}")
+        try:
+            start = parse_timestamp(row[columns["start_timestamp"]])
+            stop = parse_timestamp(row[columns["stop_timestamp"]])
+        except ValueError:
+            raise IndexFormatError(
+                index,
+                line,
+                f"bad timestamp {row[columns['start_timestamp']]!r}/{row[columns['stop_timestamp']]!r}",
+            ) from None
+        if stop <= start:
+            raise IndexFormatError(index, line, "stop_timestamp is not after start_timestamp")
+        label = int(_number(row[columns[f"{target}_class"]], index, line, f"{target}_class", int))
+        if label >= num_classes:
+            raise IndexFormatError(index, line, f"unknown {target}_class {label} (>= {num_classes})")
+        video_id, participant = row[columns["video_id"]], row[columns["participant_id"]]
+        path = _file(root, pattern, index, line, video_id=video_id, participant_id=participant)
+        clips.append(Clip(path, label, start, stop, source=f"{index}:{line}"))
+    names = [f"{target}_{i}" for i in range(num_classes)]
+    return Index(clips, names)

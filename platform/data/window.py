@@ -1,0 +1,65 @@
+"""Where a training/eval window sits in a clip, and how its pixels and log-mel become model inputs.
+
+Shared by the raw and the cached dataset so both yield the same distribution of samples.
+
+Temporal choice: the video window starts at a multiple of `frame_stride` within the clip (so the cache can
+store every stride-th frame and still offer every window); audio starts at the same *relative* offset u in
+[0, 1] of its own slack (Scenic's rule), so with a 10 s audio window and a 2.56 s video window the video
+always lies inside the audio window. Stride counts source frames: 16 frames at stride 4 span 64 source
+frames, whatever the file's fps. Train draws the window at random, eval takes the middle one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .geometry import AudioStats, ClipGeometry
+
+
+@dataclass(frozen=True)
+class Window:
+    first: int  # position of the first sampled frame among the clip's frames
+    audio_frame: int  # first log-mel frame (10 ms units) from the clip start
+
+
+def choose_window(n_frames: int, duration: float, geometry: ClipGeometry, train: bool) -> Window:
+    """Pick a window for a clip of `n_frames` frames lasting `duration` seconds."""
+    stride = geometry.frame_stride
+    positions = max(n_frames - geometry.video_span, 0) // stride + 1
+    if positions > 1:
+        w = int(torch.randint(positions, ())) if train else (positions - 1) // 2
+        u = w / (positions - 1)
+    else:
+        w, u = 0, float(torch.rand(())) if train else 0.5
+    audio_slack = max(round(duration * 100) - geometry.audio_frames, 0)
+    return Window(first=w * stride, audio_frame=round(u * audio_slack))
+
+
+def frame_positions(window: Window, n_frames: int, geometry: ClipGeometry) -> np.ndarray:
+    """Clip-frame positions of the window; past the clip's end the last stride-aligned frame repeats."""
+    stride = geometry.frame_stride
+    positions = window.first + stride * np.arange(geometry.num_frames)
+    return np.minimum(positions, max(n_frames - 1, 0) // stride * stride)
+
+
+def video_tensor(frames: np.ndarray, geometry: ClipGeometry, train: bool) -> torch.Tensor:
+    """uint8 [T, H, W, 3] (short side resized) -> float [3, T, S, S] in [-1, 1]; random crop+flip in train."""
+    size = geometry.img_size
+    height, width = frames.shape[1:3]
+    if train:
+        top = int(torch.randint(height - size + 1, ()))
+        left = int(torch.randint(width - size + 1, ()))
+    else:
+        top, left = (height - size) // 2, (width - size) // 2
+    video = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + size, left : left + size]))
+    if train and bool(torch.rand(()) < 0.5):
+        video = video.flip(2)
+    return video.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def audio_tensor(fbank: torch.Tensor, stats: AudioStats) -> torch.Tensor:
+    """Normalise a [A, mel] log-mel with dataset stats."""
+    return (fbank.float() - stats.mean) / stats.std
