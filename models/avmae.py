@@ -1,0 +1,114 @@
+"""The AV-MAE model: tokenise -> mask each modality -> fuse-encode visible tokens -> decode -> masked MSE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import MODALITIES, AVMAEConfig, other
+from .decoder import Decoder
+from .encoder import build_encoder, init_vit_weights
+from .masking import random_masking
+from .objectives import inpainting_mask, masked_mse, standardise_patches
+from .tokenizers import AudioTokenizer, VideoTokenizer
+
+
+@dataclass
+class AVMAEOutput:
+    """Losses are fp32 scalars; a modality not reconstructed (one-direction inpainting) has loss 0.
+
+    pred_*: [B, N, patch_dim] in the order of `model.tokenizers[m].patchify` (None if not reconstructed).
+    mask_*: [B, N], 1 = position scored by the loss (joint: the randomly masked tokens; inpainting: the
+    mask-token slots >= v). For a modality not reconstructed it is its random encoder mask.
+    """
+
+    loss: Tensor
+    loss_audio: Tensor
+    loss_video: Tensor
+    pred_audio: Tensor | None
+    pred_video: Tensor | None
+    mask_audio: Tensor
+    mask_video: Tensor
+
+
+def build_tokenizers(c: AVMAEConfig) -> nn.ModuleDict:
+    return nn.ModuleDict({
+        "audio": AudioTokenizer(c.audio_frames, c.mel_bins, c.embed_dim, c.patch_size, c.modality_embed),
+        "video": VideoTokenizer(c.num_frames, c.img_size, c.embed_dim, c.patch_size, c.tubelet_size,
+                                c.modality_embed),
+    })
+
+
+def encode_unmasked(tokenizers: nn.ModuleDict, encoder: nn.Module, audio: Tensor | None,
+                    video: Tensor | None) -> dict[str, Tensor]:
+    """Encoder with masking off (downstream): {modality: [B, N_m, D]} for each modality given."""
+    inputs = {m: x for m, x in (("audio", audio), ("video", video)) if x is not None}
+    if not inputs:
+        raise ValueError("forward_features needs audio, video or both")
+    return encoder({m: tokenizers[m](x) for m, x in inputs.items()})
+
+
+class AVMAE(nn.Module):
+    """Audiovisual MAE. State-dict keys: `tokenizers.{audio,video}.*`, `encoder.*`, `decoder.*`."""
+
+    def __init__(self, config: AVMAEConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.tokenizers = build_tokenizers(c)
+        self.encoder = build_encoder(c.fusion, c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
+                                     c.fusion_layers)
+        self.decoder = Decoder(
+            c.decoder, c.embed_dim, c.decoder_embed_dim, c.decoder_depth, c.decoder_num_heads, c.num_tokens,
+            {m: t.patch_dim for m, t in self.tokenizers.items()}, c.mlp_ratio,
+        )
+        self.apply(init_vit_weights)
+        self.decoder.zero_init_heads()
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        c = self.config
+        return {"audio": (c.audio_frames, c.mel_bins), "video": (3, c.num_frames, c.img_size, c.img_size)}
+
+    @property
+    def num_tokens(self) -> dict[str, int]:
+        return self.config.num_tokens
+
+    def forward_features(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
+        """Encoder with masking off (downstream): {modality: [B, N_m, D]} for each modality given."""
+        return encode_unmasked(self.tokenizers, self.encoder, audio, video)
+
+    def forward(self, audio: Tensor, video: Tensor,
+                generator: torch.Generator | int | None = None) -> AVMAEOutput:
+        """audio [B, T, mel], video [B, 3, T, H, W] in [-1, 1]. `generator` (or an int seed) fixes the masks,
+        e.g. for the reproducible pretraining validation loss."""
+        c = self.config
+        if isinstance(generator, int):
+            generator = torch.Generator(device=audio.device).manual_seed(generator)
+        inputs = {"audio": audio, "video": video}
+        masked = {m: random_masking(self.tokenizers[m](x), c.mask_ratio(m), generator, f"mask_ratio_{m}")
+                  for m, x in inputs.items()}
+        encoded = self.encoder({m: mk.visible for m, mk in masked.items()})
+        masks = {m: mk.mask for m, mk in masked.items()}
+        if c.objective == "joint":
+            preds = self.decoder.reconstruct(encoded, {m: mk.ids_restore for m, mk in masked.items()})
+        else:
+            preds = self.decoder.inpaint(encoded, c.inpainting_targets)
+            for k in preds:
+                n_context = encoded[other(k)].shape[1]
+                masks[k] = inpainting_mask(audio.shape[0], c.num_tokens[k], n_context, audio.device)
+        losses = {m: self._loss(m, preds[m], inputs[m], masks[m]) if m in preds
+                  else torch.zeros((), device=audio.device) for m in MODALITIES}
+        return AVMAEOutput(
+            loss=c.loss_weight_audio * losses["audio"] + c.loss_weight_video * losses["video"],
+            loss_audio=losses["audio"], loss_video=losses["video"],
+            pred_audio=preds.get("audio"), pred_video=preds.get("video"),
+            mask_audio=masks["audio"], mask_video=masks["video"],
+        )
+
+    def _loss(self, modality: str, pred: Tensor, x: Tensor, mask: Tensor) -> Tensor:
+        target = self.tokenizers[modality].patchify(x)
+        if self.config.norm_targets:
+            target = standardise_patches(target.float())
+        return masked_mse(pred, target, mask)

@@ -1,0 +1,98 @@
+"""Patch tokenisers (conv patchify, as the authors' code) and fixed 1-D sinusoidal positional embeddings.
+
+Audio: a log-mel [B, T, F] is a 1-channel image with time as rows; 16x16 patches, time-major tokens,
+trailing time bins that do not fill a patch are dropped (1000x128 -> 62x8 = 496 tokens).
+Video: [B, 3, T, H, W] in [-1, 1]; 2x16x16 tubelets, tokens in (t, h, w) raster order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def sincos_1d(num_positions: int, dim: int) -> Tensor:
+    """MAE's 1-D sin-cos table [1, N, dim]: fixed, so any geometry can be rebuilt without a checkpoint."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float().unsqueeze(0)
+
+
+class _Tokenizer(nn.Module):
+    """Conv patch embedding + fixed positional embedding (+ optional learned modality embedding)."""
+
+    def __init__(self, proj: nn.Module, grid: tuple[int, ...], patch_dim: int, embed_dim: int,
+                 modality_embed: bool) -> None:
+        super().__init__()
+        self.grid, self.num_tokens, self.patch_dim = grid, math.prod(grid), patch_dim
+        self.proj = proj
+        # Xavier on the flattened kernel, as MAE: the conv is a linear map of a patch.
+        w = proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(proj.bias)
+        # Non-persistent: checkpoints stay loadable under another input geometry.
+        self.register_buffer("pos_embed", sincos_1d(self.num_tokens, embed_dim), persistent=False)
+        self.modality_embed = nn.Parameter(torch.zeros(1, 1, embed_dim)) if modality_embed else None
+        if self.modality_embed is not None:
+            nn.init.normal_(self.modality_embed, std=0.02)
+
+    def embed(self, x: Tensor) -> Tensor:
+        tokens = self.proj(x).flatten(2).transpose(1, 2) + self.pos_embed
+        return tokens if self.modality_embed is None else tokens + self.modality_embed
+
+
+class AudioTokenizer(_Tokenizer):
+    def __init__(self, frames: int, mel_bins: int, embed_dim: int, patch: int = 16,
+                 modality_embed: bool = False) -> None:
+        conv = nn.Conv2d(1, embed_dim, patch, stride=patch)
+        super().__init__(conv, (frames // patch, mel_bins // patch), patch * patch, embed_dim, modality_embed)
+        self.patch = patch
+
+    def crop(self, audio: Tensor) -> Tensor:
+        return audio[:, : self.grid[0] * self.patch]
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """[B, T, F] -> [B, N, D] with positional embedding."""
+        return self.embed(self.crop(audio).unsqueeze(1))
+
+    def patchify(self, audio: Tensor) -> Tensor:
+        """[B, T, F] -> [B, N, p*p] reconstruction targets (time-major tokens, (t, f) inside a patch)."""
+        (gt, gf), p = self.grid, self.patch
+        x = self.crop(audio).reshape(audio.shape[0], gt, p, gf, p)
+        return x.permute(0, 1, 3, 2, 4).reshape(audio.shape[0], gt * gf, p * p)
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """Inverse of `patchify`: [B, N, p*p] -> [B, T', F] (T' = cropped length)."""
+        (gt, gf), p = self.grid, self.patch
+        x = patches.reshape(patches.shape[0], gt, gf, p, p).permute(0, 1, 3, 2, 4)
+        return x.reshape(patches.shape[0], gt * p, gf * p)
+
+
+class VideoTokenizer(_Tokenizer):
+    def __init__(self, num_frames: int, img_size: int, embed_dim: int, patch: int = 16, tubelet: int = 2,
+                 modality_embed: bool = False) -> None:
+        conv = nn.Conv3d(3, embed_dim, (tubelet, patch, patch), stride=(tubelet, patch, patch))
+        grid = (num_frames // tubelet, img_size // patch, img_size // patch)
+        super().__init__(conv, grid, 3 * tubelet * patch * patch, embed_dim, modality_embed)
+        self.patch, self.tubelet = patch, tubelet
+
+    def crop(self, video: Tensor) -> Tensor:
+        return video[:, :, : self.grid[0] * self.tubelet]
+
+    def forward(self, video: Tensor) -> Tensor:
+        """[B, 3, T, H, W] -> [B, N, D] with positional embedding."""
+        return self.embed(self.crop(video))
+
+    def patchify(self, video: Tensor) -> Tensor:
+        """[B, 3, T, H, W] -> [B, N, t*h*w*c] targets, each tubelet flattened (t, h, w, c) as the authors."""
+        (gt, gh, gw), p, t = self.grid, self.patch, self.tubelet
+        x = self.crop(video).reshape(video.shape[0], 3, gt, t, gh, p, gw, p)
+        return x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(video.shape[0], gt * gh * gw, self.patch_dim)
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """Inverse of `patchify`: [B, N, t*h*w*c] -> [B, 3, T', H, W]."""
+        (gt, gh, gw), p, t = self.grid, self.patch, self.tubelet
+        x = patches.reshape(patches.shape[0], gt, gh, gw, t, p, p, 3).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(patches.shape[0], 3, gt * t, gh * p, gw * p)
