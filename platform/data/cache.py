@@ -1,0 +1,223 @@
+"""Decoded cache: decode each clip once into memory-mapped shards, then train from them with cheap crops.
+
+Per clip the cache keeps every `frame_stride`-th frame of the whole clip as uint8 at the resize short side
+(so any window of any length can still be drawn) and the float16 log-mel of the whole clip. Shards are written
+to temporary names and renamed, their JSON last, so an interrupted run resumes by skipping finished shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from . import decode
+from .broken import BrokenClip
+from .dataset import broken_item, label_tensor
+from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
+from .indexes import Clip
+from .window import audio_tensor, choose_window, frame_positions, video_tensor
+
+VERSION = 1
+
+
+def _layout(geometry: ClipGeometry) -> dict[str, int]:
+    """The geometry fields a cache is bound to; window lengths stay free."""
+    return {
+        "short_side": geometry.short_side,
+        "frame_stride": geometry.frame_stride,
+        "sample_rate": geometry.sample_rate,
+        "num_mel_bins": geometry.num_mel_bins,
+    }
+
+
+def decode_whole(clip: Clip, geometry: ClipGeometry) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """(float16 log-mel [R, mel], uint8 stride-frames [N, H, W, 3], clip frame count, fps) of a whole clip."""
+    info = decode.probe(clip.path)
+    reader = decode.video_reader(clip.path, info, geometry.short_side)
+    indices = decode.clip_frames(reader, clip.start, clip.end)
+    if len(indices) == 0:
+        raise BrokenClip(str(clip.path), "truncated", f"no video frames in [{clip.start}, {clip.end}) s")
+    frames = decode.read_frames(reader, indices[:: geometry.frame_stride], clip.path)
+    seconds = None if clip.end is None else clip.end - clip.start
+    wave = decode.read_audio(clip.path, clip.start, seconds, geometry.sample_rate)
+    fbank = decode.log_mel(wave, geometry).numpy().astype(np.float16)
+    return fbank, frames, len(indices), float(reader.get_avg_fps())
+
+
+def _write_shard(out: Path, shard: int, clips: Sequence[tuple[int, Clip]], geometry: ClipGeometry) -> int:
+    """Decode and write one shard; returns how many of its clips were broken."""
+    entries: list[dict[str, Any]] = []
+    stem = out / f"shard_{shard:05d}"
+    tmp = f".tmp{os.getpid()}"  # concurrent writers (two trials) never share a temporary file
+    frame_tmp, fbank_tmp = stem.with_suffix(".frames" + tmp), stem.with_suffix(".fbank" + tmp)
+    with frame_tmp.open("wb") as frames_f, fbank_tmp.open("wb") as fbank_f:
+        for i, clip in clips:
+            entry: dict[str, Any] = {"i": i, "path": str(clip.path), "source": clip.source}
+            try:
+                fbank, frames, n_frames, fps = decode_whole(clip, geometry)
+            except BrokenClip as err:
+                entries.append({**entry, "broken": [err.path, err.reason]})
+                continue
+            entry.update(
+                frames=[frames_f.tell(), *frames.shape],
+                fbank=[fbank_f.tell() // fbank.itemsize, *fbank.shape],
+                n_frames=n_frames,
+                fps=fps,
+            )
+            frames_f.write(frames.tobytes())
+            fbank_f.write(fbank.tobytes())
+            entries.append(entry)
+    os.replace(frame_tmp, stem.with_suffix(".frames"))
+    os.replace(fbank_tmp, stem.with_suffix(".fbank"))
+    stem.with_suffix(".json" + tmp).write_text(json.dumps(entries))
+    os.replace(stem.with_suffix(".json" + tmp), stem.with_suffix(".json"))
+    return sum("broken" in e for e in entries)
+
+
+@dataclass(frozen=True)
+class CacheHeader:
+    version: int
+    layout: dict[str, int]
+    num_clips: int
+    shard_size: int
+    num_classes: int
+    multi_label: bool
+    labels: list[Any]
+
+
+def write_cache(
+    clips: Sequence[Clip],
+    out: str | Path,
+    geometry: ClipGeometry,
+    num_classes: int,
+    multi_label: bool = False,
+    workers: int = 1,
+    shard_size: int = 32,
+    progress: bool = True,
+) -> Path:
+    """Decode `clips` into `out` (resumable: finished shards are kept). Returns `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    header = CacheHeader(
+        VERSION,
+        _layout(geometry),
+        len(clips),
+        shard_size,
+        num_classes,
+        multi_label,
+        [list(c.label) if multi_label else c.label for c in clips],
+    )
+    header_path = out / "cache.json"
+    if header_path.exists():
+        if json.loads(header_path.read_text()) != json.loads(json.dumps(asdict(header))):
+            raise ValueError(f"{out} holds a cache made from other clips or geometry; use a new directory")
+    else:
+        header_path.write_text(json.dumps(asdict(header)))
+    todo = [
+        s
+        for s in range(0, len(clips), shard_size)
+        if not (out / f"shard_{s // shard_size:05d}.json").exists()
+    ]
+    bar = tqdm(
+        total=len(clips),
+        initial=len(clips) - sum(min(shard_size, len(clips) - s) for s in todo),
+        desc="caching",
+        unit="clip",
+        disable=not progress,
+    )
+    numbered = list(enumerate(clips))
+    jobs = [(out, s // shard_size, numbered[s : s + shard_size], geometry) for s in todo]
+    with bar:
+        if workers <= 1:
+            for job in jobs:
+                _write_shard(*job)
+                bar.update(len(job[2]))
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                futures = {pool.submit(_write_shard, *job): len(job[2]) for job in jobs}
+                for future in as_completed(futures):
+                    future.result()
+                    bar.update(futures[future])
+    return out
+
+
+class CachedAVDataset(Dataset):
+    """Same items as AVDataset, read from a `write_cache` directory: random crop/flip/window in train."""
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        geometry: ClipGeometry,
+        train: bool,
+        audio_stats: AudioStats = AUDIOSET_STATS,
+    ) -> None:
+        self.cache_dir, self.geometry, self.train, self.audio_stats = (
+            Path(cache_dir),
+            geometry,
+            train,
+            audio_stats,
+        )
+        header = CacheHeader(**json.loads((self.cache_dir / "cache.json").read_text()))
+        if header.layout != _layout(geometry):
+            raise ValueError(f"cache {cache_dir} was made for {header.layout}, not {_layout(geometry)}")
+        self.header = header
+        self.entries: list[dict[str, Any]] = [{} for _ in range(header.num_clips)]
+        for s in range(0, header.num_clips, header.shard_size):
+            shard_json = self.cache_dir / f"shard_{s // header.shard_size:05d}.json"
+            if not shard_json.exists():
+                raise FileNotFoundError(
+                    f"cache {cache_dir} is incomplete ({shard_json.name} missing); rerun caching"
+                )
+            for entry in json.loads(shard_json.read_text()):
+                self.entries[entry["i"]] = {**entry, "shard": s // header.shard_size}
+        self._maps: dict[tuple[int, str], np.memmap] = {}  # opened lazily, per worker process
+
+    def __len__(self) -> int:
+        return self.header.num_clips
+
+    @property
+    def broken(self) -> list[tuple[str, str]]:
+        return [tuple(e["broken"]) for e in self.entries if "broken" in e]
+
+    def _map(self, shard: int, kind: str) -> np.memmap:
+        key = (shard, kind)
+        if key not in self._maps:
+            dtype = np.uint8 if kind == "frames" else np.float16
+            self._maps[key] = np.memmap(self.cache_dir / f"shard_{shard:05d}.{kind}", dtype=dtype, mode="r")
+        return self._maps[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_maps": {}}  # memmaps are reopened in each DataLoader worker
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry, g = self.entries[index], self.geometry
+        if "broken" in entry:
+            return broken_item(index, BrokenClip(*entry["broken"]))
+        offset, stored, height, width, _ = entry["frames"]
+        frames = self._map(entry["shard"], "frames")[offset : offset + stored * height * width * 3]
+        frames = frames.reshape(stored, height, width, 3)
+        start, rows, mel = entry["fbank"]
+        fbank = self._map(entry["shard"], "fbank")[start : start + rows * mel].reshape(rows, mel)
+        window = choose_window(entry["n_frames"], entry["n_frames"] / entry["fps"], g, self.train)
+        picked = frames[frame_positions(window, entry["n_frames"], g) // g.frame_stride]
+        audio = torch.from_numpy(
+            fbank[window.audio_frame : window.audio_frame + g.audio_frames].astype(np.float32)
+        )
+        return {
+            "audio": audio_tensor(decode.fit_frames(audio, g.audio_frames), self.audio_stats),
+            "video": video_tensor(picked, g, self.train),
+            "label": label_tensor(
+                self.header.labels[index], self.header.num_classes, self.header.multi_label
+            ),
+            "index": index,
+        }

@@ -1,0 +1,215 @@
+"""One entry point from a dataset description to a DataLoader: index -> (cached or raw) Dataset -> batches.
+
+Batches are dicts: `audio` [B, A, mel], `video` [B, 3, T, S, S], `label` ([B] int64 or [B, C] multi-hot),
+`index` [B], `n_broken` (int: items of this batch that were skipped) and `broken` [(path, reason), ...].
+A batch can hold fewer than `batch_size` clips, even zero, when clips are broken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from . import avdigits
+from .cache import CachedAVDataset, write_cache
+from .dataset import AVDataset
+from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
+from .indexes import (
+    AUDIOSET_PATTERN,
+    EPIC_PATTERN,
+    VGGSOUND_PATTERN,
+    Index,
+    read_audioset,
+    read_epic,
+    read_vggsound,
+)
+from .scan import DEFAULT_MAX_BROKEN, ScanReport, scan_clips
+
+Kind = Literal["vggsound", "audioset", "epic", "av-digits"]
+KINDS: tuple[str, ...] = ("vggsound", "audioset", "epic", "av-digits")
+
+
+def load_index(
+    kind: str,
+    root: str | Path,
+    index: str | Path | None,
+    split: str | None,
+    pattern: str | None = None,
+    labels: str | Path | None = None,
+    target: str = "verb",
+) -> Index:
+    """Read one split of an index with the adapter for `kind`.
+
+    VGGSound-format indexes filter rows on their split column; AudioSet and EPIC publish one file per split,
+    so there `split` only names the cache.
+    """
+    root = Path(root)
+    if kind == "av-digits":
+        index = index or root / avdigits.INDEX_NAME
+        return read_vggsound(index, root, split, pattern or VGGSOUND_PATTERN, classes=avdigits.DIGIT_WORDS)
+    if index is None:
+        raise ValueError(f"kind {kind!r} needs an index file")
+    if kind == "vggsound":
+        return read_vggsound(index, root, split, pattern or VGGSOUND_PATTERN)
+    if kind == "audioset":
+        if labels is None:
+            raise ValueError("AudioSet needs `labels` (class_labels_indices.csv)")
+        return read_audioset(index, root, labels, pattern or AUDIOSET_PATTERN)
+    if kind == "epic":
+        return read_epic(index, root, target, pattern or EPIC_PATTERN)
+    raise ValueError(f"unknown dataset kind {kind!r}; choose from {', '.join(KINDS)}")
+
+
+def cache_path(cache_dir: str | Path, split: str | None, geometry: ClipGeometry) -> Path:
+    """Caches are per split and per (short side, stride), so sweeping img_size never reads a wrong cache."""
+    return Path(cache_dir) / f"{split or 'all'}_r{geometry.short_side}_s{geometry.frame_stride}"
+
+
+def preflight(
+    dataset: Dataset, max_broken_fraction: float = DEFAULT_MAX_BROKEN, workers: int = 1
+) -> ScanReport:
+    """Count broken clips (probe for raw data, recorded at caching for a cache); raise when too many."""
+    if isinstance(dataset, CachedAVDataset):
+        report = ScanReport(len(dataset), dataset.broken)
+    else:
+        report = scan_clips(dataset.clips, workers=workers)
+    return report.check(max_broken_fraction)
+
+
+def build_dataset(
+    kind: str,
+    root: str | Path,
+    index: str | Path | None,
+    split: str | None,
+    geometry: ClipGeometry,
+    train: bool,
+    *,
+    pattern: str | None = None,
+    labels: str | Path | None = None,
+    target: str = "verb",
+    audio_stats: AudioStats | None = None,
+    cache_dir: str | Path | None = None,
+    max_broken_fraction: float | None = DEFAULT_MAX_BROKEN,
+    workers: int = 1,
+) -> AVDataset | CachedAVDataset:
+    """A split's Dataset: raw decoding when `cache_dir` is None, else the decoded cache (made on first use).
+
+    `audio_stats` defaults to AudioSet's, or to the measured stats for AV-Digits. `workers` processes scan and
+    cache. Unless `max_broken_fraction` is None, a preflight raises TooManyBrokenError above that fraction.
+    """
+    table = load_index(kind, root, index, split, pattern, labels, target)
+    if audio_stats is None:
+        audio_stats = avdigits.audio_stats(root) if kind == "av-digits" else AUDIOSET_STATS
+    num_classes = len(table.classes)
+    if cache_dir is None:
+        dataset: AVDataset | CachedAVDataset = AVDataset(
+            table.clips, geometry, train, num_classes, table.multi_label, audio_stats
+        )
+    else:
+        path = cache_path(cache_dir, split, geometry)
+        write_cache(table.clips, path, geometry, num_classes, table.multi_label, workers=workers)
+        dataset = CachedAVDataset(path, geometry, train, audio_stats)
+    if max_broken_fraction is not None:
+        preflight(dataset, max_broken_fraction, workers)
+    return dataset
+
+
+@dataclass(frozen=True)
+class AVCollate:
+    """Drops broken items and counts them; knows the shapes so an all-broken batch is still well-formed."""
+
+    geometry: ClipGeometry
+    num_classes: int
+    multi_label: bool
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [item for item in items if "broken" not in item]
+        broken = [item["broken"] for item in items if "broken" in item]
+        if good:
+            batch = default_collate(
+                [{k: item[k] for k in ("audio", "video", "label", "index")} for item in good]
+            )
+        else:
+            shapes = self.geometry.input_shapes
+            label = (
+                torch.zeros(0, self.num_classes) if self.multi_label else torch.zeros(0, dtype=torch.int64)
+            )
+            batch = {
+                "audio": torch.zeros(0, *shapes["audio"]),
+                "video": torch.zeros(0, *shapes["video"]),
+                "label": label,
+                "index": torch.zeros(0, dtype=torch.int64),
+            }
+        return {**batch, "n_broken": len(broken), "broken": broken}
+
+
+def build_loader(
+    dataset: AVDataset | CachedAVDataset,
+    batch_size: int,
+    train: bool,
+    num_workers: int = 0,
+    *,
+    pin_memory: bool | None = None,
+    drop_last: bool | None = None,
+    prefetch_factor: int | None = None,
+) -> DataLoader:
+    """Plain DataLoader (default samplers, so `ray.train.torch.prepare_data_loader` can swap in a
+    DistributedSampler): shuffled and drop_last in train, persistent workers, pinned memory on CUDA."""
+    if isinstance(dataset, CachedAVDataset):
+        num_classes, multi_label = dataset.header.num_classes, dataset.header.multi_label
+    else:
+        num_classes, multi_label = dataset.num_classes, dataset.multi_label
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        num_workers=num_workers,
+        collate_fn=AVCollate(dataset.geometry, num_classes, multi_label),
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=train if drop_last is None else drop_last,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+    )
+
+
+class DataConfig(BaseModel):
+    """Serializable dataset description for study configs; `index` may map split -> file (AudioSet, EPIC)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Kind
+    root: Path
+    index: Path | dict[str, Path] | None = None
+    pattern: str | None = None
+    labels: Path | None = None
+    target: Literal["verb", "noun"] = "verb"
+    audio_mean: float | None = None
+    audio_std: float | None = None
+    cache_dir: Path | None = None
+    max_broken_fraction: float | None = DEFAULT_MAX_BROKEN
+    workers: int = 1
+
+    def dataset(self, split: str, geometry: ClipGeometry, train: bool) -> AVDataset | CachedAVDataset:
+        stats = None
+        if self.audio_mean is not None and self.audio_std is not None:
+            stats = AudioStats(self.audio_mean, self.audio_std)
+        return build_dataset(
+            self.kind,
+            self.root,
+            self.index[split] if isinstance(self.index, dict) else self.index,
+            split,
+            geometry,
+            train,
+            pattern=self.pattern,
+            labels=self.labels,
+            target=self.target,
+            audio_stats=stats,
+            cache_dir=self.cache_dir,
+            max_broken_fraction=self.max_broken_fraction,
+            workers=self.workers,
+        )

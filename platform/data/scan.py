@@ -1,0 +1,82 @@
+"""Preflight: find broken clips cheaply before a study, and refuse to train when too many are broken."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from . import decode
+from .broken import BrokenClip
+from .indexes import Clip
+
+DEFAULT_MAX_BROKEN = 0.05
+
+
+class TooManyBrokenError(RuntimeError):
+    """More of a dataset is broken than the study tolerates."""
+
+
+@dataclass
+class ScanReport:
+    total: int
+    broken: list[tuple[str, str]]  # (path, reason)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(reason for _, reason in self.broken)
+
+    @property
+    def fraction(self) -> float:
+        return len(self.broken) / self.total if self.total else 0.0
+
+    def describe(self, examples: int = 3) -> str:
+        lines = [f"{len(self.broken)} of {self.total} clips broken ({self.fraction:.1%})"]
+        for reason, n in self.counts.most_common():
+            paths = [p for p, r in self.broken if r == reason][:examples]
+            lines.append(f"  {reason}: {n}, e.g. {', '.join(paths)}")
+        return "\n".join(lines)
+
+    def check(self, max_fraction: float = DEFAULT_MAX_BROKEN) -> ScanReport:
+        """Raise TooManyBrokenError when the broken fraction exceeds `max_fraction`."""
+        if self.fraction > max_fraction:
+            raise TooManyBrokenError(
+                f"refusing to train: more than {max_fraction:.1%} of the dataset is broken; "
+                f"fix or drop these files, or raise max_broken_fraction.\n{self.describe()}"
+            )
+        return self
+
+
+def probe_clip(clip: Clip) -> tuple[str, str] | None:
+    """(path, reason) if the clip is broken, else None: container, both streams, first frames, span."""
+    try:
+        decode.probe(clip.path)
+        duration = decode.decode_first_frames(clip.path)
+        if duration and clip.start >= duration:
+            raise BrokenClip(
+                str(clip.path), "truncated", f"segment starts at {clip.start} s, file lasts {duration} s"
+            )
+    except BrokenClip as err:
+        return err.path, err.reason
+    return None
+
+
+def scan_clips(clips: Sequence[Clip], workers: int = 1, progress: bool = False) -> ScanReport:
+    """Probe every clip (in `workers` processes); cheap: no full decode."""
+    bar = tqdm(total=len(clips), desc="scanning", unit="clip", disable=not progress)
+    with bar:
+        if workers <= 1:
+            results = []
+            for clip in clips:
+                results.append(probe_clip(clip))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                results = []
+                for result in pool.map(probe_clip, clips, chunksize=16):
+                    results.append(result)
+                    bar.update()
+    return ScanReport(len(clips), [r for r in results if r is not None])
