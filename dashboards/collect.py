@@ -1,0 +1,260 @@
+"""MLflow -> tidy pandas frames for one study, using only the layout in `avmae.platform.tracking`.
+
+Only MLflow's client API is used, so the same code reads a local SQLite store or a remote server, and
+dashboards can be rebuilt while Ray is down or long after the sweep ended.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+from avmae.platform import tracking as T
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+# Metrics whose whole history is read: step-wise training curves, and epoch-wise validation curves.
+STEP_METRICS = (T.TRAIN_LOSS, T.TRAIN_LOSS_AUDIO, T.TRAIN_LOSS_VIDEO, T.TRAIN_LR, T.TRAIN_GRAD_NORM,
+                T.TRAIN_CLIPS_PER_S)
+EPOCH_METRICS = (T.VAL_LOSS, T.VAL_LOSS_AUDIO, T.VAL_LOSS_VIDEO)
+LOSS_METRICS = (T.TRAIN_LOSS, T.TRAIN_LOSS_AUDIO, T.TRAIN_LOSS_VIDEO, T.VAL_LOSS, T.VAL_LOSS_AUDIO,
+                T.VAL_LOSS_VIDEO)
+CELL_AXES = ("fusion", "decoder", "objective")
+MODALITIES = ("av", "audio", "video")
+# The ablation axes' values in the paper's order; values not listed here sort after them.
+AXIS_ORDER = {
+    "fusion": ("early", "mid", "late", "shared"),
+    "decoder": ("separate", "shared", "joint"),
+    "objective": ("joint", "inpainting"),
+}
+PAGE = 1000
+PARAM = "param:"
+MISSING = "n/a"  # an ablation axis a trial does not set
+TEXT_COLUMNS = ("trial_id", "run_id", "run_name", "cell", "status", "mlflow_status", *CELL_AXES)
+
+
+class StudyNotFound(LookupError):
+    """No study of that name in the store; the message lists the studies that are there."""
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """A study as frames. `trials`: one row per trial; `curves`: one row per (trial, step) of the
+    step-wise metrics; `epochs`: one row per (trial, epoch) of the validation metrics."""
+
+    name: str
+    parent_run_id: str
+    parent_status: str  # MLflow run status of the study run: RUNNING while the sweep goes on
+    params: tuple[str, ...]  # the columns of `trials` that are hyperparameters
+    trials: pd.DataFrame
+    curves: pd.DataFrame
+    epochs: pd.DataFrame
+
+    @property
+    def partial(self) -> bool:
+        """True while the sweep is still running: the figures then show a snapshot."""
+        running = (self.trials["status"] == T.TrialStatus.RUNNING.value).any() if len(self.trials) else False
+        return self.parent_status == "RUNNING" or bool(running)
+
+
+def best_col(metric: str) -> str:
+    """Column of a metric's best value over its history (the minimum, as all curves here are losses)."""
+    return f"best:{metric}"
+
+
+def axis_values(values: pd.Series | list[str], axis: str) -> list[str]:
+    """Distinct values of an ablation axis in the paper's order, unknown ones after, sorted."""
+    seen = {str(v) for v in values}
+    known = [v for v in AXIS_ORDER.get(axis, ()) if v in seen]
+    return known + sorted(seen - set(known))
+
+
+def in_axis_order(column: pd.Series) -> pd.Series:
+    """A `sort_values` key: an ablation axis column's values ranked in the paper's order."""
+    ranks = {v: i for i, v in enumerate(axis_values(column, str(column.name)))}
+    return column.astype(str).map(ranks)
+
+
+def score_columns(trials: pd.DataFrame) -> dict[str, str]:
+    """modality -> the probe column logged for it (`probe/av_acc`, or `*_map` for multi-label data)."""
+    found: dict[str, str] = {}
+    for modality in MODALITIES:
+        for score in ("acc", "map"):
+            column = T.probe_metric(modality, score)
+            if column in trials and trials[column].notna().any():
+                found[modality] = column
+                break
+    return found
+
+
+def primary_score(trials: pd.DataFrame) -> str | None:
+    """The score a cell is ranked by: audiovisual if logged, else the first modality that was."""
+    scores = score_columns(trials)
+    return next((scores[m] for m in MODALITIES if m in scores), None)
+
+
+def loss_metric(trials: pd.DataFrame) -> str:
+    """The loss trials are compared by: validation where logged, else training."""
+    has_val = T.VAL_LOSS in trials and trials[T.VAL_LOSS].notna().any()
+    return T.VAL_LOSS if has_val else T.TRAIN_LOSS
+
+
+def list_studies(client: MlflowClient) -> list[str]:
+    """Names of the studies in the store: those with a study run."""
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    if not exp_ids:
+        return []
+    runs = _search(client, exp_ids, f"tags.`{T.ROLE_TAG}` = 'study'")
+    return sorted({r.data.tags.get(T.STUDY_TAG, "") for r in runs} - {""})
+
+
+def collect_study(client: MlflowClient, study: str) -> StudyData:
+    """Read every trial of `study` with its parameters, status, final/best metrics and curves."""
+    experiment = client.get_experiment_by_name(study)
+    parents = (
+        _search(client, [experiment.experiment_id],
+                f"tags.`{T.ROLE_TAG}` = 'study' and tags.`{T.STUDY_TAG}` = '{study}'")
+        if experiment else []
+    )
+    if not parents:
+        available = list_studies(client)
+        raise StudyNotFound(
+            f"no study {study!r} in {client.tracking_uri}; available studies: "
+            + (", ".join(available) if available else "none")
+        )
+    parent = parents[0]
+    runs = _search(client, [experiment.experiment_id],
+                   f"tags.`{T.ROLE_TAG}` = 'trial' and tags.`{T.STUDY_TAG}` = '{study}'")
+    histories = {r.info.run_id: _histories(client, r) for r in runs}
+    trials, params = _trials_frame(runs, histories)
+    return StudyData(
+        name=study,
+        parent_run_id=parent.info.run_id,
+        parent_status=parent.info.status,
+        params=params,
+        trials=trials,
+        curves=_curve_frame(runs, histories, STEP_METRICS, "step"),
+        epochs=_curve_frame(runs, histories, EPOCH_METRICS, "epoch"),
+    )
+
+
+def _search(client: MlflowClient, exp_ids: list[str], filter_string: str) -> list[Run]:
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(exp_ids, filter_string=filter_string, max_results=PAGE, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+Histories = dict[str, list[tuple[int, float]]]
+
+
+def _histories(client: MlflowClient, run: Run) -> Histories:
+    """(step, value) of each curve metric the run logged, in step order."""
+    keys = [k for k in STEP_METRICS + EPOCH_METRICS if k in run.data.metrics]
+    return {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        for key in keys
+    }
+
+
+def _trials_frame(runs: list[Run], histories: dict[str, Histories]) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    frame = pd.DataFrame([_trial_row(run, histories[run.info.run_id]) for run in runs])
+    if frame.empty:
+        return pd.DataFrame(columns=[*TEXT_COLUMNS, "compute_s"]), CELL_AXES
+    # Parameters keep their `param:` prefix only where the bare name is taken by a metric or bookkeeping.
+    taken = {c for c in frame.columns if not c.startswith(PARAM)}
+    names = {c: c.removeprefix(PARAM) for c in frame.columns if c.startswith(PARAM)}
+    names = {c: bare if bare not in taken else c for c, bare in names.items()}
+    frame = frame.rename(columns=names)
+    for column in frame.columns:
+        if column not in TEXT_COLUMNS and not pd.api.types.is_numeric_dtype(frame[column]):
+            frame[column] = _numeric_or_same(frame[column])
+    frame = frame.sort_values(["cell", "trial_id"], key=_natural).reset_index(drop=True)
+    return frame, tuple(names.values())
+
+
+def _trial_row(run: Run, history: Histories) -> dict[str, object]:
+    tags, info = run.data.tags, run.info
+    status = tags.get(T.STATUS_TAG) or _status_from_mlflow(info.status)
+    cell = dict(part.split("=", 1) for part in tags.get(T.CELL_TAG, "").split(",") if "=" in part)
+    end_ms = info.end_time or int(time.time() * 1000)
+    row: dict[str, object] = {
+        "trial_id": tags.get(T.TRIAL_TAG, info.run_id),
+        "run_id": info.run_id,
+        "run_name": info.run_name,
+        "cell": tags.get(T.CELL_TAG, ""),
+        "status": status,
+        "mlflow_status": info.status,
+        "wall_s": (end_ms - info.start_time) / 1000 if info.start_time else math.nan,
+    }
+    row.update({f"{PARAM}{k}": v for k, v in run.data.params.items()})
+    for axis in CELL_AXES:  # the cell tag stands in for a missing parameter
+        row.setdefault(f"{PARAM}{axis}", cell.get(axis, MISSING))
+    row.update(run.data.metrics)  # MLflow's latest value of each metric: the final one
+    for key, points in history.items():
+        if key in LOSS_METRICS:
+            finite = [v for _, v in points if math.isfinite(v)]
+            row[best_col(key)] = min(finite) if finite else math.nan
+    losses = history.get(T.TRAIN_LOSS, [])
+    row["last_step"] = losses[-1][0] if losses else math.nan
+    row["diverged_step"] = (
+        run.data.metrics.get(T.DIVERGED_AT_STEP, row["last_step"])
+        if status == T.TrialStatus.DIVERGED.value else math.nan
+    )
+    row["compute_s"] = run.data.metrics.get(T.TRAIN_SECONDS, row["wall_s"])
+    return row
+
+
+def _status_from_mlflow(mlflow_status: str) -> str:
+    """For runs without the status tag (written by hand or by an older platform)."""
+    return {
+        "RUNNING": T.TrialStatus.RUNNING.value,
+        "SCHEDULED": T.TrialStatus.RUNNING.value,
+        "FINISHED": T.TrialStatus.FINISHED.value,
+        "KILLED": T.TrialStatus.PRUNED.value,
+    }.get(mlflow_status, T.TrialStatus.FAILED.value)
+
+
+def _curve_frame(
+    runs: list[Run], histories: dict[str, Histories], metrics: tuple[str, ...], index: str
+) -> pd.DataFrame:
+    long = pd.DataFrame(
+        _curve_points(runs, histories, metrics), columns=["trial_id", index, "metric", "value"]
+    )
+    if long.empty:
+        return pd.DataFrame(columns=["trial_id", index])
+    wide = long.pivot_table(index=["trial_id", index], columns="metric", values="value", aggfunc="last")
+    wide = wide.reindex(columns=[m for m in metrics if m in set(long["metric"])])
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+def _curve_points(
+    runs: list[Run], histories: dict[str, Histories], metrics: tuple[str, ...]
+) -> Iterator[tuple[str, int, str, float]]:
+    for run in runs:
+        trial_id = run.data.tags.get(T.TRIAL_TAG, run.info.run_id)
+        for key in metrics:
+            for step, value in histories[run.info.run_id].get(key, []):
+                yield trial_id, step, key, value
+
+
+def _numeric_or_same(column: pd.Series) -> pd.Series:
+    """Params arrive as strings: make a column numeric when every value parses, else leave it."""
+    try:
+        return pd.to_numeric(column)
+    except (ValueError, TypeError):
+        return column
+
+
+def _natural(column: pd.Series) -> pd.Series:
+    """Sort trial ids '2' before '10' when they are numbers."""
+    numeric = pd.to_numeric(column, errors="coerce")
+    return numeric if numeric.notna().all() else column.astype(str)

@@ -1,0 +1,444 @@
+"""One plotly figure per question a study has to answer. Each takes a `StudyData` and never raises on thin
+data: a panel with nothing to show says why instead.
+
+Traces carry `meta` (trial id, metric, role) so the figures can be checked by their data, not their pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from avmae.dashboards.collect import (
+    StudyData,
+    axis_values,
+    loss_metric,
+    primary_score,
+    score_columns,
+)
+from avmae.dashboards.importance import NotEnoughTrials, param_importances
+from avmae.dashboards.summary import STATUSES, cell_summary, searched_params, status_counts
+from avmae.platform import tracking as T
+from plotly.colors import sample_colorscale, sequential
+from plotly.subplots import make_subplots
+
+FINISHED, PRUNED, DIVERGED, FAILED, RUNNING = (
+    T.TrialStatus.FINISHED.value, T.TrialStatus.PRUNED.value, T.TrialStatus.DIVERGED.value,
+    T.TrialStatus.FAILED.value, T.TrialStatus.RUNNING.value,
+)
+STATUS_COLOR = {FINISHED: "#2a9d5c", PRUNED: "#f28e2b", DIVERGED: "#d62728", FAILED: "#7f7f7f",
+                RUNNING: "#4e79a7"}
+STATUS_DASH = {FINISHED: "solid", PRUNED: "dot", DIVERGED: "solid", FAILED: "dashdot", RUNNING: "dash"}
+DIVERGED_MARKER = {"symbol": "x-thin-open", "size": 14, "color": STATUS_COLOR[DIVERGED],
+                   "line": {"width": 3, "color": STATUS_COLOR[DIVERGED]}}
+LR_SCALE = sequential.Plasma[:-2]  # without the pale yellow end, every line stays visible on white
+SCORE_SCALE = sequential.Blues[2:]
+TEMPLATE = "plotly_white"
+MODALITY_LABEL = {"av": "AV", "audio": "A", "video": "V"}
+PANEL_HEIGHT = 260
+
+
+def learning_curves(data: StudyData) -> go.Figure:
+    """How did pretraining go? Loss per trial vs step (train) or epoch (val), coloured by learning rate,
+    faceted by objective (columns) and fusion (rows); a dropdown picks total, audio or video loss."""
+    views = [(m, data.curves, "step") for m in (T.TRAIN_LOSS, T.TRAIN_LOSS_AUDIO, T.TRAIN_LOSS_VIDEO)
+             if m in data.curves] + \
+            [(m, data.epochs, "epoch") for m in (T.VAL_LOSS, T.VAL_LOSS_AUDIO, T.VAL_LOSS_VIDEO)
+             if m in data.epochs]
+    title = "Learning curves"
+    if not views:
+        return _empty(title, "no training loss logged yet")
+    trials = data.trials.set_index("trial_id")
+    objectives = axis_values(trials["objective"], "objective")
+    fusions = axis_values(trials["fusion"], "fusion")
+    fig = make_subplots(
+        rows=len(fusions), cols=len(objectives), shared_xaxes=True, shared_yaxes="rows",
+        column_titles=[f"objective={o}" for o in objectives], row_titles=[f"fusion={f}" for f in fusions],
+        vertical_spacing=0.06, horizontal_spacing=0.05,
+    )
+    color = _lr_colors(trials["lr"] if "lr" in trials else pd.Series(dtype=float))
+    view_of_trace: list[int | None] = []
+    for v, (metric, frame, x) in enumerate(views):
+        legend_shown = False
+        for trial_id, points in frame.dropna(subset=[metric]).groupby("trial_id", sort=False):
+            trial = trials.loc[trial_id]
+            row, col = fusions.index(trial["fusion"]) + 1, objectives.index(trial["objective"]) + 1
+            lr = trial.get("lr", math.nan)
+            fig.add_trace(go.Scatter(
+                x=points[x], y=points[metric], mode="lines", showlegend=False, visible=v == 0,
+                line={"color": color(lr), "dash": STATUS_DASH.get(trial["status"], "solid"), "width": 1.5},
+                name=f"trial {trial_id}", meta={"role": "curve", "trial_id": trial_id, "metric": metric},
+                hovertemplate=f"trial {trial_id} ({trial['status']})<br>{trial['cell']}<br>lr={lr:.3g}"
+                              f"<br>{x}=%{{x}}<br>{metric}=%{{y:.4f}}<extra></extra>",
+            ), row=row, col=col)
+            view_of_trace.append(v)
+            if trial["status"] == DIVERGED:
+                at = trial["diverged_step"] if x == "step" else points[x].iloc[-1]
+                fig.add_trace(go.Scatter(
+                    x=[at], y=[points[metric].iloc[-1]], mode="markers", visible=v == 0,
+                    marker=DIVERGED_MARKER,
+                    name="diverged", legendgroup="diverged", showlegend=not legend_shown,
+                    meta={"role": "diverged", "trial_id": trial_id, "metric": metric},
+                    hovertemplate=f"trial {trial_id} diverged at step {trial['diverged_step']:.0f}"
+                                  f"<br>lr={lr:.3g}<br>last finite {metric}=%{{y:.4f}}<extra></extra>",
+                ), row=row, col=col)
+                view_of_trace.append(v)
+                legend_shown = True
+    for status in STATUSES:  # legend entries that explain the line styles
+        if status != DIVERGED and (trials["status"] == status).any():
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{status} trial",
+                                     line={"color": "#555", "dash": STATUS_DASH[status]}))
+            view_of_trace.append(None)
+    fig.add_trace(_lr_colorbar(trials["lr"] if "lr" in trials else pd.Series(dtype=float)))
+    view_of_trace.append(None)
+    for r, fusion in enumerate(fusions, start=1):
+        for c, objective in enumerate(objectives, start=1):
+            if not ((trials["fusion"] == fusion) & (trials["objective"] == objective)).any():
+                _note(fig, "not run", r, c)
+    bottom = [fig.get_subplot(len(fusions), c + 1).xaxis.plotly_name for c in range(len(objectives))]
+    buttons = [
+        {"label": metric, "method": "update",
+         "args": [{"visible": [t is None or t == v for t in view_of_trace]},
+                  {f"{axis}.title.text": x for axis in bottom}]}
+        for v, (metric, _, x) in enumerate(views)
+    ]
+    fig.update_yaxes(type="log")
+    for axis in bottom:
+        fig.layout[axis].title.text = views[0][2]
+    fig.update_yaxes(title_text="loss (log)", col=1)
+    fig.update_layout(
+        title=f"{title}: {views[0][0]} per trial, colour = learning rate, ✕ = diverged",
+        height=120 + PANEL_HEIGHT * len(fusions),
+        updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.08, "yanchor": "bottom"}],
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
+        margin={"t": 110}, template=TEMPLATE,
+    )
+    return fig
+
+
+def lr_stability(data: StudyData) -> go.Figure:
+    """Is the objective stable over learning rates (the paper's Fig. 4)? Per objective: final loss and probe
+    score vs lr on a log axis, mean with min-max range over trials, pruned runs hollow, diverged runs ✕."""
+    trials = data.trials
+    title = "Learning-rate stability"
+    if "lr" not in trials or trials["lr"].dropna().empty:
+        return _empty(title, "no trial has a learning rate yet")
+    objectives = axis_values(trials["objective"], "objective")
+    loss, score = loss_metric(trials), primary_score(trials)
+    rows = [(f"final {loss}", loss, "top")] + ([(score, score, "bottom")] if score else [])
+    fig = make_subplots(rows=len(rows), cols=len(objectives), shared_xaxes=True, vertical_spacing=0.08,
+                        column_titles=[f"objective={o}" for o in objectives], horizontal_spacing=0.06)
+    for c, objective in enumerate(objectives, start=1):
+        group = trials[trials["objective"] == objective]
+        for r, (label, metric, diverged_at) in enumerate(rows, start=1):
+            _stability_panel(fig, group, metric, diverged_at, r, c)
+            fig.update_yaxes(title_text=label if c == 1 else None, row=r, col=c)
+    fig.update_xaxes(type="log", tickformat=".0e")
+    fig.update_xaxes(title_text="learning rate (log)", row=len(rows))
+    left_out = trials[~trials["status"].isin([FINISHED, PRUNED, DIVERGED])]
+    note = f" — not shown: {status_counts(left_out)} (no final value)" if len(left_out) else ""
+    fig.update_layout(title=f"{title}: mean and range over trials per lr{note}",
+                      height=140 + 300 * len(rows), legend={"orientation": "h", "y": -0.12},
+                      template=TEMPLATE)
+    return fig
+
+
+def _stability_panel(fig: go.Figure, group: pd.DataFrame, metric: str, diverged_at: str, row: int, col: int
+                     ) -> None:
+    has_value = group[metric].notna() if metric in group else pd.Series(False, index=group.index)
+    finished = group[(group["status"] == FINISHED) & has_value]
+    if len(finished):
+        bins = finished.assign(bin=np.round(np.log10(finished["lr"]) * 4) / 4).groupby("bin")
+        stats = pd.DataFrame({"lr": bins["lr"].apply(lambda s: float(np.exp(np.log(s).mean()))),
+                              "mean": bins[metric].mean(), "lo": bins[metric].min(), "hi": bins[metric].max(),
+                              "n": bins[metric].size()})
+        fig.add_trace(go.Scatter(
+            x=stats["lr"], y=stats["mean"], mode="lines+markers", name="mean of finished trials",
+            line={"color": "#333"}, marker={"size": 6}, showlegend=_once(fig, "mean"), legendgroup="mean",
+            error_y={"type": "data", "symmetric": False, "array": stats["hi"] - stats["mean"],
+                     "arrayminus": stats["mean"] - stats["lo"], "color": "#999"},
+            customdata=stats["n"], meta={"role": "mean", "metric": metric},
+            hovertemplate="lr≈%{x:.3g}<br>mean=%{y:.4f}<br>n=%{customdata} trial(s)<extra></extra>",
+        ), row=row, col=col)
+    for status, symbol in ((FINISHED, "circle"), (PRUNED, "circle-open")):
+        points = group[(group["status"] == status) & has_value]
+        if len(points):
+            fig.add_trace(go.Scatter(
+                x=points["lr"], y=points[metric], mode="markers", name=f"{status} trial",
+                marker={"symbol": symbol, "size": 8, "color": STATUS_COLOR[status], "opacity": 0.8},
+                showlegend=_once(fig, status), legendgroup=status, customdata=points["trial_id"],
+                meta={"role": status, "metric": metric},
+                hovertemplate="trial %{customdata}<br>lr=%{x:.3g}<br>" + metric + "=%{y:.4f}<extra></extra>",
+            ), row=row, col=col)
+    diverged = group[group["status"] == DIVERGED]
+    if len(diverged):
+        y = _band(group.loc[has_value & group["status"].isin([FINISHED, PRUNED]), metric], diverged_at)
+        steps = diverged["diverged_step"].fillna(-1).astype(int)
+        fig.add_trace(go.Scatter(
+            x=diverged["lr"], y=[y] * len(diverged), mode="markers+text", name="diverged (no final value)",
+            text=["diverged"] * len(diverged), textfont={"color": STATUS_COLOR[DIVERGED], "size": 10},
+            textposition="bottom center" if diverged_at == "top" else "top center",
+            marker=DIVERGED_MARKER, showlegend=_once(fig, DIVERGED), legendgroup=DIVERGED,
+            meta={"role": DIVERGED, "metric": metric},
+            customdata=np.stack([diverged["trial_id"].astype(str), steps], axis=-1),
+            hovertemplate="trial %{customdata[0]} diverged at step %{customdata[1]}"
+                          "<br>lr=%{x:.3g}<extra></extra>",
+        ), row=row, col=col)
+    if not has_value.any() and not len(diverged):
+        _note(fig, f"no {metric} yet", row, col)
+
+
+def _band(values: pd.Series, where: str) -> float:
+    """A y just above (or below) the panel's data, where trials without a value are drawn."""
+    if values.empty:
+        return 1.0 if where == "top" else 0.0
+    span = float(values.max() - values.min()) or abs(float(values.max())) or 1.0
+    return float(values.max() + 0.15 * span) if where == "top" else float(values.min() - 0.15 * span)
+
+
+def ablation_table(data: StudyData) -> go.Figure:
+    """Which encoder fusion x decoder works best? One panel per objective; each cell shows its best trial's
+    AV / audio-only / video-only probe scores and how many trials stand behind it. Best cell is boxed."""
+    title = "Ablation: fusion × decoder"
+    trials = data.trials
+    if trials.empty:
+        return _empty(title, "no trials yet")
+    cells = cell_summary(data).set_index(["fusion", "decoder", "objective"])
+    objectives = axis_values(trials["objective"], "objective")
+    fusions, decoders = axis_values(trials["fusion"], "fusion"), axis_values(trials["decoder"], "decoder")
+    scores = score_columns(trials)
+    modality = next(iter(scores), None)  # the primary score's modality: AV when logged
+    grids = {o: np.array([[cells.loc[(f, d, o), modality] if modality and (f, d, o) in cells.index else np.nan
+                           for d in decoders] for f in fusions], dtype=float) for o in objectives}
+    finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    fig = make_subplots(rows=1, cols=len(objectives), subplot_titles=[f"objective={o}" for o in objectives],
+                        horizontal_spacing=0.08)
+    for c, objective in enumerate(objectives, start=1):
+        z = grids[objective]
+        fig.add_trace(go.Heatmap(
+            x=decoders, y=fusions, z=z, coloraxis="coloraxis", xgap=3, ygap=3, hoverinfo="skip",
+            meta={"role": "scores", "objective": objective},
+        ), row=1, col=c)
+        xs, ys = np.meshgrid(decoders, fusions)
+        dark = np.nan_to_num((z - lo) / (hi - lo or 1.0)) > 0.6  # white text on the darker cells
+        fig.add_trace(go.Scatter(
+            x=xs.ravel(), y=ys.ravel(), mode="text", showlegend=False, hoverinfo="text",
+            text=[_cell_text(cells, (f, d, objective), scores) for f in fusions for d in decoders],
+            textfont={"size": 12, "color": np.where(dark.ravel(), "white", "#222")},
+            meta={"role": "cell_text", "objective": objective},
+        ), row=1, col=c)
+        if np.isfinite(z).any():
+            i, j = np.unravel_index(np.nanargmax(z), z.shape)
+            fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, row=1, col=c,
+                          line={"color": "#e15759", "width": 4}, name=f"best:{fusions[i]},{decoders[j]}")
+        fig.update_xaxes(title_text="decoder", row=1, col=c)
+    fig.update_yaxes(title_text="encoder fusion", col=1)
+    fig.update_yaxes(autorange="reversed")
+    ranked_by = scores.get(modality) or loss_metric(trials)
+    fig.update_layout(
+        title=f"{title}: best trial per cell by {ranked_by} (boxed: best cell per objective)",
+        coloraxis={"colorscale": SCORE_SCALE, "cmin": lo, "cmax": hi, "showscale": bool(finite.size),
+                   "colorbar": {"title": {"text": scores.get(modality)}}},
+        height=160 + 110 * len(fusions), template=TEMPLATE,
+    )
+    return fig
+
+
+def _cell_text(cells: pd.DataFrame, key: tuple[str, str, str], scores: dict[str, str]) -> str:
+    if key not in cells.index:
+        return "not run"
+    cell = cells.loc[key]
+    count = f"n={cell['n_trials']} ({cell['n_finished']} finished)"
+    if pd.isna(cell["best_trial"]):
+        return f"{cell['why_empty']}<br>{count}"
+    values = [f"{MODALITY_LABEL[m]} {cell[m]:.3f}" for m in scores if not pd.isna(cell[m])]
+    if not values:
+        return f"no probe score yet<br>best by loss: trial {cell['best_trial']}<br>{count}"
+    return f"<b>{values[0]}</b><br>{' · '.join(values[1:])}<br>{count}"
+
+
+def masking_ratios(data: StudyData) -> go.Figure:
+    """Which audio/video masking ratios work? Each trial at (audio ratio, video ratio), coloured by its probe
+    score, one panel per objective; trials without a score are grey symbols by status."""
+    title = "Masking ratios"
+    trials = data.trials
+    axes = ("mask_ratio_audio", "mask_ratio_video")
+    if any(a not in trials or not pd.api.types.is_numeric_dtype(trials[a]) for a in axes) or trials.empty:
+        return _empty(title, "the trials log no numeric mask_ratio_audio / mask_ratio_video")
+    score = primary_score(trials)
+    objectives = axis_values(trials["objective"], "objective")
+    fig = make_subplots(rows=1, cols=len(objectives), subplot_titles=[f"objective={o}" for o in objectives],
+                        shared_yaxes=True, horizontal_spacing=0.05)
+    for c, objective in enumerate(objectives, start=1):
+        group = trials[trials["objective"] == objective]
+        scored = group[(group["status"] == FINISHED) & group[score].notna()] if score else group[:0]
+        if len(scored):
+            fig.add_trace(go.Scatter(
+                x=scored[axes[0]], y=scored[axes[1]], mode="markers", name="finished (colour = score)",
+                marker={"color": scored[score], "coloraxis": "coloraxis", "size": 13,
+                        "line": {"width": 1, "color": "#333"}},
+                customdata=np.stack([scored["trial_id"].astype(str), scored["cell"].astype(str)], axis=-1),
+                showlegend=_once(fig, "scored"), legendgroup="scored",
+                meta={"role": "scored", "objective": objective},
+                hovertemplate="trial %{customdata[0]}<br>%{customdata[1]}<br>audio mask=%{x:.2f}"
+                              "<br>video mask=%{y:.2f}<br>" + score + "=%{marker.color:.3f}<extra></extra>",
+            ), row=1, col=c)
+        unscored = group.drop(scored.index)
+        for status, points in unscored.groupby("status", sort=False):
+            fig.add_trace(go.Scatter(
+                x=points[axes[0]], y=points[axes[1]], mode="markers", name=f"{status} (no score)",
+                marker={"symbol": "x-thin-open" if status == DIVERGED else "circle-open", "size": 11,
+                        "line": {"width": 2, "color": STATUS_COLOR.get(status, "#999")}},
+                legendgroup=status, showlegend=_once(fig, status), customdata=points["trial_id"].astype(str),
+                meta={"role": status, "objective": objective},
+                hovertemplate="trial %{customdata} (" + status + ")<br>audio mask=%{x:.2f}"
+                              "<br>video mask=%{y:.2f}<extra></extra>",
+            ), row=1, col=c)
+        fig.update_xaxes(title_text="audio mask ratio", row=1, col=c)
+    fig.update_yaxes(title_text="video mask ratio", col=1)
+    fig.update_layout(title=f"{title}: audio vs video, colour = {score or 'no probe score yet'}",
+                      coloraxis={"colorscale": SCORE_SCALE, "colorbar": {"title": {"text": score}}},
+                      height=460, legend={"orientation": "h", "y": -0.2}, template=TEMPLATE)
+    return fig
+
+
+def importances(data: StudyData) -> go.Figure:
+    """Which searched parameter mattered most for the probe score? fANOVA importances via optuna.importance,
+    over the finished trials (cell axes count as categorical parameters)."""
+    title = "Parameter importance"
+    score = primary_score(data.trials)
+    if score is None:
+        return _empty(title, "no probe score logged yet")
+    try:
+        found = param_importances(data, score)
+    except NotEnoughTrials as why:
+        return _empty(title, str(why))
+    names = list(found)[::-1]  # plotly draws horizontal bars bottom-up: most important on top
+    fig = go.Figure(go.Bar(
+        x=[found[n] for n in names], y=names, orientation="h", marker={"color": "#4e79a7"},
+        text=[f"{found[n]:.2f}" for n in names], textposition="auto", meta={"role": "importance"},
+        hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+    ))
+    fig.update_layout(title=f"{title} for {score} (optuna fANOVA, normalised to 1)",
+                      xaxis_title="importance", yaxis_title="parameter", height=160 + 40 * len(names),
+                      template=TEMPLATE)
+    return fig
+
+
+def overview(data: StudyData) -> go.Figure:
+    """Where does the study stand? Trials by status, compute time per cell, and each cell's best config."""
+    trials = data.trials
+    partial = " — partial: study still running" if data.partial else ""
+    title = f"Study overview: {data.name}{partial}"
+    if trials.empty:
+        return _empty(title, "no trials logged yet")
+    cells = cell_summary(data)
+    labels = _labels(cells)
+    table_px, top_px = 40 + 26 * len(cells), 330
+    specs = [[{"type": "xy"}, {"type": "xy"}], [{"type": "table", "colspan": 2}, None]]
+    fig = make_subplots(rows=2, cols=2, specs=specs,
+                        row_heights=[top_px, table_px], vertical_spacing=180 / (top_px + table_px + 180),
+                        subplot_titles=["trials by status", "compute per cell (hours)", ""])
+    counts = trials["status"].value_counts()
+    present = [s for s in STATUSES if s in counts] + [s for s in counts.index if s not in STATUSES]
+    n = [int(counts[s]) for s in present]
+    fig.add_trace(go.Bar(x=present, y=n, text=n, showlegend=False, meta={"role": "status_counts"},
+                         marker={"color": [STATUS_COLOR.get(s, "#999") for s in present]}), row=1, col=1)
+    hours = trials.groupby(["cell", "status"])["compute_s"].sum().div(3600)
+    for status in present:
+        per_cell = hours.xs(status, level="status").reindex(cells["cell"], fill_value=0.0)
+        fig.add_trace(go.Bar(x=labels, y=per_cell.values, name=status, legendgroup=status,
+                             marker={"color": STATUS_COLOR.get(status, "#999")},
+                             meta={"role": "compute", "status": status}), row=1, col=2)
+    fig.update_yaxes(title_text="trials", row=1, col=1)
+    fig.update_yaxes(title_text="hours", row=1, col=2)
+    table = _best_config_table(cells, labels, score_columns(trials), searched_params(data))
+    fig.add_trace(table, row=2, col=1)
+    total = trials["compute_s"].sum() / 3600
+    fig.update_layout(title=f"{title} — {len(trials)} trials, {total:.2f} compute hours", barmode="stack",
+                      height=top_px + table_px + 300, legend={"title": {"text": "status"}}, template=TEMPLATE)
+    return fig
+
+
+def _best_config_table(cells: pd.DataFrame, labels: list[str], scores: dict[str, str], params: list[str]
+                       ) -> go.Table:
+    columns = {
+        "fusion · decoder · objective": labels,
+        "trials": [f"{n} ({s})" for n, s in zip(cells["n_trials"], cells["statuses"], strict=True)],
+        "best trial": [w if pd.isna(b) else str(b) for b, w in zip(cells["best_trial"], cells["why_empty"],
+                                                                   strict=True)],
+        **{p: [_fmt(v) for v in cells[p]] for p in params},
+        **{scores[m]: [_fmt(v) for v in cells[m]] for m in scores},
+        "compute h": [f"{s / 3600:.2f}" for s in cells["compute_s"]],
+    }
+    widths = [max(len(name), *(len(v) for v in values)) for name, values in columns.items()]
+    return go.Table(header={"values": list(columns), "fill_color": "#e8edf3", "align": "left"},
+                    cells={"values": list(columns.values()), "align": "left"},
+                    columnwidth=[min(w, 40) for w in widths], meta={"role": "best_config"})
+
+
+def _labels(cells: pd.DataFrame) -> list[str]:
+    """'early · shared · joint' (fusion · decoder · objective): short enough for a crowded axis."""
+    return [" · ".join(str(v) for v in axes) for axes in cells[["fusion", "decoder", "objective"]].values]
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.3g}"
+    return "" if value is None else str(value)
+
+
+def _lr_colors(lrs: pd.Series):
+    """lr -> line colour on a log scale; NaN lr -> grey."""
+    lo, hi = _log_range(lrs)
+
+    def color(lr: float) -> str:
+        if not isinstance(lr, int | float) or not lr > 0:
+            return "#999"
+        t = 0.5 if hi == lo else (math.log10(lr) - lo) / (hi - lo)
+        return sample_colorscale(LR_SCALE, [min(max(t, 0.0), 1.0)])[0]
+
+    return color
+
+
+def _lr_colorbar(lrs: pd.Series) -> go.Scatter:
+    """An invisible trace that carries the lr colour bar (plotly lines cannot have one themselves)."""
+    lo, hi = _log_range(lrs)
+    ticks = sorted({lo, hi, *range(math.ceil(lo), math.floor(hi) + 1)})
+    return go.Scatter(
+        x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip", meta={"role": "lr_colorbar"},
+        marker={"colorscale": LR_SCALE, "cmin": lo, "cmax": hi if hi > lo else lo + 1, "color": [lo],
+                "showscale": True, "colorbar": {"title": {"text": "lr"}, "tickvals": ticks,
+                                                "ticktext": [f"{10 ** t:.1e}" for t in ticks]}},
+    )
+
+
+def _log_range(lrs: pd.Series) -> tuple[float, float]:
+    positive = pd.to_numeric(lrs, errors="coerce")
+    positive = positive[positive > 0]
+    if positive.empty:
+        return -4.0, -4.0
+    return float(np.log10(positive.min())), float(np.log10(positive.max()))
+
+
+def _once(fig: go.Figure, group: str) -> bool:
+    """Whether a trace of legend group `group` is the first one: one legend entry per group, any panel."""
+    return not any(t.legendgroup == group and t.showlegend is not False for t in fig.data)
+
+
+def _note(fig: go.Figure, text: str, row: int, col: int) -> None:
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="x domain", yref="y domain",
+                       font={"color": "#777"}, row=row, col=col)
+
+
+def _empty(title: str, why: str) -> go.Figure:
+    """A figure that says why it has nothing to show, instead of an empty frame or an exception."""
+    fig = go.Figure()
+    fig.add_annotation(text=why, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font={"size": 16, "color": "#777"})
+    fig.update_layout(title=title, height=260, xaxis={"visible": False}, yaxis={"visible": False},
+                      meta={"empty": why}, template=TEMPLATE)
+    return fig

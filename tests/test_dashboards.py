@@ -1,0 +1,506 @@
+"""Dashboards, checked on their data: a realistic study is logged to a real SQLite MLflow store with the
+platform's own tracking code, read back, and every figure's traces are compared with what was logged."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from avmae.dashboards import StudyNotFound, build_study_dashboard, figures
+from avmae.dashboards.cli import dashboard
+from avmae.dashboards.collect import StudyData, best_col, collect_study
+from avmae.dashboards.importance import param_importances
+from avmae.platform import tracking as T
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS, STEPS_PER_EPOCH, SECONDS_PER_STEP = 12, 4, 300.0
+FINISHED, PRUNED, DIVERGED, FAILED, RUNNING = (s.value for s in (
+    T.TrialStatus.FINISHED, T.TrialStatus.PRUNED, T.TrialStatus.DIVERGED, T.TrialStatus.FAILED,
+    T.TrialStatus.RUNNING))
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial to log, and the values it logs, so tests know the truth without reading MLflow."""
+
+    id: str
+    fusion: str
+    decoder: str
+    objective: str
+    lr: float
+    mask_audio: float = 0.8
+    mask_video: float = 0.9
+    seed: int = 0
+    fate: str = FINISHED
+    stop: int = STEPS  # steps that ran; a diverged trial's first NaN step
+
+    @property
+    def cell(self) -> str:
+        return T.cell_key({"fusion": self.fusion, "decoder": self.decoder, "objective": self.objective})
+
+    def loss(self, step: int, part: str = "") -> float:
+        if self.fate == DIVERGED and step >= self.stop:
+            return math.nan
+        if self.fate == DIVERGED and step == self.stop - 1:
+            return 3.0  # the spike before the NaN
+        base = 0.30 + 0.05 * (self.objective == "inpainting") + 0.02 * abs(math.log10(self.lr) + 4)
+        total = base + 0.7 * math.exp(-step / 3) + 0.001 * self.seed
+        return total * {"": 1.0, "audio": 1.1, "video": 0.9}[part]
+
+    def score(self, modality: str) -> float:
+        av = (0.70 + 0.05 * (self.fusion == "mid") + 0.03 * (self.decoder == "shared")
+              + 0.02 * (self.objective == "joint") - 0.01 * abs(math.log10(self.lr) + 4) + 0.01 * self.seed
+              + 0.02 * (self.mask_video - 0.8) + 0.01 * (self.fusion == "late"))
+        return av - {"av": 0.0, "audio": 0.1, "video": 0.15}[modality]
+
+
+SWEEP = [
+    Trial("0", "early", "separate", "joint", 1e-4),
+    Trial("1", "early", "separate", "joint", 1e-3, mask_audio=0.7),
+    Trial("2", "early", "shared", "joint", 1e-4, mask_video=0.8),
+    Trial("3", "early", "shared", "joint", 1e-3),
+    Trial("4", "mid", "separate", "joint", 1e-4, mask_audio=0.6),
+    Trial("5", "mid", "separate", "joint", 1e-3, mask_video=0.7),
+    Trial("6", "mid", "shared", "joint", 1e-4),
+    Trial("7", "mid", "shared", "joint", 1e-3, fate=FAILED, stop=3),
+    Trial("8", "early", "separate", "inpainting", 1e-4, mask_audio=0.9),
+    Trial("9", "early", "separate", "inpainting", 1e-3, fate=DIVERGED, stop=6),
+    Trial("10", "early", "shared", "inpainting", 1e-4, mask_video=0.95),
+    Trial("11", "early", "shared", "inpainting", 3e-4, fate=PRUNED, stop=5),
+    Trial("12", "mid", "separate", "inpainting", 1e-4, mask_audio=0.5),
+    Trial("13", "mid", "shared", "inpainting", 1e-3, fate=DIVERGED, stop=8),
+    Trial("14", "mid", "shared", "inpainting", 1e-4, fate=PRUNED, stop=4),
+    Trial("15", "early", "separate", "joint", 1e-4, seed=1),
+    Trial("16", "late", "separate", "joint", 3e-4),
+]
+EDGE_STUDIES = {
+    "one-trial": [Trial("0", "mid", "shared", "joint", 1e-4)],
+    "all-diverged": [Trial("0", "early", "shared", "inpainting", 1e-3, fate=DIVERGED, stop=5),
+                     Trial("1", "mid", "shared", "inpainting", 3e-3, fate=DIVERGED, stop=2)],
+    "still-running": [Trial("0", "mid", "shared", "joint", 1e-4),
+                      Trial("1", "mid", "shared", "joint", 1e-3, fate=RUNNING, stop=7)],
+    "no-trials": [],
+}
+STILL_OPEN = {"still-running", "no-trials"}  # studies whose parent run is left RUNNING
+
+
+def write_study(client: MlflowClient, study: str, trials: list[Trial], root: Path, running: bool = False
+                ) -> str:
+    """Log a study the way the platform does; the experiment's artifacts go under `root`, not the cwd."""
+    client.create_experiment(study, artifact_location=(root / "artifacts" / study).as_uri())
+    config = {"study": study, "preset": "tiny", "search": {"lr": [1e-4, 3e-3], "sampler": "tpe"}}
+    parent = T.start_study_run(client, study, config)
+    for trial in trials:
+        _write_trial(client, parent, trial)
+    if not running:
+        T.end_study_run(client, parent)
+    return parent
+
+
+def _write_trial(client: MlflowClient, parent: str, trial: Trial) -> None:
+    params = {"fusion": trial.fusion, "decoder": trial.decoder, "objective": trial.objective, "lr": trial.lr,
+              "mask_ratio_audio": trial.mask_audio, "mask_ratio_video": trial.mask_video, "preset": "tiny",
+              "seed": trial.seed, "optim": {"weight_decay": 0.05}}
+    cell = {"fusion": trial.fusion, "decoder": trial.decoder, "objective": trial.objective}
+    run = T.start_trial_run(client, parent, trial.id, cell, params)
+    last = trial.stop + 2 if trial.fate == DIVERGED else trial.stop  # diverged: NaNs, then it stops
+    for step in range(last):
+        T.log_metrics(client, run, {
+            T.TRAIN_LOSS: trial.loss(step), T.TRAIN_LOSS_AUDIO: trial.loss(step, "audio"),
+            T.TRAIN_LOSS_VIDEO: trial.loss(step, "video"), T.TRAIN_LR: trial.lr, T.TRAIN_GRAD_NORM: 1.0,
+            T.TRAIN_CLIPS_PER_S: 120.0,
+        }, step)
+        if (step + 1) % STEPS_PER_EPOCH == 0 and math.isfinite(trial.loss(step)):
+            epoch = (step + 1) // STEPS_PER_EPOCH - 1
+            T.log_metrics(client, run, {T.VAL_LOSS: trial.loss(step) + 0.02, T.VAL_LOSS_AUDIO: trial.loss(
+                step, "audio"), T.VAL_LOSS_VIDEO: trial.loss(step, "video"), T.EPOCH: epoch}, epoch)
+    if trial.fate == RUNNING:
+        return
+    if trial.fate == DIVERGED:
+        T.log_metrics(client, run, {T.DIVERGED_AT_STEP: trial.stop}, trial.stop)
+    if trial.fate != FAILED:
+        T.log_metrics(client, run, {T.TRAIN_SECONDS: SECONDS_PER_STEP * trial.stop, T.N_BROKEN: 0},
+                      trial.stop)
+    if trial.fate == FINISHED:
+        probes = {T.probe_metric(m, "acc"): trial.score(m) for m in ("av", "audio", "video")}
+        T.log_metrics(client, run, probes, trial.stop)
+    T.end_trial_run(client, run, T.TrialStatus(trial.fate))
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    write_study(client, "sweep", SWEEP, root)
+    for name, trials in EDGE_STUDIES.items():
+        write_study(client, name, trials, root, running=name in STILL_OPEN)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def sweep(store: str) -> StudyData:
+    return collect_study(MlflowClient(tracking_uri=store), "sweep")
+
+
+def by_id(trial_id: str) -> Trial:
+    return next(t for t in SWEEP if t.id == trial_id)
+
+
+def traces(fig: go.Figure, role: str, **meta: str) -> list:
+    return [t for t in fig.data if isinstance(t.meta, dict) and t.meta.get("role") == role
+            and all(t.meta.get(k) == v for k, v in meta.items())]
+
+
+def subplot_of(fig: go.Figure, trace) -> tuple[int, int]:
+    """(row, col) of the subplot a trace is drawn in."""
+    rows, cols = fig._get_subplot_rows_columns()
+    for r in rows:
+        for c in cols:
+            sub = fig.get_subplot(r, c)
+            if sub is not None and sub.xaxis.plotly_name.replace("axis", "") == (trace.xaxis or "x"):
+                return r, c
+    raise AssertionError(f"no subplot for {trace.xaxis}")
+
+
+# --- collect ---------------------------------------------------------------------------------------------
+
+def test_trials_frame_has_one_row_per_trial_with_params_status_and_scores(sweep: StudyData) -> None:
+    trials = sweep.trials.set_index("trial_id")
+    assert sorted(trials.index, key=int) == [t.id for t in SWEEP]
+    assert not sweep.partial and sweep.parent_status == "FINISHED"
+    for t in SWEEP:
+        row = trials.loc[t.id]
+        assert (row["status"], row["cell"], row["fusion"], row["objective"]) == (t.fate, t.cell, t.fusion,
+                                                                                 t.objective)
+        assert row["lr"] == pytest.approx(t.lr) and row["mask_ratio_video"] == pytest.approx(t.mask_video)
+        assert row["optim.weight_decay"] == pytest.approx(0.05)  # nested params arrive flattened
+        finite = [t.loss(s) for s in range(t.stop) if math.isfinite(t.loss(s))]
+        assert row[best_col(T.TRAIN_LOSS)] == pytest.approx(min(finite))
+        if t.fate == FINISHED:
+            assert row[T.probe_metric("video", "acc")] == pytest.approx(t.score("video"))
+            assert row["compute_s"] == pytest.approx(SECONDS_PER_STEP * t.stop)
+        else:
+            assert math.isnan(row[T.probe_metric("av", "acc")])
+        if t.fate == DIVERGED:
+            assert row["diverged_step"] == t.stop
+    assert pd.api.types.is_float_dtype(sweep.trials["lr"])
+    assert {"lr", "mask_ratio_audio", "seed", "preset", "fusion"} <= set(sweep.params)
+
+
+def test_curves_have_one_row_per_trial_and_step_and_stop_at_divergence(sweep: StudyData) -> None:
+    curves = sweep.curves
+    assert not curves.duplicated(["trial_id", "step"]).any()
+    diverged = curves[curves["trial_id"] == "9"]
+    assert list(diverged["step"]) == list(range(8))  # lr etc. still logged after the loss went NaN ...
+    assert list(diverged.dropna(subset=[T.TRAIN_LOSS])["step"]) == list(range(6))  # ... the NaNs are not
+    assert diverged[T.TRAIN_LOSS].iloc[5] == pytest.approx(3.0)
+    assert list(curves[curves["trial_id"] == "0"][T.TRAIN_LOSS_AUDIO]) == pytest.approx(
+        [by_id("0").loss(s, "audio") for s in range(STEPS)])
+    epochs = sweep.epochs
+    assert list(epochs[epochs["trial_id"] == "0"]["epoch"]) == [0, 1, 2]
+    assert list(epochs[epochs["trial_id"] == "14"]["epoch"]) == [0]
+
+
+# --- figures ---------------------------------------------------------------------------------------------
+
+def test_learning_curves_one_line_per_trial_in_its_facet_coloured_by_lr(sweep: StudyData) -> None:
+    fig = figures.learning_curves(sweep)
+    fusions, objectives = ["early", "mid", "late"], ["joint", "inpainting"]
+    curves = {t.meta["trial_id"]: t for t in traces(fig, "curve", metric=T.TRAIN_LOSS)}
+    assert set(curves) == {t.id for t in SWEEP}
+    for t in SWEEP:
+        trace = curves[t.id]
+        assert subplot_of(fig, trace) == (fusions.index(t.fusion) + 1, objectives.index(t.objective) + 1)
+        steps = [s for s in range(t.stop) if math.isfinite(t.loss(s))]
+        assert list(trace.x) == steps and list(trace.y) == pytest.approx([t.loss(s) for s in steps])
+        assert trace.visible is True
+    assert curves["0"].line.color == curves["2"].line.color != curves["1"].line.color  # same lr, same colour
+    assert curves["11"].line.dash == "dot" and curves["7"].line.dash == "dashdot"  # pruned, failed
+    # The switchable views: train total/audio/video vs step, val total/audio/video vs epoch.
+    menu = fig.layout.updatemenus[0]
+    assert [b.label for b in menu.buttons] == [T.TRAIN_LOSS, T.TRAIN_LOSS_AUDIO, T.TRAIN_LOSS_VIDEO,
+                                               T.VAL_LOSS, T.VAL_LOSS_AUDIO, T.VAL_LOSS_VIDEO]
+    audio = menu.buttons[1].args[0]["visible"]
+    assert all(shown == (not isinstance(tr.meta, dict) or tr.meta.get("metric") in (None, T.TRAIN_LOSS_AUDIO))
+               for shown, tr in zip(audio, fig.data, strict=True))
+    assert fig.layout.yaxis.type == "log"
+    assert traces(fig, "lr_colorbar")[0].marker.colorbar.title.text == "lr"
+
+
+def test_diverged_trials_are_marked_where_they_diverged(sweep: StudyData) -> None:
+    fig = figures.learning_curves(sweep)
+    marks = {t.meta["trial_id"]: t for t in traces(fig, "diverged", metric=T.TRAIN_LOSS)}
+    assert set(marks) == {"9", "13"}
+    for trial_id, mark in marks.items():
+        t = by_id(trial_id)
+        assert list(mark.x) == [t.stop] and list(mark.y) == pytest.approx([3.0])
+        assert subplot_of(fig, mark) == subplot_of(fig, traces(fig, "curve", trial_id=trial_id,
+                                                               metric=T.TRAIN_LOSS)[0])
+
+
+def test_lr_stability_per_objective_on_a_log_axis_with_spread_and_diverged_runs(sweep: StudyData) -> None:
+    fig = figures.lr_stability(sweep)
+    assert all(fig.layout[a].type == "log" for a in fig.layout if a.startswith("xaxis"))
+    score = T.probe_metric("av", "acc")
+    for col, objective in enumerate(["joint", "inpainting"], start=1):
+        done = [t for t in SWEEP if t.objective == objective and t.fate == FINISHED]
+        lrs = sorted({t.lr for t in done})
+        mean = next(t for t in traces(fig, "mean", metric=score) if subplot_of(fig, t) == (2, col))
+        assert list(mean.x) == pytest.approx(lrs)
+        expected = [np.mean([t.score("av") for t in done if t.lr == lr]) for lr in lrs]
+        assert list(mean.y) == pytest.approx(expected)
+        top = [max(t.score("av") for t in done if t.lr == lr) for lr in lrs]
+        spread = [hi - m for hi, m in zip(top, expected, strict=True)]
+        assert list(mean.error_y.array) == pytest.approx(spread)
+        assert list(mean.customdata) == [sum(t.lr == lr for t in done) for lr in lrs]  # n behind each point
+    diverged = [t for t in traces(fig, DIVERGED) if subplot_of(fig, t)[1] == 2]
+    assert {row[0] for t in diverged for row in t.customdata} == {"9", "13"}
+    assert all(list(t.x) == [1e-3, 1e-3] for t in diverged)
+    loss_marks = next(t for t in diverged if subplot_of(fig, t)[0] == 1)
+    top = max(tr for t in traces(fig, FINISHED) + traces(fig, PRUNED) if subplot_of(fig, t) == (1, 2)
+              for tr in t.y)
+    assert loss_marks.y[0] > top  # drawn above every finite final loss, not dropped
+    pruned = next(t for t in traces(fig, PRUNED) if subplot_of(fig, t) == (1, 2))
+    assert list(pruned.customdata) == ["11", "14"] and pruned.marker.symbol == "circle-open"
+    assert "1 failed" in fig.layout.title.text
+
+
+def test_ablation_table_cells_scores_counts_and_best_cell(sweep: StudyData) -> None:
+    fig = figures.ablation_table(sweep)
+    fusions, decoders = ["early", "mid", "late"], ["separate", "shared"]
+    for objective in ("joint", "inpainting"):
+        heat = traces(fig, "scores", objective=objective)[0]
+        text = np.array(traces(fig, "cell_text", objective=objective)[0].text).reshape(3, 2)
+        best: dict[tuple[str, str], float] = {}
+        for i, f in enumerate(fusions):
+            for j, d in enumerate(decoders):
+                cell = [t for t in SWEEP if (t.fusion, t.decoder, t.objective) == (f, d, objective)]
+                done = [t for t in cell if t.fate == FINISHED]
+                if done:
+                    top = max(done, key=lambda t: t.score("av"))
+                    best[f, d] = top.score("av")
+                    assert heat.z[i][j] == pytest.approx(top.score("av"))
+                    assert f"AV {top.score('av'):.3f}" in text[i, j]
+                    assert f"A {top.score('audio'):.3f} · V {top.score('video'):.3f}" in text[i, j]
+                    assert f"n={len(cell)} ({len(done)} finished)" in text[i, j]
+                else:
+                    assert math.isnan(heat.z[i][j])
+                    assert text[i, j].startswith("no finished trial" if cell else "not run")
+        (f, d), _ = max(best.items(), key=lambda kv: kv[1])
+        shape = next(s for s in fig.layout.shapes if s.xref == heat.xaxis)
+        assert shape.name == f"best:{f},{d}"
+        assert (shape.x0 + 0.5, shape.y0 + 0.5) == (decoders.index(d), fusions.index(f))
+    empty = np.array(traces(fig, "cell_text", objective="inpainting")[0].text).reshape(3, 2)
+    assert empty[1, 1].startswith("no finished trial (1 diverged, 1 pruned)")
+    assert empty[2, 0] == "not run"
+
+
+def test_masking_ratios_coloured_by_score(sweep: StudyData) -> None:
+    fig = figures.masking_ratios(sweep)
+    for objective in ("joint", "inpainting"):
+        scored = traces(fig, "scored", objective=objective)[0]
+        done = [by_id(row[0]) for row in scored.customdata]
+        assert sorted(t.id for t in done) == sorted(t.id for t in SWEEP if t.objective == objective
+                                                    and t.fate == FINISHED)
+        assert list(scored.x) == pytest.approx([t.mask_audio for t in done])
+        assert list(scored.y) == pytest.approx([t.mask_video for t in done])
+        assert list(scored.marker.color) == pytest.approx([t.score("av") for t in done])
+    assert list(traces(fig, DIVERGED, objective="inpainting")[0].customdata) == ["9", "13"]
+
+
+def test_importances_cover_the_varying_parameters(sweep: StudyData) -> None:
+    fig = figures.importances(sweep)
+    bars = traces(fig, "importance")[0]
+    assert set(bars.y) == {"lr", "mask_ratio_audio", "mask_ratio_video", "fusion", "decoder", "objective"}
+    assert sum(bars.x) == pytest.approx(1.0)
+    assert list(bars.x) == sorted(bars.x)  # most important drawn on top
+
+
+def test_importances_find_the_parameter_that_drives_the_score() -> None:
+    rng = np.random.default_rng(0)
+    n = 30
+    lr = 10 ** rng.uniform(-5, -2, n)
+    trials = pd.DataFrame({
+        "trial_id": [str(i) for i in range(n)], "status": FINISHED, "cell": "decoder=shared,fusion=mid",
+        "fusion": "mid", "decoder": "shared", "objective": "joint", "lr": lr,
+        "mask_ratio_audio": rng.uniform(0.5, 0.9, n), "mask_ratio_video": rng.uniform(0.5, 0.9, n),
+        "seed": rng.integers(0, 3, n), "score": -np.abs(np.log10(lr) + 3.5),
+    })
+    params = ("fusion", "decoder", "objective", "lr", "mask_ratio_audio", "mask_ratio_video", "seed")
+    data = StudyData("synthetic", "run", "FINISHED", params, trials, pd.DataFrame(), pd.DataFrame())
+    found = param_importances(data, "score")
+    assert set(found) == {"lr", "mask_ratio_audio", "mask_ratio_video"}  # not seed, not constant axes
+    assert max(found, key=found.get) == "lr" and found["lr"] > 0.6
+
+
+def test_overview_counts_compute_and_best_config_per_cell(sweep: StudyData) -> None:
+    fig = figures.overview(sweep)
+    counts = traces(fig, "status_counts")[0]
+    expected = pd.Series([t.fate for t in SWEEP]).value_counts()
+    assert dict(zip(counts.x, counts.y, strict=True)) == expected.to_dict()
+    cells = sorted({t.cell for t in SWEEP})
+    finished_hours = next(t for t in traces(fig, "compute") if t.meta["status"] == FINISHED)
+    assert sum(finished_hours.y) == pytest.approx(
+        sum(SECONDS_PER_STEP * t.stop for t in SWEEP if t.fate == FINISHED) / 3600)
+    table = traces(fig, "best_config")[0]
+    header = list(table.header.values)
+    assert header[:3] == ["fusion · decoder · objective", "trials", "best trial"]
+    assert "lr" in header and "seed" not in header  # searched params only
+    columns = dict(zip(header, table.cells.values, strict=True))
+    labels = columns["fusion · decoder · objective"]
+    assert labels[:3] == ["early · separate · joint", "early · shared · joint", "mid · separate · joint"]
+    assert len(labels) == len(cells)
+    for cell in cells:
+        done = [t for t in SWEEP if t.cell == cell and t.fate == FINISHED]
+        t = next(t for t in SWEEP if t.cell == cell)
+        best = columns["best trial"][labels.index(f"{t.fusion} · {t.decoder} · {t.objective}")]
+        assert best == (max(done, key=lambda t: t.score("av")).id if done else best)
+        if not done:
+            assert best.startswith("no finished trial")
+    assert "compute hours" in fig.layout.title.text and "partial" not in fig.layout.title.text
+
+
+# --- edge cases ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("study", list(EDGE_STUDIES))
+def test_thin_studies_render_every_figure_and_say_why_panels_are_empty(store: str, study: str,
+                                                                       tmp_path: Path) -> None:
+    data = collect_study(MlflowClient(tracking_uri=store), study)
+    built = {name: build(data) for name, build in [
+        ("overview", figures.overview), ("curves", figures.learning_curves), ("lr", figures.lr_stability),
+        ("ablation", figures.ablation_table), ("masking", figures.masking_ratios),
+        ("importance", figures.importances)]}
+    assert all(isinstance(f, go.Figure) for f in built.values())
+    assert data.partial == (study in STILL_OPEN)
+    if study == "one-trial":
+        assert "1 finished trial(s)" in built["importance"].layout.meta["empty"]
+        assert len(traces(built["curves"], "curve", metric=T.TRAIN_LOSS)) == 1
+    if study == "all-diverged":
+        marks = traces(built["curves"], "diverged", metric=T.TRAIN_LOSS)
+        assert {t.meta["trial_id"] for t in marks} == {"0", "1"}
+        texts = [x for t in traces(built["ablation"], "cell_text") for x in t.text]
+        assert "no finished trial (1 diverged)<br>n=1 (0 finished)" in texts
+        assert built["importance"].layout.meta["empty"] == "no probe score logged yet"
+        assert len(traces(built["lr"], DIVERGED)) == 1  # loss row only: nothing to score
+    if study == "still-running":
+        assert "partial: study still running" in built["overview"].layout.title.text
+        running = traces(built["curves"], "curve", trial_id="1", metric=T.TRAIN_LOSS)[0]
+        assert running.line.dash == "dash" and len(running.x) == 7
+    if study == "no-trials":
+        assert built["overview"].layout.meta["empty"] == "no trials logged yet"
+    page = build_study_dashboard(study, store, out=tmp_path / "d.html", log_to_mlflow=False)
+    assert ("partial: study still running" in page.read_text()) == (study in STILL_OPEN)
+
+
+def test_unknown_study_lists_the_available_ones(store: str) -> None:
+    with pytest.raises(StudyNotFound, match="available studies: all-diverged, no-trials, one-trial"):
+        build_study_dashboard("nope", store, log_to_mlflow=False)
+    result = CliRunner().invoke(dashboard, ["nope", "--tracking-uri", store])
+    assert result.exit_code == 1 and "no study 'nope'" in result.output and "sweep" in result.output
+    assert "Traceback" not in result.output
+
+
+# --- output ----------------------------------------------------------------------------------------------
+
+def test_dashboard_is_one_offline_html_and_is_logged_to_the_study_run(store: str, tmp_path: Path) -> None:
+    out = tmp_path / "s.html"
+    result = CliRunner().invoke(dashboard, ["sweep", "--tracking-uri", store, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert page.count("plotly.js v") == 1  # plotly.js embedded exactly once
+    assert "<script src" not in page and "<link" not in page  # nothing to fetch
+    for name in ("overview", "learning_curves", "lr_stability", "ablation", "masking", "importance"):
+        assert f'id="fig-{name}"' in page
+    client = MlflowClient(tracking_uri=store)
+    parent = collect_study(client, "sweep").parent_run_id
+    logged = {a.path for a in client.list_artifacts(parent, "dashboard")}
+    assert {"dashboard/dashboard.html", "dashboard/trials.csv", "dashboard/figures"} <= logged
+    local = Path(client.download_artifacts(parent, "dashboard", str(tmp_path)))
+    ablation = go.Figure(json.loads((local / "figures" / "ablation.json").read_text()))
+    assert traces(ablation, "cell_text", objective="joint")
+    assert len(pd.read_csv(local / "trials.csv")) == len(SWEEP)
+
+
+def test_dashboards_never_import_ray() -> None:
+    """Dashboards are built from MLflow alone; from the platform they read only the tracking contract."""
+    for module in (REPO / "dashboards").glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                prefix = f"{node.module}." if isinstance(node, ast.ImportFrom) else ""
+                for name in (prefix + a.name for a in node.names):
+                    where = f"{module.name} imports {name}"
+                    assert name.split(".")[0] != "ray", where
+                    tracking = name.startswith("avmae.platform.tracking")
+                    assert tracking or not name.startswith("avmae.platform."), where
+
+
+# --- browser ---------------------------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def chromium() -> Path:
+    """Debian's Chromium, installed on demand; skip (saying why) only where it truly cannot be."""
+    if not CHROMIUM.exists():
+        steps = (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"])
+        for step in steps:
+            try:
+                done = subprocess.run(step, capture_output=True, text=True, timeout=600,
+                                      env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            except (OSError, subprocess.TimeoutExpired) as error:
+                pytest.skip(f"{CHROMIUM} missing and `{' '.join(step)}` could not run: {error}")
+            if done.returncode:
+                pytest.skip(f"{CHROMIUM} missing and `{' '.join(step)}` failed: {done.stderr.strip()[-300:]}")
+    if not CHROMIUM.exists():
+        pytest.skip(f"apt-get installed chromium but {CHROMIUM} is still missing")
+    return CHROMIUM
+
+
+@pytest.mark.browser
+def test_dashboard_renders_offline_in_headless_chromium(store: str, tmp_path: Path) -> None:
+    executable = chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) is not installed")
+    page_path = build_study_dashboard("sweep", store, out=tmp_path / "sweep.html", log_to_mlflow=False)
+    attempted, errors = [], []
+
+    def offline(route) -> None:
+        if route.request.url.startswith("file:"):
+            route.continue_()
+        else:
+            attempted.append(route.request.url)
+            route.abort()
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(executable), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 900})
+        try:
+            browser.route("**/*", offline)
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(page_path.resolve().as_uri())
+            names = page.eval_on_selector_all(".figure", "els => els.map(e => e.dataset.figure)")
+            page.wait_for_function(
+                "names => names.every(n => document.querySelector(`#fig-${n} .main-svg`))", arg=names,
+                timeout=60_000)
+            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        finally:
+            browser.close()
+    assert names == ["overview", "learning_curves", "lr_stability", "ablation", "masking", "importance"]
+    assert attempted == [] and errors == []
+    assert (tmp_path / "dashboard.png").stat().st_size > 50_000
+    print(f"screenshot: {tmp_path / 'dashboard.png'}")
