@@ -78,7 +78,7 @@ def _dataset_options(command: Callable) -> Callable:
             "--index",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             default=None,
-            help="Index file (default for av-digits: ROOT/vggsound.csv).",
+            help="Index file (VGGSound format: default ROOT/vggsound.csv).",
         ),
         click.option("--split", default=None, help="Split to use (VGGSound-format split column)."),
         click.option("--pattern", default=None, help="File name pattern, str.format fields per kind."),

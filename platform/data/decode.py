@@ -19,6 +19,8 @@ import torchaudio
 from .broken import BrokenClip
 from .geometry import ClipGeometry
 
+decord.logging.set_level(decord.logging.QUIET)  # broken files are reported once, as BrokenClip, not by libav
+
 SEEK_MARGIN = 2.0  # seconds decoded before a seek target, so codec warm-up never lands in the window
 MP4_BRANDS = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
 

@@ -45,17 +45,16 @@ def load_index(
 ) -> Index:
     """Read one split of an index with the adapter for `kind`.
 
-    VGGSound-format indexes filter rows on their split column; AudioSet and EPIC publish one file per split,
-    so there `split` only names the cache.
+    VGGSound-format indexes (default ROOT/vggsound.csv) filter rows on their split column; AudioSet and EPIC
+    publish one file per split, so there `split` only names the cache.
     """
     root = Path(root)
-    if kind == "av-digits":
-        index = index or root / avdigits.INDEX_NAME
-        return read_vggsound(index, root, split, pattern or VGGSOUND_PATTERN, classes=avdigits.DIGIT_WORDS)
+    if kind in ("vggsound", "av-digits"):
+        index = index or root / "vggsound.csv"
+        classes = avdigits.DIGIT_WORDS if kind == "av-digits" else None
+        return read_vggsound(index, root, split, pattern or VGGSOUND_PATTERN, classes=classes)
     if index is None:
         raise ValueError(f"kind {kind!r} needs an index file")
-    if kind == "vggsound":
-        return read_vggsound(index, root, split, pattern or VGGSOUND_PATTERN)
     if kind == "audioset":
         if labels is None:
             raise ValueError("AudioSet needs `labels` (class_labels_indices.csv)")
