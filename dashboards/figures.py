@@ -36,6 +36,7 @@ DIVERGED_MARKER = {"symbol": "x-thin-open", "size": 14, "color": STATUS_COLOR[DI
 LR_SCALE = sequential.Plasma[:-2]  # without the pale yellow end, every line stays visible on white
 SCORE_SCALE = sequential.Blues[2:]
 TEMPLATE = "plotly_white"
+LOG_TICKS = [m * 10.0**k for k in range(-4, 5) for m in (1, 2, 5)]  # plain 0.2 / 0.5 / 1 labels on log axes
 MODALITY_LABEL = {"av": "AV", "audio": "A", "video": "V"}
 PANEL_HEIGHT = 260
 
@@ -59,57 +60,54 @@ def learning_curves(data: StudyData) -> go.Figure:
         vertical_spacing=0.06, horizontal_spacing=0.05,
     )
     color = _lr_colors(trials["lr"] if "lr" in trials else pd.Series(dtype=float))
-    view_of_trace: list[int | None] = []
-    for v, (metric, frame, x) in enumerate(views):
+    for metric, frame, x in views:
         legend_shown = False
         for trial_id, points in frame.dropna(subset=[metric]).groupby("trial_id", sort=False):
             trial = trials.loc[trial_id]
             row, col = fusions.index(trial["fusion"]) + 1, objectives.index(trial["objective"]) + 1
             lr = trial.get("lr", math.nan)
             fig.add_trace(go.Scatter(
-                x=points[x], y=points[metric], mode="lines", showlegend=False, visible=v == 0,
+                x=points[x], y=points[metric], mode="lines", showlegend=False, visible=metric == views[0][0],
                 line={"color": color(lr), "dash": STATUS_DASH.get(trial["status"], "solid"), "width": 1.5},
                 name=f"trial {trial_id}", meta={"role": "curve", "trial_id": trial_id, "metric": metric},
                 hovertemplate=f"trial {trial_id} ({trial['status']})<br>{trial['cell']}<br>lr={lr:.3g}"
                               f"<br>{x}=%{{x}}<br>{metric}=%{{y:.4f}}<extra></extra>",
             ), row=row, col=col)
-            view_of_trace.append(v)
             if trial["status"] == DIVERGED:
                 at = trial["diverged_step"] if x == "step" else points[x].iloc[-1]
                 fig.add_trace(go.Scatter(
-                    x=[at], y=[points[metric].iloc[-1]], mode="markers", visible=v == 0,
+                    x=[at], y=[points[metric].iloc[-1]], mode="markers", visible=metric == views[0][0],
                     marker=DIVERGED_MARKER,
                     name="diverged", legendgroup="diverged", showlegend=not legend_shown,
                     meta={"role": "diverged", "trial_id": trial_id, "metric": metric},
                     hovertemplate=f"trial {trial_id} diverged at step {trial['diverged_step']:.0f}"
                                   f"<br>lr={lr:.3g}<br>last finite {metric}=%{{y:.4f}}<extra></extra>",
                 ), row=row, col=col)
-                view_of_trace.append(v)
                 legend_shown = True
     for status in STATUSES:  # legend entries that explain the line styles
         if status != DIVERGED and (trials["status"] == status).any():
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{status} trial",
                                      line={"color": "#555", "dash": STATUS_DASH[status]}))
-            view_of_trace.append(None)
     fig.add_trace(_lr_colorbar(trials["lr"] if "lr" in trials else pd.Series(dtype=float)))
-    view_of_trace.append(None)
     for r, fusion in enumerate(fusions, start=1):
         for c, objective in enumerate(objectives, start=1):
             if not ((trials["fusion"] == fusion) & (trials["objective"] == objective)).any():
                 _note(fig, "not run", r, c)
     bottom = [fig.get_subplot(len(fusions), c + 1).xaxis.plotly_name for c in range(len(objectives))]
+    heading = "{} per trial vs {}, colour = learning rate, ✕ = diverged"
     buttons = [
         {"label": metric, "method": "update",
-         "args": [{"visible": [t is None or t == v for t in view_of_trace]},
-                  {f"{axis}.title.text": x for axis in bottom}]}
-        for v, (metric, _, x) in enumerate(views)
+         "args": [{"visible": [_view(t) in (None, metric) for t in fig.data]},
+                  {"title.text": f"{title}: {heading.format(metric, x)}",
+                   **{f"{axis}.title.text": x for axis in bottom}}]}
+        for metric, _, x in views
     ]
-    fig.update_yaxes(type="log")
+    fig.update_yaxes(type="log", tickvals=LOG_TICKS)
     for axis in bottom:
         fig.layout[axis].title.text = views[0][2]
     fig.update_yaxes(title_text="loss (log)", col=1)
     fig.update_layout(
-        title=f"{title}: {views[0][0]} per trial, colour = learning rate, ✕ = diverged",
+        title=f"{title}: {heading.format(views[0][0], views[0][2])}",
         height=120 + PANEL_HEIGHT * len(fusions),
         updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.08, "yanchor": "bottom"}],
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
@@ -123,8 +121,9 @@ def lr_stability(data: StudyData) -> go.Figure:
     score vs lr on a log axis, mean with min-max range over trials, pruned runs hollow, diverged runs ✕."""
     trials = data.trials
     title = "Learning-rate stability"
-    if "lr" not in trials or trials["lr"].dropna().empty:
-        return _empty(title, "no trial has a learning rate yet")
+    if "lr" not in trials or not pd.api.types.is_numeric_dtype(trials["lr"]) or not (trials["lr"] > 0).any():
+        return _empty(title, "no trial has a numeric learning rate yet")
+    trials = trials[trials["lr"] > 0]
     objectives = axis_values(trials["objective"], "objective")
     loss, score = loss_metric(trials), primary_score(trials)
     rows = [(f"final {loss}", loss, "top")] + ([(score, score, "bottom")] if score else [])
@@ -135,7 +134,7 @@ def lr_stability(data: StudyData) -> go.Figure:
         for r, (label, metric, diverged_at) in enumerate(rows, start=1):
             _stability_panel(fig, group, metric, diverged_at, r, c)
             fig.update_yaxes(title_text=label if c == 1 else None, row=r, col=c)
-    fig.update_xaxes(type="log", tickformat=".0e")
+    fig.update_xaxes(type="log", tickformat=".0e", dtick="D2")
     fig.update_xaxes(title_text="learning rate (log)", row=len(rows))
     left_out = trials[~trials["status"].isin([FINISHED, PRUNED, DIVERGED])]
     note = f" — not shown: {status_counts(left_out)} (no final value)" if len(left_out) else ""
@@ -213,7 +212,8 @@ def ablation_table(data: StudyData) -> go.Figure:
     grids = {o: np.array([[cells.loc[(f, d, o), modality] if modality and (f, d, o) in cells.index else np.nan
                            for d in decoders] for f in fusions], dtype=float) for o in objectives}
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
-    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 0.01  # one score still needs a colour range
     fig = make_subplots(rows=1, cols=len(objectives), subplot_titles=[f"objective={o}" for o in objectives],
                         horizontal_spacing=0.08)
     for c, objective in enumerate(objectives, start=1):
@@ -291,6 +291,7 @@ def masking_ratios(data: StudyData) -> go.Figure:
             fig.add_trace(go.Scatter(
                 x=points[axes[0]], y=points[axes[1]], mode="markers", name=f"{status} (no score)",
                 marker={"symbol": "x-thin-open" if status == DIVERGED else "circle-open", "size": 11,
+                        "color": STATUS_COLOR.get(status, "#999"),
                         "line": {"width": 2, "color": STATUS_COLOR.get(status, "#999")}},
                 legendgroup=status, showlegend=_once(fig, status), customdata=points["trial_id"].astype(str),
                 meta={"role": status, "objective": objective},
@@ -337,10 +338,10 @@ def overview(data: StudyData) -> go.Figure:
         return _empty(title, "no trials logged yet")
     cells = cell_summary(data)
     labels = _labels(cells)
-    table_px, top_px = 40 + 26 * len(cells), 330
+    top_px, gap_px, table_px = 320, 130, 50 + 21 * len(cells)
     specs = [[{"type": "xy"}, {"type": "xy"}], [{"type": "table", "colspan": 2}, None]]
-    fig = make_subplots(rows=2, cols=2, specs=specs,
-                        row_heights=[top_px, table_px], vertical_spacing=180 / (top_px + table_px + 180),
+    fig = make_subplots(rows=2, cols=2, specs=specs, row_heights=[top_px, table_px],
+                        vertical_spacing=gap_px / (top_px + gap_px + table_px),
                         subplot_titles=["trials by status", "compute per cell (hours)", ""])
     counts = trials["status"].value_counts()
     present = [s for s in STATUSES if s in counts] + [s for s in counts.index if s not in STATUSES]
@@ -359,7 +360,8 @@ def overview(data: StudyData) -> go.Figure:
     fig.add_trace(table, row=2, col=1)
     total = trials["compute_s"].sum() / 3600
     fig.update_layout(title=f"{title} — {len(trials)} trials, {total:.2f} compute hours", barmode="stack",
-                      height=top_px + table_px + 300, legend={"title": {"text": "status"}}, template=TEMPLATE)
+                      height=top_px + gap_px + table_px + 130, margin={"t": 100, "b": 30},
+                      legend={"title": {"text": "status"}}, template=TEMPLATE)
     return fig
 
 
@@ -368,11 +370,10 @@ def _best_config_table(cells: pd.DataFrame, labels: list[str], scores: dict[str,
     columns = {
         "fusion · decoder · objective": labels,
         "trials": [f"{n} ({s})" for n, s in zip(cells["n_trials"], cells["statuses"], strict=True)],
-        "best trial": [w if pd.isna(b) else str(b) for b, w in zip(cells["best_trial"], cells["why_empty"],
-                                                                   strict=True)],
+        "best trial": ["—" if pd.isna(b) else str(b) for b in cells["best_trial"]],  # "trials" says why
         **{p: [_fmt(v) for v in cells[p]] for p in params},
         **{scores[m]: [_fmt(v) for v in cells[m]] for m in scores},
-        "compute h": [f"{s / 3600:.2f}" for s in cells["compute_s"]],
+        "compute (h)": [f"{s / 3600:.2f}" for s in cells["compute_s"]],
     }
     widths = [max(len(name), *(len(v) for v in values)) for name, values in columns.items()]
     return go.Table(header={"values": list(columns), "fill_color": "#e8edf3", "align": "left"},
@@ -387,7 +388,7 @@ def _labels(cells: pd.DataFrame) -> list[str]:
 
 def _fmt(value: object) -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.3g}"
+        return "" if math.isnan(value) else f"{value:.1e}" if 0 < abs(value) < 1e-2 else f"{value:.3g}"
     return "" if value is None else str(value)
 
 
@@ -429,7 +430,14 @@ def _once(fig: go.Figure, group: str) -> bool:
     return not any(t.legendgroup == group and t.showlegend is not False for t in fig.data)
 
 
+def _view(trace) -> str | None:
+    """The metric a learning-curve trace belongs to; None for traces shown in every view."""
+    return trace.meta.get("metric") if isinstance(trace.meta, dict) else None
+
+
 def _note(fig: go.Figure, text: str, row: int, col: int) -> None:
+    """Say why a panel is empty. The point-less trace makes plotly draw the panel's axes at all."""
+    fig.add_trace(go.Scatter(x=[None], y=[None], showlegend=False, hoverinfo="skip"), row=row, col=col)
     fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="x domain", yref="y domain",
                        font={"color": "#777"}, row=row, col=col)
 

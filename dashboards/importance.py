@@ -6,8 +6,7 @@ from the logged trials lets `optuna.importance` (fANOVA) answer "which knob matt
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import optuna
 import pandas as pd
 from avmae.dashboards.collect import CELL_AXES, StudyData
@@ -26,19 +25,18 @@ class NotEnoughTrials(ValueError):
 def param_importances(data: StudyData, target: str) -> dict[str, float]:
     """fANOVA importance of each varying parameter (cell axes included) for `target`, normalised to 1."""
     trials = data.trials
-    done = trials[(trials["status"] == TrialStatus.FINISHED.value) & trials[target].notna()]
-    if len(done) < MIN_TRIALS:
-        raise NotEnoughTrials(f"{len(done)} finished trial(s) with {target}; importances need {MIN_TRIALS}")
+    done = trials[(trials["status"] == TrialStatus.FINISHED.value) & np.isfinite(trials[target])]
     names = [a for a in CELL_AXES if done[a].nunique() > 1] + [
         p for p in searched_params(data) if done[p].dropna().nunique() > 1
     ]
+    done = done.dropna(subset=names)  # a trial that lacks a parameter cannot place it
+    if len(done) < MIN_TRIALS:
+        raise NotEnoughTrials(f"{len(done)} finished trial(s) with {target}; importances need {MIN_TRIALS}")
     if not names:
         raise NotEnoughTrials("no parameter varies across the finished trials")
     distributions = {name: _distribution(done[name]) for name in names}
     study = _quiet_study()
     for _, row in done.iterrows():
-        if any(_missing(row[n]) for n in names):
-            continue
         params = {n: _value(row[n], distributions[n]) for n in names}
         study.add_trial(
             optuna.trial.create_trial(params=params, distributions=distributions, value=float(row[target]))
@@ -68,5 +66,3 @@ def _value(value: object, distribution: BaseDistribution) -> object:
     return float(value) if isinstance(distribution, FloatDistribution) else str(value)
 
 
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
