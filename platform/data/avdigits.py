@@ -43,7 +43,7 @@ DTMF = {
 }
 SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
 SPEAKER_SPLITS = {"theo": "val", "yweweler": "test"}  # every other FSDD speaker is train
-INDEX_NAME, MANIFEST_NAME = "vggsound.csv", "av_digits.json"
+INDEX_NAME, MANIFEST_NAME, SOURCES_NAME = "vggsound.csv", "av_digits.json", "sources.csv"
 SAMPLE_RATE = 16000
 _MEL = ClipGeometry(audio_frames=1, num_frames=1, img_size=1)  # log_mel reads only sample_rate and mel bins
 
@@ -63,6 +63,7 @@ class _Job:
     number: int
     digit: int
     split: str
+    image_id: int  # row of sklearn's load_digits()
     image: np.ndarray  # 8x8 in [0, 1]
     recording: str | None
     seed: int
@@ -96,21 +97,28 @@ def _recordings(speech: Path) -> dict[tuple[int, str], list[Path]]:
 
 def _plan(settings: AVDigitsSettings) -> list[_Job]:
     """Draw every clip's digit, split, handwriting image and recording from the seed."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn is slow to import and only needed here
 
     digits = load_digits()
     rng = np.random.default_rng(settings.seed)
     groups = _recordings(Path(settings.speech)) if settings.speech else {}
+    decks = {key: [] for key in groups}  # recordings dealt without replacement, reshuffled when used up
     jobs = []
     for digit in range(10):
         images = np.flatnonzero(digits.target == digit)
         by_split = {s: [i for r, i in enumerate(images) if _split_of(r, len(images)) == s] for s in SPLITS}
         for k in range(settings.clips_per_digit):
             split = _split_of(k, settings.clips_per_digit)
-            image = digits.images[by_split[split][rng.integers(len(by_split[split]))]] / 16.0
-            pool = groups.get((digit, split))
-            recording = str(pool[rng.integers(len(pool))]) if pool else None
-            jobs.append((digit, split, image, recording, int(rng.integers(2**31))))
+            image = int(by_split[split][rng.integers(len(by_split[split]))])
+            recording = None
+            if settings.speech:
+                if (digit, split) not in groups:
+                    raise FileNotFoundError(f"no FSDD recording of {digit} for the {split} speakers")
+                if not decks[digit, split]:
+                    decks[digit, split] = list(rng.permutation(groups[digit, split]))
+                recording = str(decks[digit, split].pop())
+            seed = int(rng.integers(2**31))
+            jobs.append((digit, split, image, digits.images[image] / 16.0, recording, seed))
     order = rng.permutation(len(jobs))  # shuffled rows: a clip's id says nothing about its label
     return [_Job(n, *jobs[j]) for n, j in enumerate(order)]
 
@@ -243,6 +251,11 @@ def build_av_digits(
     mean = total / count
     rows = "".join(f"{clip_name(j.number)},0,{DIGIT_WORDS[j.digit]},{j.split}\n" for j in jobs)
     (out / INDEX_NAME).write_text(rows)
+    sources = "".join(
+        f"{clip_name(j.number)},{j.digit},{j.split},{j.image_id},{Path(j.recording or 'dtmf').name}\n"
+        for j in jobs
+    )
+    (out / SOURCES_NAME).write_text("youtube_id,digit,split,sklearn_digit_image,audio\n" + sources)
     counts = {split: sum(j.split == split for j in jobs) for split in SPLITS}
     manifest = {
         "settings": asdict(settings),

@@ -49,7 +49,10 @@ def av_digits(
     workers: int,
 ) -> None:
     """Write the AV-Digits benchmark (skips when OUT already holds the same build)."""
-    index = build_av_digits(out, speech, seed, clips_per_digit, duration, size, fps, workers)
+    try:
+        index = build_av_digits(out, speech, seed, clips_per_digit, duration, size, fps, workers)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from err
     manifest = read_manifest(out)
     click.echo(
         f"{index}: {manifest['counts']}, audio stats {manifest['audio_stats']}, "

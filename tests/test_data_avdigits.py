@@ -1,0 +1,136 @@
+"""AV-Digits: real .mp4 files + VGGSound index; reproducible, idempotent, learnable from either modality."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from avmae.platform.data import decode
+from avmae.platform.data.avdigits import DIGIT_WORDS, SPEAKER_SPLITS, build_av_digits
+from avmae.platform.data.cli import data
+from avmae.platform.data.geometry import ClipGeometry
+from avmae.platform.data.loader import build_dataset
+from click.testing import CliRunner
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+PROBE_GEOMETRY = ClipGeometry(audio_frames=200, num_frames=8, img_size=64)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Per-item decoding is 2-4x slower with intra-op threads fighting over 2 shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dtmf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("avdigits_dtmf")
+    build_av_digits(out, clips_per_digit=6, workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def speech(fsdd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("avdigits_speech")
+    build_av_digits(out, speech=fsdd_dir, clips_per_digit=16, workers=2, progress=False)
+    return out
+
+
+def sources(out: Path) -> list[dict[str, str]]:
+    with (out / "sources.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def probe_accuracy(root: Path, with_video: bool = True) -> dict[str, float]:
+    """Linear probe on frozen features (train -> val+test): pooled log-mel statistics for audio; for video a
+    random, untrained 9x9 conv bank on gray frames, max- and mean-pooled."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 128, 9, padding=4, stride=2)
+
+    def features(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        dataset = build_dataset("av-digits", root, None, split, PROBE_GEOMETRY, train=False)
+        audio, video, labels = [], [], []
+        for item in (dataset[i] for i in range(len(dataset))):
+            log_mel = item["audio"]
+            audio.append(torch.cat([log_mel.mean(0), log_mel.std(0), log_mel.amax(0)]).numpy())
+            if with_video:
+                with torch.no_grad():
+                    maps = F.relu(conv(item["video"].mean(0)[:, None]))  # gray frames [T, 1, S, S]
+                video.append(torch.cat([maps.amax((2, 3)), maps.mean((2, 3))], 1).mean(0).numpy())
+            labels.append(int(item["label"]))
+        return np.array(audio), np.array(video), np.array(labels)
+
+    train, held_out = features("train"), [features(s) for s in ("val", "test")]
+    scores = {}
+    for name, k in (("audio", 0), ("video", 1))[: 2 if with_video else 1]:
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(train[k], train[2])
+        features = np.concatenate([h[k] for h in held_out])
+        scores[name] = probe.score(features, np.concatenate([h[2] for h in held_out]))
+    return scores
+
+
+def test_dtmf_build_is_a_vggsound_dataset(dtmf: Path):
+    rows = list(csv.reader((dtmf / "vggsound.csv").open()))
+    assert len(rows) == 60 and {r[2] for r in rows} == set(DIGIT_WORDS)
+    assert [sum(r[3] == split for r in rows) for split in ("train", "val", "test")] == [40, 10, 10]
+    assert all((dtmf / f"{r[0]}_000000.mp4").is_file() for r in rows)
+    manifest = json.loads((dtmf / "av_digits.json").read_text())
+    assert manifest["classes"] == list(DIGIT_WORDS) and manifest["settings"]["speech"] is None
+    assert -12 < manifest["audio_stats"]["mean"] < 0 < manifest["audio_stats"]["std"]
+    path = dtmf / f"{rows[0][0]}_000000.mp4"
+    reader = decode.video_reader(path, decode.probe(path), 96)
+    assert len(reader) == 64 and reader.get_avg_fps() == 32 and reader[0].shape == (96, 96, 3)
+    assert 32000 <= len(decode.read_audio(path, 0.0, None, 16000)) <= 32000 + 1024  # + AAC end padding
+    digits = {r["youtube_id"]: DIGIT_WORDS[int(r["digit"])] for r in sources(dtmf)}
+    assert all(digits[r[0]] == r[2] for r in rows)
+    images = {(r["split"], r["sklearn_digit_image"]) for r in sources(dtmf)}
+    train_images = {i for s, i in images if s == "train"}
+    assert not train_images & {i for s, i in images if s == "test"}  # unseen handwriting
+
+
+def test_build_is_deterministic_and_idempotent(tmp_path: Path):
+    first = build_av_digits(tmp_path / "a", clips_per_digit=1, workers=1, progress=False)
+    second = build_av_digits(tmp_path / "b", clips_per_digit=1, workers=1, progress=False)
+    assert first.read_text() == second.read_text()
+    for row in first.read_text().splitlines():
+        name = f"{row.split(',')[0]}_000000.mp4"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    stamp = (tmp_path / "a" / "av_digits.json").stat().st_mtime_ns
+    assert build_av_digits(tmp_path / "a", clips_per_digit=1, workers=1, progress=False) == first
+    assert (tmp_path / "a" / "av_digits.json").stat().st_mtime_ns == stamp  # same settings: skipped
+    other = build_av_digits(tmp_path / "a", seed=1, clips_per_digit=1, workers=1, progress=False)
+    assert other.read_text() != second.read_text()  # new settings: rebuilt
+
+
+def test_dtmf_tones_are_learnable(dtmf: Path):
+    assert probe_accuracy(dtmf, with_video=False)["audio"] > 0.6  # chance is 0.1
+
+
+def test_speech_build_splits_speakers_and_is_learnable(speech: Path):
+    rows = sources(speech)
+    speakers = {(r["split"], r["audio"].split("_")[1]) for r in rows}
+    held_out = {(split, speaker) for speaker, split in SPEAKER_SPLITS.items()}
+    train_speakers = {s for split, s in speakers if split == "train"}
+    assert held_out <= speakers and not {s for _, s in held_out} & train_speakers
+    assert all(r["audio"].startswith(f"{r['digit']}_") for r in rows)  # the recording says the clip's digit
+    scores = probe_accuracy(speech)  # unseen speakers and unseen handwriting; chance is 0.1
+    assert scores["audio"] > 0.3 and scores["video"] > 0.3, scores
+
+
+def test_cli_writes_and_reports(tmp_path: Path):
+    args = ["av-digits", "--out", str(tmp_path), "--clips-per-digit", "1", "--size", "32", "--workers", "1"]
+    result = CliRunner().invoke(data, args)
+    assert result.exit_code == 0, result.output
+    assert "audio stats" in result.output and len((tmp_path / "vggsound.csv").read_text().splitlines()) == 10
+    result = CliRunner().invoke(data, [*args[:-2], "--size", "33"])
+    assert result.exit_code == 1 and "size must be even" in result.output
