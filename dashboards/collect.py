@@ -56,7 +56,7 @@ class StudyData:
     @property
     def partial(self) -> bool:
         """True while the sweep is still running: the figures then show a snapshot."""
-        running = (self.trials["status"] == T.TrialStatus.RUNNING.value).any() if len(self.trials) else False
+        running = (self.trials["status"] == T.TrialStatus.RUNNING.value).any()
         return self.parent_status == "RUNNING" or bool(running)
 
 
@@ -92,8 +92,7 @@ def score_columns(trials: pd.DataFrame) -> dict[str, str]:
 
 def primary_score(trials: pd.DataFrame) -> str | None:
     """The score a cell is ranked by: audiovisual if logged, else the first modality that was."""
-    scores = score_columns(trials)
-    return next((scores[m] for m in MODALITIES if m in scores), None)
+    return next(iter(score_columns(trials).values()), None)
 
 
 def loss_metric(trials: pd.DataFrame) -> str:
@@ -156,18 +155,23 @@ Histories = dict[str, list[tuple[int, float]]]
 
 
 def _histories(client: MlflowClient, run: Run) -> Histories:
-    """(step, value) of each curve metric the run logged, in step order."""
+    """(step, value) of each curve metric the run logged, in step order. The epoch report that says a trial
+    diverged carries a placeholder loss, no measurement: its epoch metrics stop before that epoch."""
     keys = [k for k in STEP_METRICS + EPOCH_METRICS if k in run.data.metrics]
-    return {
+    history = {
         key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
         for key in keys
     }
+    if T.DIVERGED_AT_STEP in run.data.metrics:
+        epoch = min(m.step for m in client.get_metric_history(run.info.run_id, T.DIVERGED_AT_STEP))
+        history.update({k: [p for p in history[k] if p[0] < epoch] for k in EPOCH_METRICS if k in history})
+    return history
 
 
 def _trials_frame(runs: list[Run], histories: dict[str, Histories]) -> tuple[pd.DataFrame, tuple[str, ...]]:
     frame = pd.DataFrame([_trial_row(run, histories[run.info.run_id]) for run in runs])
     if frame.empty:
-        return pd.DataFrame(columns=[*TEXT_COLUMNS, "compute_s"]), CELL_AXES
+        return pd.DataFrame(columns=[*TEXT_COLUMNS, "compute_s"]), ()
     # Parameters keep their `param:` prefix only where the bare name is taken by a metric or bookkeeping.
     taken = {c for c in frame.columns if not c.startswith(PARAM)}
     names = {c: c.removeprefix(PARAM) for c in frame.columns if c.startswith(PARAM)}
@@ -197,8 +201,9 @@ def _trial_row(run: Run, history: Histories) -> dict[str, object]:
     row.update({f"{PARAM}{k}": v for k, v in run.data.params.items()})
     for axis in CELL_AXES:  # the cell tag stands in for a missing parameter
         row.setdefault(f"{PARAM}{axis}", cell.get(axis, MISSING))
-    row.update(run.data.metrics)  # MLflow's latest value of each metric: the final one
+    row.update(run.data.metrics)  # MLflow's latest value of each metric: the final one ...
     for key, points in history.items():
+        row[key] = points[-1][1] if points else math.nan  # ... or, for curves, the last measured one
         if key in LOSS_METRICS:
             finite = [v for _, v in points if math.isfinite(v)]
             row[best_col(key)] = min(finite) if finite else math.nan

@@ -70,18 +70,18 @@ def learning_curves(data: StudyData) -> go.Figure:
                 x=points[x], y=points[metric], mode="lines", showlegend=False, visible=metric == views[0][0],
                 line={"color": color(lr), "dash": STATUS_DASH.get(trial["status"], "solid"), "width": 1.5},
                 name=f"trial {trial_id}", meta={"role": "curve", "trial_id": trial_id, "metric": metric},
-                hovertemplate=f"trial {trial_id} ({trial['status']})<br>{trial['cell']}<br>lr={lr:.3g}"
+                hovertemplate=f"trial {trial_id} ({trial['status']})<br>{trial['cell']}<br>lr={_fmt(lr)}"
                               f"<br>{x}=%{{x}}<br>{metric}=%{{y:.4f}}<extra></extra>",
             ), row=row, col=col)
             if trial["status"] == DIVERGED:
                 at = trial["diverged_step"] if x == "step" else points[x].iloc[-1]
                 fig.add_trace(go.Scatter(
                     x=[at], y=[points[metric].iloc[-1]], mode="markers", visible=metric == views[0][0],
-                    marker=DIVERGED_MARKER,
-                    name="diverged", legendgroup="diverged", showlegend=not legend_shown,
+                    marker=DIVERGED_MARKER, name="diverged", legendgroup=DIVERGED,
+                    showlegend=not legend_shown,
                     meta={"role": "diverged", "trial_id": trial_id, "metric": metric},
                     hovertemplate=f"trial {trial_id} diverged at step {trial['diverged_step']:.0f}"
-                                  f"<br>lr={lr:.3g}<br>last finite {metric}=%{{y:.4f}}<extra></extra>",
+                                  f"<br>lr={_fmt(lr)}<br>last finite {metric}=%{{y:.4f}}<extra></extra>",
                 ), row=row, col=col)
                 legend_shown = True
     for status in STATUSES:  # legend entries that explain the line styles
@@ -387,6 +387,7 @@ def _labels(cells: pd.DataFrame) -> list[str]:
 
 
 def _fmt(value: object) -> str:
+    """Numbers for tables and hovers: 1.0e-04 for learning rates, 3 significant digits otherwise."""
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.1e}" if 0 < abs(value) < 1e-2 else f"{value:.3g}"
     return "" if value is None else str(value)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import optuna
 import pandas as pd
-from avmae.dashboards.collect import CELL_AXES, StudyData
-from avmae.dashboards.summary import searched_params
+from avmae.dashboards.collect import StudyData
+from avmae.dashboards.summary import cell_axes, searched_params
 from avmae.platform.tracking import TrialStatus
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
@@ -23,12 +23,12 @@ class NotEnoughTrials(ValueError):
 
 
 def param_importances(data: StudyData, target: str) -> dict[str, float]:
-    """fANOVA importance of each varying parameter (cell axes included) for `target`, normalised to 1."""
+    """fANOVA importance for `target` of each cell axis and searched parameter that varies across the
+    finished trials, normalised to sum to 1."""
     trials = data.trials
     done = trials[(trials["status"] == TrialStatus.FINISHED.value) & np.isfinite(trials[target])]
-    names = [a for a in CELL_AXES if done[a].nunique() > 1] + [
-        p for p in searched_params(data) if done[p].dropna().nunique() > 1
-    ]
+    candidates = dict.fromkeys([*cell_axes(data), *searched_params(data)])
+    names = [n for n in candidates if n in done and done[n].dropna().nunique() > 1]
     done = done.dropna(subset=names)  # a trial that lacks a parameter cannot place it
     if len(done) < MIN_TRIALS:
         raise NotEnoughTrials(f"{len(done)} finished trial(s) with {target}; importances need {MIN_TRIALS}")

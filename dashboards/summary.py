@@ -24,11 +24,18 @@ NOT_SEARCHED = ("seed",)  # varies across trials on purpose, but is no hyperpara
 
 
 def searched_params(data: StudyData) -> list[str]:
-    """Hyperparameters searched inside cells (lr, mask ratios, ...): the non-axis params that vary."""
-    return [
-        p for p in data.params
-        if p not in CELL_AXES and p not in NOT_SEARCHED and data.trials[p].dropna().nunique() > 1
-    ]
+    """Hyperparameters searched inside cells (lr, mask ratios, ...): the params that vary within a cell.
+    What a cell fixes (its axes, and settings they imply) does not."""
+    if data.trials.empty:
+        return []
+    varies = data.trials.groupby("cell")[list(data.params)].nunique().max() > 1
+    return [p for p in data.params if varies[p] and p not in NOT_SEARCHED]
+
+
+def cell_axes(data: StudyData) -> list[str]:
+    """The ablation axes the cells are made of: fusion, decoder, objective, and any other in the cell tags."""
+    named = {part.split("=", 1)[0] for cell in data.trials["cell"] for part in str(cell).split(",") if part}
+    return [*CELL_AXES, *sorted(named - set(CELL_AXES))]
 
 
 def cell_summary(data: StudyData) -> pd.DataFrame:
@@ -36,7 +43,7 @@ def cell_summary(data: StudyData) -> pd.DataFrame:
     the best trial with its scores and searched params."""
     trials = data.trials
     columns = ["cell", *CELL_AXES, "n_trials", *(f"n_{s}" for s in STATUSES), "statuses", "compute_s",
-               "best_trial", "ranked_by", "why_empty"]
+               "best_trial", "why_empty"]
     searched = searched_params(data)
     rows = [_cell_row(cell, group, trials, searched) for cell, group in trials.groupby("cell", sort=False)]
     frame = pd.DataFrame(rows, columns=columns + [k for k in (rows[0] if rows else {}) if k not in columns])
@@ -59,8 +66,8 @@ def _cell_row(cell: str, group: pd.DataFrame, trials: pd.DataFrame, searched: li
         "statuses": status_counts(group),
         "compute_s": float(group["compute_s"].sum()),
     }
-    best, ranked_by, why = _best(group, trials)
-    row.update(best_trial=None if best is None else best["trial_id"], ranked_by=ranked_by, why_empty=why)
+    best, why = _best(group, trials)
+    row.update(best_trial=None if best is None else best["trial_id"], why_empty=why)
     for modality, column in score_columns(trials).items():
         row[modality] = math.nan if best is None else best.get(column, math.nan)
     for param in searched:
@@ -68,15 +75,15 @@ def _cell_row(cell: str, group: pd.DataFrame, trials: pd.DataFrame, searched: li
     return row
 
 
-def _best(group: pd.DataFrame, trials: pd.DataFrame) -> tuple[pd.Series | None, str | None, str | None]:
-    """The cell's best finished trial, what it was ranked by, or why there is none."""
+def _best(group: pd.DataFrame, trials: pd.DataFrame) -> tuple[pd.Series | None, str | None]:
+    """The cell's best finished trial, or why there is none."""
     finished = group[group["status"] == TrialStatus.FINISHED.value]
     if finished.empty:
-        return None, None, f"no finished trial ({status_counts(group)})"
+        return None, f"no finished trial ({status_counts(group)})"
     score = primary_score(trials)
     if score is not None and finished[score].notna().any():
-        return finished.loc[finished[score].idxmax()], score, None
+        return finished.loc[finished[score].idxmax()], None
     loss = loss_metric(trials)
     if loss in finished and finished[loss].notna().any():
-        return finished.loc[finished[loss].idxmin()], loss, None
-    return None, None, f"{len(finished)} finished, nothing logged to rank by"
+        return finished.loc[finished[loss].idxmin()], None
+    return None, f"{len(finished)} finished, nothing logged to rank by"

@@ -43,11 +43,22 @@ class Trial:
     mask_video: float = 0.9
     seed: int = 0
     fate: str = FINISHED
-    stop: int = STEPS  # steps that ran; a diverged trial's first NaN step
+    stop: int = STEPS  # steps that ran: a diverged trial's first NaN step; a failed one crashed mid-epoch
 
     @property
     def cell(self) -> str:
         return T.cell_key({"fusion": self.fusion, "decoder": self.decoder, "objective": self.objective})
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps with a finite loss in MLflow: reports come per epoch, so a crash loses its epoch."""
+        done = self.stop if self.fate == DIVERGED else self.stop // STEPS_PER_EPOCH * STEPS_PER_EPOCH
+        return list(range(done))
+
+    @property
+    def epochs(self) -> list[int]:
+        """Epochs (1-based, as the platform counts them) with a real validation loss."""
+        return list(range(1, len(self.steps) // STEPS_PER_EPOCH + 1))
 
     def loss(self, step: int, part: str = "") -> float:
         if self.fate == DIVERGED and step >= self.stop:
@@ -57,6 +68,9 @@ class Trial:
         base = 0.30 + 0.05 * (self.objective == "inpainting") + 0.02 * abs(math.log10(self.lr) + 4)
         total = base + 0.7 * math.exp(-step / 3) + 0.001 * self.seed
         return total * {"": 1.0, "audio": 1.1, "video": 0.9}[part]
+
+    def val_loss(self, epoch: int) -> float:
+        return self.loss(epoch * STEPS_PER_EPOCH - 1) + 0.02
 
     def score(self, modality: str) -> float:
         av = (0.70 + 0.05 * (self.fusion == "mid") + 0.03 * (self.decoder == "shared")
@@ -73,14 +87,14 @@ SWEEP = [
     Trial("4", "mid", "separate", "joint", 1e-4, mask_audio=0.6),
     Trial("5", "mid", "separate", "joint", 1e-3, mask_video=0.7),
     Trial("6", "mid", "shared", "joint", 1e-4),
-    Trial("7", "mid", "shared", "joint", 1e-3, fate=FAILED, stop=3),
+    Trial("7", "mid", "shared", "joint", 1e-3, fate=FAILED, stop=6),
     Trial("8", "early", "separate", "inpainting", 1e-4, mask_audio=0.9),
     Trial("9", "early", "separate", "inpainting", 1e-3, fate=DIVERGED, stop=6),
     Trial("10", "early", "shared", "inpainting", 1e-4, mask_video=0.95),
-    Trial("11", "early", "shared", "inpainting", 3e-4, fate=PRUNED, stop=5),
+    Trial("11", "early", "shared", "inpainting", 3e-4, fate=PRUNED, stop=4),
     Trial("12", "mid", "separate", "inpainting", 1e-4, mask_audio=0.5),
-    Trial("13", "mid", "shared", "inpainting", 1e-3, fate=DIVERGED, stop=8),
-    Trial("14", "mid", "shared", "inpainting", 1e-4, fate=PRUNED, stop=4),
+    Trial("13", "mid", "shared", "inpainting", 1e-3, fate=DIVERGED, stop=7),
+    Trial("14", "mid", "shared", "inpainting", 1e-4, fate=PRUNED, stop=8),
     Trial("15", "early", "separate", "joint", 1e-4, seed=1),
     Trial("16", "late", "separate", "joint", 3e-4),
 ]
@@ -89,17 +103,21 @@ EDGE_STUDIES = {
     "all-diverged": [Trial("0", "early", "shared", "inpainting", 1e-3, fate=DIVERGED, stop=5),
                      Trial("1", "mid", "shared", "inpainting", 3e-3, fate=DIVERGED, stop=2)],
     "still-running": [Trial("0", "mid", "shared", "joint", 1e-4),
-                      Trial("1", "mid", "shared", "joint", 1e-3, fate=RUNNING, stop=7)],
+                      Trial("1", "mid", "shared", "joint", 1e-3, fate=RUNNING, stop=8)],
     "no-trials": [],
 }
 STILL_OPEN = {"still-running", "no-trials"}  # studies whose parent run is left RUNNING
+# What the platform reports as a diverged trial's `spec.metric` (finite, so Optuna and ASHA rank it last);
+# with metric val/loss it reaches MLflow as that epoch's val/loss.
+DIVERGED_PLACEHOLDER = 1e6
 
 
 def write_study(client: MlflowClient, study: str, trials: list[Trial], root: Path, running: bool = False
                 ) -> str:
     """Log a study the way the platform does; the experiment's artifacts go under `root`, not the cwd."""
     client.create_experiment(study, artifact_location=(root / "artifacts" / study).as_uri())
-    config = {"study": study, "preset": "tiny", "search": {"lr": [1e-4, 3e-3], "sampler": "tpe"}}
+    config = {"name": study, "metric": T.VAL_LOSS, "axes": {"objective": ["joint", "inpainting"]},
+              "search": {"lr": {"dist": "range", "low": 1e-4, "high": 3e-3, "log": True}}}
     parent = T.start_study_run(client, study, config)
     for trial in trials:
         _write_trial(client, parent, trial)
@@ -109,33 +127,35 @@ def write_study(client: MlflowClient, study: str, trials: list[Trial], root: Pat
 
 
 def _write_trial(client: MlflowClient, parent: str, trial: Trial) -> None:
+    """As the platform's Tune callback does: per epoch, the step history, then the epoch's metrics."""
     params = {"fusion": trial.fusion, "decoder": trial.decoder, "objective": trial.objective, "lr": trial.lr,
               "mask_ratio_audio": trial.mask_audio, "mask_ratio_video": trial.mask_video, "preset": "tiny",
               "seed": trial.seed, "optim": {"weight_decay": 0.05}}
     cell = {"fusion": trial.fusion, "decoder": trial.decoder, "objective": trial.objective}
     run = T.start_trial_run(client, parent, trial.id, cell, params)
-    last = trial.stop + 2 if trial.fate == DIVERGED else trial.stop  # diverged: NaNs, then it stops
-    for step in range(last):
+    for epoch in range(1, STEPS // STEPS_PER_EPOCH + 1):
+        steps = range((epoch - 1) * STEPS_PER_EPOCH, epoch * STEPS_PER_EPOCH)
+        history = [{"step": s, T.TRAIN_LOSS: trial.loss(s), T.TRAIN_LOSS_AUDIO: trial.loss(s, "audio"),
+                    T.TRAIN_LOSS_VIDEO: trial.loss(s, "video"), T.TRAIN_LR: trial.lr, T.TRAIN_GRAD_NORM: 1.0,
+                    T.TRAIN_CLIPS_PER_S: 120.0} for s in steps if s <= trial.stop]
+        if trial.fate == DIVERGED and trial.stop in steps:  # the NaN record ends the trial
+            T.log_history(client, run, history)
+            T.log_metrics(client, run, {T.EPOCH: epoch, T.DIVERGED_AT_STEP: trial.stop,
+                                        T.VAL_LOSS: DIVERGED_PLACEHOLDER}, epoch)
+            break
+        if epoch not in trial.epochs:  # pruned or running: not reached; failed: crashed before reporting
+            break
+        T.log_history(client, run, history)
         T.log_metrics(client, run, {
-            T.TRAIN_LOSS: trial.loss(step), T.TRAIN_LOSS_AUDIO: trial.loss(step, "audio"),
-            T.TRAIN_LOSS_VIDEO: trial.loss(step, "video"), T.TRAIN_LR: trial.lr, T.TRAIN_GRAD_NORM: 1.0,
-            T.TRAIN_CLIPS_PER_S: 120.0,
-        }, step)
-        if (step + 1) % STEPS_PER_EPOCH == 0 and math.isfinite(trial.loss(step)):
-            epoch = (step + 1) // STEPS_PER_EPOCH - 1
-            T.log_metrics(client, run, {T.VAL_LOSS: trial.loss(step) + 0.02, T.VAL_LOSS_AUDIO: trial.loss(
-                step, "audio"), T.VAL_LOSS_VIDEO: trial.loss(step, "video"), T.EPOCH: epoch}, epoch)
-    if trial.fate == RUNNING:
-        return
-    if trial.fate == DIVERGED:
-        T.log_metrics(client, run, {T.DIVERGED_AT_STEP: trial.stop}, trial.stop)
-    if trial.fate != FAILED:
-        T.log_metrics(client, run, {T.TRAIN_SECONDS: SECONDS_PER_STEP * trial.stop, T.N_BROKEN: 0},
-                      trial.stop)
+            T.EPOCH: epoch, T.VAL_LOSS: trial.val_loss(epoch), T.VAL_LOSS_AUDIO: trial.val_loss(epoch) * 1.1,
+            T.VAL_LOSS_VIDEO: trial.val_loss(epoch) * 0.9, T.N_BROKEN: 0,
+            T.TRAIN_SECONDS: SECONDS_PER_STEP * (steps[-1] + 1),  # cumulative, as the trainer reports it
+        }, epoch)
     if trial.fate == FINISHED:
         probes = {T.probe_metric(m, "acc"): trial.score(m) for m in ("av", "audio", "video")}
-        T.log_metrics(client, run, probes, trial.stop)
-    T.end_trial_run(client, run, T.TrialStatus(trial.fate))
+        T.log_metrics(client, run, probes, STEPS // STEPS_PER_EPOCH)
+    if trial.fate != RUNNING:
+        T.end_trial_run(client, run, T.TrialStatus(trial.fate))
 
 
 @pytest.fixture(scope="session")
@@ -186,11 +206,13 @@ def test_trials_frame_has_one_row_per_trial_with_params_status_and_scores(sweep:
                                                                                  t.objective)
         assert row["lr"] == pytest.approx(t.lr) and row["mask_ratio_video"] == pytest.approx(t.mask_video)
         assert row["optim.weight_decay"] == pytest.approx(0.05)  # nested params arrive flattened
-        finite = [t.loss(s) for s in range(t.stop) if math.isfinite(t.loss(s))]
-        assert row[best_col(T.TRAIN_LOSS)] == pytest.approx(min(finite))
+        assert row[best_col(T.TRAIN_LOSS)] == pytest.approx(min(t.loss(s) for s in t.steps))
+        assert row[T.TRAIN_LOSS] == pytest.approx(t.loss(t.steps[-1]))  # final: the last finite value
+        # A diverged trial's placeholder val/loss is no measurement: its final value is the last real one.
+        assert row[T.VAL_LOSS] == pytest.approx(t.val_loss(t.epochs[-1]))
         if t.fate == FINISHED:
             assert row[T.probe_metric("video", "acc")] == pytest.approx(t.score("video"))
-            assert row["compute_s"] == pytest.approx(SECONDS_PER_STEP * t.stop)
+            assert row["compute_s"] == pytest.approx(SECONDS_PER_STEP * STEPS)
         else:
             assert math.isnan(row[T.probe_metric("av", "acc")])
         if t.fate == DIVERGED:
@@ -203,14 +225,16 @@ def test_curves_have_one_row_per_trial_and_step_and_stop_at_divergence(sweep: St
     curves = sweep.curves
     assert not curves.duplicated(["trial_id", "step"]).any()
     diverged = curves[curves["trial_id"] == "9"]
-    assert list(diverged["step"]) == list(range(8))  # lr etc. still logged after the loss went NaN ...
+    assert list(diverged["step"]) == list(range(7))  # lr is still logged at the NaN step ...
     assert list(diverged.dropna(subset=[T.TRAIN_LOSS])["step"]) == list(range(6))  # ... the NaNs are not
     assert diverged[T.TRAIN_LOSS].iloc[5] == pytest.approx(3.0)
     assert list(curves[curves["trial_id"] == "0"][T.TRAIN_LOSS_AUDIO]) == pytest.approx(
         [by_id("0").loss(s, "audio") for s in range(STEPS)])
     epochs = sweep.epochs
-    assert list(epochs[epochs["trial_id"] == "0"]["epoch"]) == [0, 1, 2]
-    assert list(epochs[epochs["trial_id"] == "14"]["epoch"]) == [0]
+    for t in SWEEP:
+        logged = epochs[epochs["trial_id"] == t.id]
+        assert list(logged["epoch"]) == t.epochs  # a diverged epoch's placeholder is left out
+        assert list(logged[T.VAL_LOSS]) == pytest.approx([t.val_loss(e) for e in t.epochs])
 
 
 # --- figures ---------------------------------------------------------------------------------------------
@@ -223,8 +247,7 @@ def test_learning_curves_one_line_per_trial_in_its_facet_coloured_by_lr(sweep: S
     for t in SWEEP:
         trace = curves[t.id]
         assert subplot_of(fig, trace) == (fusions.index(t.fusion) + 1, objectives.index(t.objective) + 1)
-        steps = [s for s in range(t.stop) if math.isfinite(t.loss(s))]
-        assert list(trace.x) == steps and list(trace.y) == pytest.approx([t.loss(s) for s in steps])
+        assert list(trace.x) == t.steps and list(trace.y) == pytest.approx([t.loss(s) for s in t.steps])
         assert trace.visible is True
     assert curves["0"].line.color == curves["2"].line.color != curves["1"].line.color  # same lr, same colour
     assert curves["11"].line.dash == "dot" and curves["7"].line.dash == "dashdot"  # pruned, failed
@@ -395,7 +418,7 @@ def test_thin_studies_render_every_figure_and_say_why_panels_are_empty(store: st
     if study == "still-running":
         assert "partial: study still running" in built["overview"].layout.title.text
         running = traces(built["curves"], "curve", trial_id="1", metric=T.TRAIN_LOSS)[0]
-        assert running.line.dash == "dash" and len(running.x) == 7
+        assert running.line.dash == "dash" and len(running.x) == 8
     if study == "no-trials":
         assert built["overview"].layout.meta["empty"] == "no trials logged yet"
     page = build_study_dashboard(study, store, out=tmp_path / "d.html", log_to_mlflow=False)
