@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from avmae.dashboards.collect import (
+    CELL_AXES,
     StudyData,
     axis_values,
     loss_metric,
@@ -204,11 +205,14 @@ def ablation_table(data: StudyData) -> go.Figure:
     trials = data.trials
     if trials.empty:
         return _empty(title, "no trials yet")
-    cells = cell_summary(data).set_index(["fusion", "decoder", "objective"])
-    objectives = axis_values(trials["objective"], "objective")
-    fusions, decoders = axis_values(trials["fusion"], "fusion"), axis_values(trials["decoder"], "decoder")
     scores = score_columns(trials)
     modality = next(iter(scores), None)  # the primary score's modality: AV when logged
+    cells = cell_summary(data)
+    if modality:  # cells that differ on a further axis share a square: the best of them shows
+        cells = cells.sort_values(modality, ascending=False, na_position="last")
+    cells = cells.drop_duplicates(list(CELL_AXES)).set_index(list(CELL_AXES))
+    objectives = axis_values(trials["objective"], "objective")
+    fusions, decoders = axis_values(trials["fusion"], "fusion"), axis_values(trials["decoder"], "decoder")
     grids = {o: np.array([[cells.loc[(f, d, o), modality] if modality and (f, d, o) in cells.index else np.nan
                            for d in decoders] for f in fusions], dtype=float) for o in objectives}
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
@@ -383,7 +387,7 @@ def _best_config_table(cells: pd.DataFrame, labels: list[str], scores: dict[str,
 
 def _labels(cells: pd.DataFrame) -> list[str]:
     """'early · shared · joint' (fusion · decoder · objective): short enough for a crowded axis."""
-    return [" · ".join(str(v) for v in axes) for axes in cells[["fusion", "decoder", "objective"]].values]
+    return [" · ".join(str(v) for v in axes) for axes in cells[list(CELL_AXES)].values]
 
 
 def _fmt(value: object) -> str:
