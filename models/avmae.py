@@ -68,8 +68,7 @@ class AVMAE(nn.Module):
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
-        c = self.config
-        return {"audio": (c.audio_frames, c.mel_bins), "video": (3, c.num_frames, c.img_size, c.img_size)}
+        return self.config.input_shapes
 
     @property
     def num_tokens(self) -> dict[str, int]:

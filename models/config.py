@@ -111,6 +111,12 @@ class AVMAEConfig:
         }
 
     @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """What `forward(audio, video)` takes, without the batch dimension."""
+        return {"audio": (self.audio_frames, self.mel_bins),
+                "video": (3, self.num_frames, self.img_size, self.img_size)}
+
+    @property
     def inpainting_targets(self) -> tuple[str, ...]:
         """Modalities reconstructed under the inpainting objective."""
         return {"a2v": ("video",), "v2a": ("audio",), "both": MODALITIES}[self.inpainting_direction]

@@ -59,6 +59,10 @@ class AVClassifier(nn.Module):
         self.apply(init_vit_weights)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE finetuning: start near uniform predictions
 
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.config.input_shapes
+
     def forward_features(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
         return encode_unmasked(self.tokenizers, self.encoder, audio, video)
 

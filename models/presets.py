@@ -9,7 +9,7 @@ from .config import AVMAEConfig, check_choice
 
 SIZES: dict[str, dict[str, Any]] = {
     # CPU quickstart: a training step at batch 16 takes tens of ms on two cores.
-    "tiny": dict(embed_dim=96, depth=4, num_heads=3, decoder_embed_dim=64, decoder_depth=2,
+    "tiny": dict(embed_dim=64, depth=4, num_heads=2, decoder_embed_dim=64, decoder_depth=2,
                  decoder_num_heads=2),
     "small": dict(embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=256, decoder_depth=4,
                   decoder_num_heads=8),
@@ -20,8 +20,8 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 INPUTS: dict[str, dict[str, int]] = {
-    # Equal token counts (64 each) keep inpainting valid at every mask ratio.
-    "tiny": dict(audio_frames=128, num_frames=8, img_size=64),  # 8x8 audio, 4x4x4 video tokens
+    # Equal token counts keep inpainting valid at every mask ratio; video tokens (1536 values) dominate cost.
+    "tiny": dict(audio_frames=64, num_frames=4, img_size=64),  # 4x8 audio, 2x4x4 video tokens
     "small": dict(audio_frames=400, num_frames=8, img_size=112),  # 200 audio, 196 video tokens
     "vggsound": dict(audio_frames=800, num_frames=16, img_size=224),  # 400 audio, 1568 video tokens
     "audioset": dict(audio_frames=1000, num_frames=16, img_size=224),  # 496 audio, 1568 video tokens

@@ -1,0 +1,100 @@
+"""Downstream: a classifier loaded from a pretraining state_dict, frozen features, and the linear probe."""
+
+import time
+
+import pytest
+import torch
+from avmae.models import AVClassifier, create_model, extract_features, linear_probe
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP spin-waits badly on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def batch(model, b=3):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(b, *model.input_shapes["audio"], generator=g),
+            torch.rand(b, *model.input_shapes["video"], generator=g) * 2 - 1)
+
+
+@pytest.mark.parametrize("modality", ["av", "audio", "video"])
+def test_classifier_from_pretraining_checkpoint_reuses_the_encoder(modality):
+    pretrained = create_model("tiny", fusion="mid").eval()
+    checkpoint = {"config": pretrained.config.to_dict(), "state_dict": pretrained.state_dict()}
+    clf = AVClassifier.from_pretrained(checkpoint, num_classes=5, modality=modality).eval()
+    audio, video = batch(pretrained)
+    with torch.no_grad():
+        ref = pretrained.forward_features(audio, video) if modality == "av" else \
+            pretrained.forward_features(**{modality: audio if modality == "audio" else video})
+        assert all(torch.equal(ref[m], f) for m, f in clf.forward_features(**{
+            m: x for m, x in (("audio", audio), ("video", video)) if m in ref}).items())
+        logits = clf(audio, video)  # the unused modality is ignored
+    assert logits.shape == (3, 5)
+    assert clf.loss(logits, torch.tensor([0, 1, 4])).ndim == 0
+
+
+def test_from_pretrained_accepts_a_raw_compiled_state_dict_file_and_geometry_overrides(tmp_path):
+    pretrained = create_model("tiny")
+    state = {f"_orig_mod.{k}": v for k, v in pretrained.state_dict().items()}
+    torch.save({"config": pretrained.config.to_dict(), "state_dict": state}, tmp_path / "ckpt.pt")
+    clf = AVClassifier.from_pretrained(tmp_path / "ckpt.pt", 3, num_frames=8)  # finetune on longer clips
+    assert clf.config.num_frames == 8 and clf.tokenizers["video"].num_tokens == 64
+    norm = pretrained.encoder.stacks["audio"].norm.weight
+    assert torch.equal(clf.encoder.stacks["audio"].norm.weight, norm)
+    with pytest.raises(ValueError, match="config"):
+        AVClassifier.from_pretrained(pretrained.state_dict(), 3)
+    with pytest.raises(ValueError, match="encoder weights"):  # another fusion: keys do not match
+        AVClassifier.from_pretrained(pretrained.state_dict(), 3, config={**pretrained.config.to_dict(),
+                                                                         "fusion": "early"})
+
+
+def test_multilabel_classifier_uses_bce():
+    clf = AVClassifier(create_model("tiny").config, num_classes=4, modality="audio", multilabel=True)
+    audio, _ = batch(clf)
+    logits = clf(audio=audio)
+    target = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1], [1, 1, 0, 0]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.float())
+    assert torch.allclose(clf.loss(logits, target), expected)
+    clf.loss(logits, target).backward()
+    with pytest.raises(ValueError, match="av, audio, video"):
+        AVClassifier(clf.config, 4, modality="text")
+
+
+def test_extract_features_from_tensors_and_loaders_restores_train_mode():
+    model = create_model("tiny")
+    audio, video = batch(model, b=5)
+    labels = torch.arange(5)
+    feats = extract_features(model, (audio, video), "av", batch_size=2)
+    assert feats.shape == (5, 64) and not feats.requires_grad and model.training
+    loader = [{"audio": audio[:3], "video": video[:3], "label": labels[:3]},
+              {"audio": audio[3:], "video": video[3:], "label": labels[3:]}]
+    same, got = extract_features(model, loader, "av", return_labels=True)
+    assert torch.allclose(same, feats, atol=1e-5) and torch.equal(got, labels)
+    audio_only = extract_features(model, {"audio": audio, "video": video}, "audio")
+    expected = model.eval().forward_features(audio=audio)["audio"].mean(1)
+    assert torch.allclose(audio_only, expected.detach(), atol=1e-5)
+
+
+def test_linear_probe_is_fast_and_accurate():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(10, 64, generator=g)
+    y = torch.randint(0, 10, (4000,), generator=g)
+    x = centres[y] + torch.randn(4000, 64, generator=g)
+    train_x, train_y, test_x, test_y = x[:3000], y[:3000], x[3000:], y[3000:]
+    began = time.perf_counter()
+    result = linear_probe(train_x, train_y, test_x, test_y)
+    assert time.perf_counter() - began < 5.0
+    assert set(result) == {"accuracy"} and result["accuracy"] > 0.9
+
+
+def test_linear_probe_multilabel_reports_map():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1200, 32, generator=g)
+    y = (x[:, :6] > 0.5).long()  # label j present when feature j is large
+    result = linear_probe(x[:800], y[:800], x[800:], y[800:], multilabel=True)
+    assert set(result) == {"mAP"} and result["mAP"] > 0.9
