@@ -35,10 +35,12 @@ def write_mp4(
             audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
             sound = container.add_stream("aac", rate=sample_rate)
             sound.layout = "mono" if audio.shape[0] == 1 else "stereo"
+            sound.options = {"aac_coder": "fast"}  # half the CPU of the default two-loop search
         if video is not None:
+            time_base = 1 / rate
             for i, image in enumerate(frames):
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-                frame.pts, frame.time_base = i, 1 / rate
+                frame.pts, frame.time_base = i, time_base
                 container.mux(video.encode(frame))
             container.mux(video.encode())
         if sound is not None:
