@@ -25,7 +25,7 @@ from avmae.platform.data.loader import (
 )
 from avmae.platform.data.scan import TooManyBrokenError
 from click.testing import CliRunner
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, Subset
 
 GEOMETRY = ClipGeometry(audio_frames=150, num_frames=4, img_size=32, frame_stride=4)
 
@@ -152,3 +152,5 @@ def test_loader_lets_ray_swap_in_a_distributed_sampler(digits: Path):
     )
     indices = np.concatenate([b["index"].numpy() for b in rebuilt])
     assert len(indices) == 4 and len(set(indices)) == 4  # 10 clips -> 5 for this rank -> one full batch
+    subset = build_loader(Subset(dataset, [1, 2, 3]), batch_size=2, train=False)  # a capped split
+    assert [b["index"].tolist() for b in subset] == [[1, 2], [3]]  # indices name clips of the full split

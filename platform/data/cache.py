@@ -133,7 +133,7 @@ def write_cache(
         initial=len(clips) - sum(min(shard_size, len(clips) - s) for s in todo),
         desc="caching",
         unit="clip",
-        disable=not progress,
+        disable=not (progress and todo),  # a finished cache stays silent
     )
     numbered = list(enumerate(clips))
     jobs = [(out, s // shard_size, numbered[s : s + shard_size], geometry) for s in todo]

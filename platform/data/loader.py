@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from . import avdigits
 from .cache import CachedAVDataset, write_cache
@@ -148,7 +148,7 @@ class AVCollate:
 
 
 def build_loader(
-    dataset: AVDataset | CachedAVDataset,
+    dataset: AVDataset | CachedAVDataset | Subset,
     batch_size: int,
     train: bool,
     num_workers: int = 0,
@@ -159,16 +159,19 @@ def build_loader(
 ) -> DataLoader:
     """Plain DataLoader (default samplers, so `ray.train.torch.prepare_data_loader` can swap in a
     DistributedSampler): shuffled and drop_last in train, persistent workers, pinned memory on CUDA."""
-    if isinstance(dataset, CachedAVDataset):
-        num_classes, multi_label = dataset.header.num_classes, dataset.header.multi_label
+    base = dataset
+    while isinstance(base, Subset):  # a fixed subset of clips (e.g. a capped probe split)
+        base = base.dataset
+    if isinstance(base, CachedAVDataset):
+        num_classes, multi_label = base.header.num_classes, base.header.multi_label
     else:
-        num_classes, multi_label = dataset.num_classes, dataset.multi_label
+        num_classes, multi_label = base.num_classes, base.multi_label
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=train,
         num_workers=num_workers,
-        collate_fn=AVCollate(dataset.geometry, num_classes, multi_label),
+        collate_fn=AVCollate(base.geometry, num_classes, multi_label),
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=train if drop_last is None else drop_last,
         persistent_workers=num_workers > 0,
