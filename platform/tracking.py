@@ -3,7 +3,8 @@
 One MLflow experiment per study (named after the study), one parent run for the study, one nested child run
 per Tune trial. Runs are found again by tags, so a resumed study appends to its own runs instead of
 duplicating them. Only MLflow's client API is used: it works the same against a local SQLite store and a
-remote `mlflow server`, and needs no Ray.
+remote `mlflow server`, and needs no Ray. MLflow itself is imported inside the functions: training workers
+use the names below without paying for importing MLflow (only the driver talks to it).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import time
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric, Param, RunStatus
-from mlflow.tracking import MlflowClient
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 # Tags (strings) that identify runs.
 STUDY_TAG = "avmae.study"
@@ -26,6 +27,9 @@ ROLE_TAG = "avmae.role"  # "study" on the parent run, "trial" on children
 TRIAL_TAG = "avmae.trial_id"
 CELL_TAG = "avmae.cell"  # e.g. "decoder=shared,fusion=mid,objective=joint"
 STATUS_TAG = "avmae.status"  # a TrialStatus value
+CHECKPOINT_TAG = "avmae.checkpoint"  # URI/path of the trial's best checkpoint (Ray Train storage)
+NODE_TAG, HOST_TAG = "avmae.node_id", "avmae.hostname"  # where the trial's rank-0 worker ran
+ERROR_TAG = "avmae.error"  # first line of a failed trial's exception
 PARENT_TAG = "mlflow.parentRunId"
 GIT_TAG = "mlflow.source.git.commit"
 
@@ -56,10 +60,10 @@ class TrialStatus(str, Enum):
 
 
 _MLFLOW_STATUS = {
-    TrialStatus.FINISHED: RunStatus.FINISHED,
-    TrialStatus.PRUNED: RunStatus.KILLED,
-    TrialStatus.DIVERGED: RunStatus.FINISHED,
-    TrialStatus.FAILED: RunStatus.FAILED,
+    TrialStatus.FINISHED: "FINISHED",
+    TrialStatus.PRUNED: "KILLED",
+    TrialStatus.DIVERGED: "FINISHED",
+    TrialStatus.FAILED: "FAILED",
 }
 
 
@@ -156,6 +160,8 @@ def start_trial_run(
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
     items = [Param(k, v[:6000]) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
         client.log_batch(run_id, params=items[start : start + 100])
@@ -163,16 +169,33 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
     """Log finite values in one request; non-finite ones are what divergence is, recorded separately."""
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
     if batch:
         client.log_batch(run_id, metrics=batch)
 
 
+def log_history(client: MlflowClient, run_id: str, records: list[Mapping[str, float]]) -> None:
+    """Step-wise records `{"step": s, name: value, ...}` in as few requests as MLflow allows (1000 each)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(k, float(v), now, int(r["step"]))
+        for r in records
+        for k, v in r.items()
+        if k != "step" and math.isfinite(float(v))
+    ]
+    for start in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[start : start + 1000])
+
+
 def end_trial_run(client: MlflowClient, run_id: str, status: TrialStatus) -> None:
     """Record why a trial ended, and close its MLflow run (idempotent: a later, truer status wins)."""
     client.set_tag(run_id, STATUS_TAG, status.value)
-    client.set_terminated(run_id, status=RunStatus.to_string(_MLFLOW_STATUS[status]))
+    client.set_terminated(run_id, status=_MLFLOW_STATUS[status])
 
 
 def end_study_run(client: MlflowClient, run_id: str, failed: bool = False) -> None:

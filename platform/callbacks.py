@@ -1,0 +1,112 @@
+"""Tune callbacks on the driver that mirror every trial into MLflow (layout: `tracking`).
+
+The driver is the one process that sees every trial end: when ASHA stops a trial, Tune kills its process, so
+nothing after `fit()` runs there. The workers never talk to MLflow; their reports carry what is logged.
+Tune pickles its callbacks with the experiment and hands the copy back on `Tuner.restore`, so the state
+here is small and rebuilt from MLflow tags where needed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from avmae.platform import tracking as T
+from avmae.platform.spec import StudySpec, split_params
+from avmae.platform.trial import CHECKPOINT_PATH, DIVERGED, HISTORY, HOSTNAME, NODE_ID
+from ray import tune
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+    from ray.tune.experiment import Trial
+
+# Result keys logged per epoch (MLflow step = epoch); probe scores are added by prefix.
+EPOCH_METRICS = (T.EPOCH, T.VAL_LOSS, T.VAL_LOSS_AUDIO, T.VAL_LOSS_VIDEO, T.TRAIN_SECONDS, T.N_BROKEN,
+                 T.DIVERGED_AT_STEP)
+
+
+def trial_status(result: dict[str, Any], epochs: int) -> T.TrialStatus:
+    """What became of a trial that ended without an error, from its last result."""
+    if result.get(DIVERGED):
+        return T.TrialStatus.DIVERGED
+    return T.TrialStatus.FINISHED if result.get(T.EPOCH, 0) >= epochs else T.TrialStatus.PRUNED
+
+
+def trial_params(spec: StudySpec, config: dict[str, Any]) -> dict[str, Any]:
+    """Everything that defines a trial, flat: the resolved model config (cell and sampled values included),
+    the effective training hyperparameters and the fixed schedule."""
+    from avmae.models import resolve_config
+
+    hparams, overrides = split_params(config)
+    model = resolve_config(spec.model.preset, input=spec.model.input, **spec.model.overrides, **overrides)
+    train = spec.train.model_dump(exclude={"log_every_steps", "compile"})
+    return {**model.to_dict(), **train, **hparams, "workers": spec.resources.workers, "data": spec.data.kind}
+
+
+class MlflowTrials(tune.Callback):
+    """One nested MLflow run per trial under the study run: params, curves, probe scores, status."""
+
+    def __init__(self, tracking_uri: str, study_run_id: str, spec: StudySpec) -> None:
+        self.tracking_uri, self.study_run_id, self.spec = tracking_uri, study_run_id, spec
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}  # trial id -> MLflow run id
+        self._best: dict[str, tuple[float, str]] = {}  # trial id -> (best metric, its checkpoint)
+        self._placed: set[str] = set()  # trials whose node is tagged
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def run_id(self, trial: Trial) -> str:
+        """The trial's run: created on its first start, found again by its tags after a restore."""
+        if trial.trial_id not in self._runs:
+            cell = {axis: trial.config[axis] for axis in self.spec.axes}
+            params = trial_params(self.spec, trial.config)
+            self._runs[trial.trial_id] = T.start_trial_run(
+                self.client, self.study_run_id, trial.trial_id, cell, params
+            )
+        return self._runs[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        self.client.set_tag(run_id, T.STATUS_TAG, T.TrialStatus.RUNNING.value)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
+        run_id = self.run_id(trial)
+        # Popped before Tune's own CSV/JSON loggers see the result (user callbacks run first).
+        T.log_history(self.client, run_id, result.pop(HISTORY, []))
+        per_epoch = {k: v for k, v in result.items() if k in EPOCH_METRICS or k.startswith(T.PROBE_PREFIX)}
+        T.log_metrics(self.client, run_id, per_epoch, step=int(result.get(T.EPOCH, 0)))
+        if NODE_ID in result and trial.trial_id not in self._placed:
+            self.client.set_tag(run_id, T.NODE_TAG, result[NODE_ID])
+            self.client.set_tag(run_id, T.HOST_TAG, result[HOSTNAME])
+            self._placed.add(trial.trial_id)
+        score, path = result.get(self.spec.metric, math.inf), result.get(CHECKPOINT_PATH)
+        if path and score <= self._best.get(trial.trial_id, (math.inf, ""))[0]:
+            self._best[trial.trial_id] = (score, path)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._end(trial, trial_status(trial.last_result, self.spec.train.epochs))
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        error = trial.get_error()
+        if error is not None:
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            self.client.set_tag(self.run_id(trial), T.ERROR_TAG, lines[-1][:5000] if lines else "")
+        self._end(trial, T.TrialStatus.FAILED)
+
+    def _end(self, trial: Trial, status: T.TrialStatus) -> None:
+        run_id = self.run_id(trial)
+        checkpoint = self._best.get(trial.trial_id, (0, trial.last_result.get(CHECKPOINT_PATH)))[1]
+        if checkpoint:
+            self.client.set_tag(run_id, T.CHECKPOINT_TAG, checkpoint)
+        T.end_trial_run(self.client, run_id, status)

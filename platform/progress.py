@@ -1,0 +1,122 @@
+"""What a sweep shows on the console: one progress bar per cell while it runs, a summary table at the end."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from avmae.platform import tracking as T
+from avmae.platform.callbacks import trial_status
+from ray import tune
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from ray.tune import ResultGrid
+    from ray.tune.experiment import Trial
+
+STATUSES = tuple(s.value for s in T.TrialStatus)
+
+
+@dataclass
+class CellSummary:
+    """A finished cell: how its trials ended and its best trial (by the study metric)."""
+
+    cell: str
+    counts: Counter = field(default_factory=Counter)
+    best_loss: float = math.nan
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_scores: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_results(
+        cls, cell: str, grid: ResultGrid, metric: str, epochs: int, searched: list[str]
+    ) -> CellSummary:
+        summary = cls(cell)
+        for result in grid:
+            failed = result.error is not None or not result.metrics
+            status = T.TrialStatus.FAILED if failed else trial_status(result.metrics, epochs)
+            summary.counts[status.value] += 1
+            loss = result.metrics.get(metric, math.nan) if result.metrics else math.nan
+            if status in (T.TrialStatus.FINISHED, T.TrialStatus.PRUNED) and not loss >= summary.best_loss:
+                summary.best_loss = loss
+                summary.best_params = {k: result.config[k] for k in searched if k in result.config}
+                summary.best_scores = {
+                    k: v for k, v in result.metrics.items() if k.startswith(T.PROBE_PREFIX)
+                }
+        return summary
+
+
+class CellProgress(tune.Callback):
+    """A tqdm bar for one cell: trials finished of the cell's total, how they ended, the best loss, ETA.
+
+    Counts are recomputed from Tune's trial list on every event, so a restored cell shows the right numbers.
+    """
+
+    def __init__(self, label: str, total: int, metric: str, epochs: int) -> None:
+        self.label, self.total, self.metric, self.epochs = label, total, metric, epochs
+        self._bar: tqdm | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_bar": None}
+
+    def _show(self, trials: list[Trial]) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=self.total, desc=self.label, unit="trial", dynamic_ncols=True)
+        counts: Counter = Counter()
+        best = math.inf
+        for trial in trials:
+            if trial.status == "ERROR":
+                counts[T.TrialStatus.FAILED.value] += 1
+            elif trial.status == "TERMINATED":
+                counts[trial_status(trial.last_result, self.epochs).value] += 1
+            elif trial.status == "RUNNING":
+                counts[T.TrialStatus.RUNNING.value] += 1
+            if not trial.last_result.get("diverged"):
+                best = min(best, trial.last_result.get(self.metric, math.inf))
+        done = sum(n for status, n in counts.items() if status != T.TrialStatus.RUNNING.value)
+        parts = [f"{status} {counts[status]}" for status in STATUSES if counts[status]]
+        parts.append(f"best {self.metric} {best:.4g}" if math.isfinite(best) else "best -")
+        self._bar.set_postfix_str(", ".join(parts), refresh=False)
+        self._bar.update(done - self._bar.n)
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._show(trials)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
+    ) -> None:
+        self._show(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._show(trials)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._show(trials)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self._show(trials)
+        self._bar.close()
+        self._bar = None
+
+
+def summary_table(summaries: list[CellSummary], metric: str) -> str:
+    """Best trial per cell: its loss, its searched values and its probe scores; then how the trials ended."""
+    scores = sorted({k for s in summaries for k in s.best_scores})
+    params = sorted({k for s in summaries for k in s.best_params})
+    header = ["cell", f"best {metric}", *params, *scores, *STATUSES[1:]]
+    rows = [
+        [s.cell or "(single cell)", _fmt(s.best_loss), *(_fmt(s.best_params.get(p)) for p in params),
+         *(_fmt(s.best_scores.get(k)) for k in scores), *(str(s.counts[st]) for st in STATUSES[1:])]
+        for s in summaries
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,284 @@
+"""A study, as one YAML file: validated completely before anything starts.
+
+A study trains every *cell* (one combination of the ablation `axes`) and, inside each cell, tunes the
+`search` space with `trials_per_cell` trials. Names in `axes` and `search` are either training
+hyperparameters (`lr`, `weight_decay`, `warmup_epochs`) or fields of the model's `AVMAEConfig`; every
+cell is checked with the model's own `resolve_config` at the corners of the search space, so a study that
+would fail in its 30th trial fails here instead, naming the field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from avmae.platform.data import DataConfig
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Searchable training hyperparameters; every other name must be an `AVMAEConfig` field.
+TRAIN_PARAMS = ("lr", "weight_decay", "warmup_epochs")
+PROBE_MODALITIES = ("av", "audio", "video")
+Scalar = bool | int | float | str
+
+
+class SpecError(ValueError):
+    """An invalid study file; the message has one line per problem, each naming its field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Range(Strict):
+    """A continuous dimension, sampled by Optuna (TPE) inside each cell."""
+
+    dist: Literal["uniform", "loguniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.dist == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.low}")
+        return self
+
+    def corners(self) -> list[float]:
+        return [self.low, self.high]
+
+
+class Choice(Strict):
+    """A categorical dimension, sampled by Optuna."""
+
+    dist: Literal["choice"]
+    values: list[Scalar] = Field(min_length=1)
+
+    def corners(self) -> list[Scalar]:
+        return list(self.values)
+
+
+class Grid(Strict):
+    """Every value is run (`tune.grid_search`); a cell with a grid is not searched by Optuna."""
+
+    dist: Literal["grid"]
+    values: list[Scalar] = Field(min_length=1)
+
+    def corners(self) -> list[Scalar]:
+        return list(self.values)
+
+
+Dimension = Annotated[Range | Choice | Grid, Field(discriminator="dist")]
+
+
+class AVDigitsBuild(Strict):
+    """Arguments of `build_av_digits` (the build is idempotent: skipped when already there)."""
+
+    seed: int = 0
+    clips_per_digit: int = Field(80, ge=1)
+    duration: float = Field(2.0, gt=0)
+    size: int = Field(96, ge=16)
+    fps: int = Field(32, ge=1)
+
+
+class DataSpec(DataConfig):
+    """The data pipeline's `DataConfig`, plus the splits and loader settings a study uses."""
+
+    train_split: str = "train"
+    val_split: str | None = None  # gives `val/loss` each epoch (fixed masks, as the paper's eval)
+    frame_stride: int = Field(4, ge=1)
+    loader_workers: int = Field(0, ge=0)
+    av_digits: AVDigitsBuild | None = None  # kind av-digits: build it first if needed
+
+    @model_validator(mode="after")
+    def _av_digits_only(self) -> DataSpec:
+        if self.av_digits is not None and self.kind != "av-digits":
+            raise ValueError(f"av_digits is only for kind av-digits, not {self.kind}")
+        return self
+
+
+class ModelSpec(Strict):
+    preset: str = "base"
+    input: str | None = None
+    overrides: dict[str, Scalar] = {}  # fixed `AVMAEConfig` fields, the same in every cell
+
+
+class TrainSpec(Strict):
+    epochs: int = Field(ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)  # cap an epoch (None: the whole split)
+    batch_size: int = Field(ge=1)  # per worker; the LR scales with the global batch
+    lr: float = Field(1.5e-4, gt=0)  # base LR: lr = base * global batch / 256
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    log_every_steps: int = Field(10, ge=1)
+    seed: int = 0
+    compile: bool = False
+
+
+class SchedulerSpec(Strict):
+    name: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)  # epochs before ASHA may stop a trial
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class OptunaSpec(Strict):
+    startup_trials: int | None = Field(None, ge=1)  # random trials before TPE (Optuna's default: 10)
+
+
+class ResourceSpec(Strict):
+    workers: int = Field(1, ge=1)  # DDP workers per trial
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)  # fractional: several trials share a GPU
+    max_concurrent_trials: int = Field(2, ge=1)
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_or_fraction(cls, value: float) -> float:
+        if value > 1 and not float(value).is_integer():
+            raise ValueError(f"a worker takes a fraction of one GPU or whole GPUs, not {value}")
+        return value
+
+
+class EvalSpec(Strict):
+    """Linear probe on frozen encoder features after the last epoch (empty `probe`: none)."""
+
+    probe: list[Literal["av", "audio", "video"]] = list(PROBE_MODALITIES)
+    train_split: str = "train"
+    test_split: str = "test"
+    max_clips: int | None = Field(None, ge=1)  # a fixed random subset of each split (None: all of it)
+    max_iter: int = Field(200, ge=1)  # logistic regression iterations
+
+
+class StudySpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    data: DataSpec
+    model: ModelSpec
+    axes: dict[str, list[Scalar]] = {}
+    search: dict[str, Dimension] = {}
+    trials_per_cell: int = Field(1, ge=1)  # with a grid: repeats of the grid (Tune's num_samples)
+    train: TrainSpec
+    metric: Literal["train/loss", "val/loss"] = "train/loss"
+    scheduler: SchedulerSpec = SchedulerSpec()
+    optuna: OptunaSpec = OptunaSpec()
+    resources: ResourceSpec = ResourceSpec()
+    evaluation: EvalSpec = EvalSpec()
+
+    @field_validator("axes")
+    @classmethod
+    def _axes_not_empty(cls, axes: dict[str, list[Scalar]]) -> dict[str, list[Scalar]]:
+        for name, values in axes.items():
+            if not values:
+                raise ValueError(f"axis {name!r} has no values")
+            if len(set(map(str, values))) != len(values):
+                raise ValueError(f"axis {name!r} repeats a value: {values}")
+        return axes
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudySpec:
+        if self.metric == "val/loss" and self.data.val_split is None:
+            raise ValueError("metric: val/loss needs data.val_split")
+        clash = set(self.axes) & set(self.search)
+        if clash:
+            raise ValueError(f"{sorted(clash)} are both axes and searched; pick one")
+        fixed = set(self.model.overrides) & (set(self.axes) | set(self.search))
+        if fixed:
+            raise ValueError(f"model.overrides fixes {sorted(fixed)}, which the study also varies")
+        check_model(self)
+        return self
+
+    @property
+    def searched_by_optuna(self) -> bool:
+        return bool(self.search) and not any(isinstance(d, Grid) for d in self.search.values())
+
+    @property
+    def grid_size(self) -> int:
+        return math.prod(len(d.values) for d in self.search.values() if isinstance(d, Grid))
+
+    @property
+    def trials_in_cell(self) -> int:
+        return self.trials_per_cell * self.grid_size
+
+    def cells(self) -> list[dict[str, Scalar]]:
+        """Every combination of the axes, in file order ([{}] when there are no axes)."""
+        names = list(self.axes)
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*self.axes.values())]
+
+
+def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training hyperparameters, model overrides) of a trial's cell + sampled values."""
+    train = {k: v for k, v in params.items() if k in TRAIN_PARAMS}
+    return train, {k: v for k, v in params.items() if k not in TRAIN_PARAMS}
+
+
+def _corners(spec: StudySpec) -> Iterator[dict[str, Scalar]]:
+    """Each cell at each corner of the search space (at most 256 per cell), for model validation."""
+    dims = {name: dim.corners() for name, dim in spec.search.items()}
+    for cell in spec.cells():
+        combos = itertools.product(*dims.values())
+        for combo in itertools.islice(combos, 256):
+            yield {**cell, **dict(zip(dims, combo, strict=True))}
+
+
+def check_model(spec: StudySpec) -> None:
+    """Every name varied must be a known parameter, and every cell a valid model (the model's own checks)."""
+    from avmae.models import AVMAEConfig, resolve_config  # torch: imported only when validating
+
+    allowed = [f for f in AVMAEConfig.field_names() if f not in ("preset", "input")]
+    varied = {"axes": spec.axes, "search": spec.search, "model.overrides": spec.model.overrides}
+    for section, names in varied.items():
+        for name in names:
+            if name not in allowed and (section == "model.overrides" or name not in TRAIN_PARAMS):
+                extra = f"{', '.join(TRAIN_PARAMS)} or " if section != "model.overrides" else ""
+                raise ValueError(f"{section}.{name}: unknown parameter; allowed: {extra}{', '.join(allowed)}")
+    for params in _corners(spec):
+        train, overrides = split_params(params)
+        for name, value in train.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
+        try:
+            resolve_config(spec.model.preset, input=spec.model.input, **spec.model.overrides, **overrides)
+        except (ValueError, TypeError) as err:
+            where = ", ".join(f"{k}={v}" for k, v in params.items()) or "model"
+            raise ValueError(f"model ({where}): {err}") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` as a string; studies are full of such LRs, so read them as floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file; raises SpecError listing every problem by field."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except (OSError, yaml.YAMLError) as err:
+        raise SpecError(f"{path}: {err}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a study is a YAML mapping, got {type(raw).__name__}")
+    return parse_spec(raw, str(path))
+
+
+def parse_spec(raw: dict[str, Any], source: str = "study") -> StudySpec:
+    try:
+        return StudySpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(f"{source} is invalid:\n" + "\n".join(_describe(e) for e in err.errors())) from None
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return f"  {where}: {message}" if where else f"  {message}"

@@ -1,0 +1,210 @@
+"""Runs a study: one Ray Tune `Tuner` per cell, Optuna (TPE) searching the cell's space, ASHA stopping poor
+trials, and every trial a Ray Train `TorchTrainer` run. One Tuner per cell keeps Optuna's model inside the
+cell (OptunaSearch cannot take `grid_search` over the cell axes); cells run one after another.
+
+Resume: each cell's Tune experiment lives at `<storage>/<study>/<cell>` and each trial's Train run at
+`<storage>/<study>/trials/<trial id>`, both deterministic, so `Tuner.restore` resumes unfinished trials from
+their latest checkpoint, and the MLflow runs are found again by their tags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+import ray
+from avmae.platform import tracking as T
+from avmae.platform.callbacks import MlflowTrials
+from avmae.platform.prepare import prepare_data
+from avmae.platform.progress import CellProgress, CellSummary
+from avmae.platform.spec import StudySpec
+from avmae.platform.trial import run_trial
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+# The trial's function only waits on its Train run: it reserves a little memory, the workers reserve cores.
+TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 128 * 1024**2}
+# Environment of every Ray worker process (Train reads these in its controller and workers).
+RUNTIME_ENV_VARS = {
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # a finished Train run is noticed sooner (default 2 s)
+}
+# Only on the runtime started for the job: one machine has no preemptible nodes to watch.
+LOCAL_RUNTIME_ENV_VARS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+STUDY_FILE = "study.json"  # in the study folder: the spec and tracking URI it started with
+
+
+class StudyExistsError(RuntimeError):
+    """A fresh run of a study that already has results (resume it, or give it another name)."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where a study runs and records."""
+
+    name: str
+    storage: str  # the study's folder: a local absolute path or a URI (s3://, gs://, ...)
+    tracking_uri: str
+    address: str | None = None  # an existing Ray cluster; None starts a local runtime for the job
+    resume: bool = False
+
+
+def param_space(spec: StudySpec, cell: dict[str, Any]) -> dict[str, Any]:
+    """The cell's fixed axis values plus the searched dimensions as Tune domains."""
+    domains = {
+        "uniform": lambda d: tune.uniform(d.low, d.high),
+        "loguniform": lambda d: tune.loguniform(d.low, d.high),
+        "choice": lambda d: tune.choice(d.values),
+        "grid": lambda d: tune.grid_search(d.values),
+    }
+    return {**cell, **{name: domains[dim.dist](dim) for name, dim in spec.search.items()}}
+
+
+def tune_config(spec: StudySpec) -> tune.TuneConfig:
+    """Optuna TPE inside the cell (Tune's grid/random generator when the space has a grid); ASHA or FIFO."""
+    search_alg = None
+    if spec.searched_by_optuna:
+        import optuna
+
+        kwargs = {"n_startup_trials": spec.optuna.startup_trials} if spec.optuna.startup_trials else {}
+        search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.train.seed, **kwargs))
+    if spec.scheduler.name == "asha":
+        scheduler = ASHAScheduler(
+            time_attr=T.EPOCH,
+            max_t=spec.train.epochs,
+            grace_period=min(spec.scheduler.grace_period, spec.train.epochs),
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.TuneConfig(
+        metric=spec.metric,
+        mode="min",
+        search_alg=search_alg,
+        scheduler=scheduler,
+        num_samples=spec.trials_per_cell,
+        max_concurrent_trials=spec.resources.max_concurrent_trials,
+        reuse_actors=True,  # a finished trial's process runs the next trial: no new process, no re-imports
+    )
+
+
+def cell_dirname(cell: dict[str, Any]) -> str:
+    """`fusion-mid_objective-joint`: a cell's experiment folder (`all` for a study without axes)."""
+    return "_".join(f"{k}-{cell[k]}" for k in sorted(cell)) or "all"
+
+
+def cell_tuner(
+    spec: StudySpec, cell: dict[str, Any], launch: Launch, callbacks: list[tune.Callback]
+) -> tune.Tuner:
+    """A new Tuner for the cell, or, with `resume`, the cell's Tuner restored from storage."""
+    spec_dict, trials = spec.model_dump(mode="json"), f"{launch.storage}/trials"
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec=spec_dict, storage=trials), TRIAL_DRIVER_RESOURCES
+    )
+    path = f"{launch.storage}/{cell_dirname(cell)}"
+    if launch.resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec, cell),
+        tune_config=tune_config(spec),
+        run_config=tune.RunConfig(
+            name=cell_dirname(cell),
+            storage_path=launch.storage,
+            callbacks=callbacks,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+@contextmanager
+def ray_runtime(address: str | None) -> Iterator[None]:
+    """Join the cluster at `address`, or start a local runtime for the job (with its dashboard: the Train
+    placement-group cleaner needs the State API when Tune stops a trial mid-run)."""
+    env_vars = dict(RUNTIME_ENV_VARS)
+    if address is None:
+        env_vars.update(LOCAL_RUNTIME_ENV_VARS)
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=256 * 1024**2,
+                 runtime_env={"env_vars": env_vars}, logging_level=logging.WARNING)
+    else:
+        ray.init(address=address, runtime_env={"env_vars": env_vars}, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def study_record(launch: Launch, spec: StudySpec) -> None:
+    """A fresh study must not exist yet; a resumed one must be the same spec and tracking URI."""
+    fs, folder = pyarrow.fs.FileSystem.from_uri(launch.storage)
+    path = f"{folder}/{STUDY_FILE}"
+    record = {"spec": spec.model_dump(mode="json"), "tracking_uri": launch.tracking_uri}
+    exists = fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    if not launch.resume and exists:
+        raise StudyExistsError(
+            f"study {launch.name!r} already ran in {launch.storage}: pass --resume to continue it, "
+            "or --name to start another"
+        )
+    if launch.resume and exists:
+        with fs.open_input_stream(path) as f:
+            old = json.loads(f.read())
+        for key, what in (("spec", "study file"), ("tracking_uri", "tracking URI")):
+            if old[key] != record[key]:
+                raise StudyExistsError(f"--resume needs the {what} the study started with ({key} differs)")
+        return
+    fs.create_dir(folder)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(record, indent=2).encode())
+
+
+def run_study(
+    spec: StudySpec,
+    spec_path: Path | None,
+    launch: Launch,
+    speech: str | Path | None = None,
+    callbacks: tuple[tune.Callback, ...] = (),
+) -> list[CellSummary]:
+    """Run (or resume) every cell; returns each cell's summary. `spec` must have absolute data paths;
+    `callbacks` are added to every cell's Tuner (bench/trial_overhead.py times trials with one)."""
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 Tune prints nothing: CellProgress does
+    client = MlflowClient(launch.tracking_uri)
+    if not launch.resume and client.get_experiment_by_name(launch.name) is not None:
+        raise StudyExistsError(
+            f"MLflow at {launch.tracking_uri} already has a study {launch.name!r}: pass --resume, or --name"
+        )
+    study_record(launch, spec)
+    prepare_data(spec, speech)
+    cells = spec.cells()
+    summaries: list[CellSummary] = []
+    with ray_runtime(launch.address):
+        study_run = T.start_study_run(client, launch.name, spec.model_dump(mode="json"), spec_path)
+        trials = MlflowTrials(launch.tracking_uri, study_run, spec)
+        began = time.monotonic()
+        try:
+            for i, cell in enumerate(cells, 1):
+                label = f"cell {i}/{len(cells)} {T.cell_key(cell) or 'all'}"
+                progress = CellProgress(label, spec.trials_in_cell, spec.metric, spec.train.epochs)
+                grid = cell_tuner(spec, cell, launch, [trials, progress, *callbacks]).fit()
+                summaries.append(CellSummary.from_results(
+                    T.cell_key(cell), grid, spec.metric, spec.train.epochs, list(spec.search)
+                ))
+                left = (time.monotonic() - began) / i * (len(cells) - i)
+                if i < len(cells):
+                    print(f"{label} done; about {left / 60:.1f} min left for the other cells", flush=True)
+        except BaseException:
+            T.end_study_run(client, study_run, failed=True)
+            raise
+        T.end_study_run(client, study_run)
+    return summaries

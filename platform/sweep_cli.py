@@ -1,0 +1,75 @@
+"""`avmae sweep experiments/FILE.yaml`: validate a study, then run it on Ray and record it in MLflow.
+
+Nothing needs to be running: by default a local Ray runtime is started for the job, MLflow writes to
+`./mlflow.db` (MLflow's own default store) and checkpoints go to `./avmae_runs/<study>`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+DEFAULT_STORAGE = "avmae_runs"
+
+
+def study_storage(storage: str, name: str) -> str:
+    """`<storage>/<name>`, absolute for a local folder, untouched for a URI (shared storage)."""
+    if "://" in storage:
+        return f"{storage.rstrip('/')}/{name}"
+    return str(Path(storage).resolve() / name)
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+@click.command()
+@click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--address", help="Join the Ray cluster at this address (default: start a local runtime).")
+@click.option("--tracking-uri", help="MLflow tracking URI, e.g. http://mlflow:5000 (default: ./mlflow.db).")
+@click.option("--storage", default=DEFAULT_STORAGE, show_default=True,
+              help="Folder or URI for checkpoints and Tune state (shared storage on a cluster).")
+@click.option("--name", help="Study name (default: the file's `name`); also the MLflow experiment.")
+@click.option("--resume", is_flag=True, help="Continue a study: restore its Tuners, reuse its MLflow runs.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the cells, search space and resource plan.")
+@click.option("--speech", type=click.Path(exists=True, file_okay=False),
+              help="AV-Digits: FSDD recordings for real spoken digits (default: DTMF tones).")
+def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storage: str, name: str | None,
+          resume: bool, dry_run: bool, speech: str | None) -> None:
+    """Run the study in SPEC_FILE: every cell of its ablation axes, searched, trained and probed."""
+    from avmae.platform.plan import describe
+    from avmae.platform.prepare import absolute
+    from avmae.platform.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_file)
+        spec = absolute(spec, speech)
+    except (SpecError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    name = name or spec.name
+    tracking_uri = tracking_uri or default_tracking_uri()
+    storage = study_storage(storage, name)
+    if dry_run:
+        click.echo(describe(spec.model_copy(update={"name": name}), storage, tracking_uri, address))
+        return
+
+    from avmae.platform.progress import summary_table
+    from avmae.platform.study import Launch, StudyExistsError, run_study
+
+    launch = Launch(name, storage, tracking_uri, address, resume)
+    try:
+        summaries = run_study(spec, spec_file.resolve(), launch, speech)
+    except StudyExistsError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo("\n" + summary_table(summaries, spec.metric))
+    click.echo(f"\nMLflow: {tracking_uri}, experiment {name!r} (mlflow ui --backend-store-uri URI)")
+    click.echo(f"Checkpoints and Tune state: {storage}")
+    try:
+        from avmae.dashboards import build_study_dashboard
+    except ImportError:
+        return
+    local = "://" not in storage
+    out = Path(storage) / "dashboard.html" if local else Path(f"{name}-dashboard.html")
+    click.echo(f"Dashboard: {build_study_dashboard(name, tracking_uri, out)}")

@@ -1,0 +1,59 @@
+"""One trial: the Tune function trainable that launches a Ray Train `TorchTrainer` run.
+
+Kept light on purpose. The Tune trial process imports this module to run `run_trial`, and the Train controller
+and workers unpickle what it passes them; so the study spec travels as a plain dict and the training code
+(torch, timm, the data pipeline: seconds of imports on 2 cores) is imported by the workers alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray.train
+from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+# Keys of a trial's reports besides the MLflow metric names (tracking.py); read by the driver's callbacks.
+DIVERGED = "diverged"  # 1 when the loss became non-finite (the trial then stops)
+HISTORY = "history"  # step-wise records since the last report, for MLflow
+FIRST_STEP_AT = "first_step_at"  # wall-clock time of the first optimiser step (bench/trial_overhead.py)
+NODE_ID, HOSTNAME = "node_id", "hostname"  # where rank 0 ran
+CHECKPOINT_PATH = "checkpoint_path"  # added by TuneReportCallback to reports that carry a checkpoint
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry point on each worker (see trainer.train)."""
+    from avmae.platform.trainer import train
+
+    train(config)
+
+
+def run_trial(config: dict[str, Any], spec: dict[str, Any], storage: str) -> None:
+    """Tune function trainable: one Train run per trial (Train V2 refuses a Trainer passed to a Tuner).
+
+    `config`: the trial's cell and sampled values; `spec`: the StudySpec as a dict; `storage`: where Train
+    keeps the trial's checkpoints.
+    """
+    res = spec["resources"]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec, "params": config},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res["workers"],
+            use_gpu=res["gpus_per_worker"] > 0,
+            resources_per_worker={"CPU": res["cpus_per_worker"], "GPU": res["gpus_per_worker"]},
+        ),
+        run_config=ray.train.RunConfig(
+            name=tune.get_context().get_trial_id(),  # deterministic, so a restored trial finds its checkpoint
+            storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=spec["metric"], checkpoint_score_order="min"
+            ),
+            # A worker error fails the trial (Tune records it); a worker group that cannot start: 2 retries.
+            failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=2),
+            callbacks=[TuneReportCallback()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    trainer.fit()
