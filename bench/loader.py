@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AVMAE_SHARED_DATA", REPO.parent / "shared" / "data"))
-DIGITS_GEOMETRY = ClipGeometry(audio_frames=200, num_frames=16, img_size=64)
+DIGITS_GEOMETRY = ClipGeometry(audio_frames=128, num_frames=8, img_size=64)  # the quickstart's tiny model
 PAPER_GEOMETRY = ClipGeometry(audio_frames=1000, num_frames=16, img_size=224)
 
 

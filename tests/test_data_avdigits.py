@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-PROBE_GEOMETRY = ClipGeometry(audio_frames=200, num_frames=8, img_size=64)
+PROBE_GEOMETRY = ClipGeometry(audio_frames=128, num_frames=8, img_size=64)  # the quickstart tiny model
 
 
 @pytest.fixture(autouse=True)

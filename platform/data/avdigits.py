@@ -171,7 +171,8 @@ def _render_audio(job: _Job, settings: AVDigitsSettings, rng: np.random.Generato
         low, high = (f * rng.uniform(0.98, 1.02) for f in DTMF[job.digit])
         event = 0.5 * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
         event *= np.minimum(1, np.minimum(t, t[::-1]) / 0.005)  # 5 ms fades, no clicks
-    onset = rng.integers(0, n - len(event) + 1)
+    # centred in the middle 30% of the clip, so shorter training windows (e.g. 1.28 s of 2 s) still hear it
+    onset = int(np.clip(rng.uniform(0.35, 0.65) * n - len(event) / 2, 0, n - len(event)))
     audio = rng.normal(0, rng.uniform(0.003, 0.03), n)
     audio[onset : onset + len(event)] += rng.uniform(0.2, 0.7) * event
     return audio.astype(np.float32)
