@@ -40,8 +40,7 @@ def geometries(spec: StudySpec) -> set[ClipGeometry]:
     for cell in spec.cells():
         _, overrides = split_params(cell)
         c = resolve_config(spec.model.preset, input=spec.model.input, **spec.model.overrides, **overrides)
-        shapes = {"audio": (c.audio_frames, c.mel_bins), "video": (3, c.num_frames, c.img_size, c.img_size)}
-        found.add(ClipGeometry.from_input_shapes(shapes, frame_stride=spec.data.frame_stride))
+        found.add(ClipGeometry.from_input_shapes(c.input_shapes, frame_stride=spec.data.frame_stride))
     return found
 
 

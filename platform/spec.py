@@ -226,7 +226,8 @@ def _corners(spec: StudySpec) -> Iterator[dict[str, Scalar]]:
 
 
 def check_model(spec: StudySpec) -> None:
-    """Every name varied must be a known parameter, and every cell a valid model (the model's own checks)."""
+    """Every name varied must be a known parameter, and every value a valid model (the model's own checks):
+    each axis value and search bound alone, then each cell at the corners of the search space."""
     from avmae.models import AVMAEConfig, resolve_config  # torch: imported only when validating
 
     allowed = [f for f in AVMAEConfig.field_names() if f not in ("preset", "input")]
@@ -236,16 +237,26 @@ def check_model(spec: StudySpec) -> None:
             if name not in allowed and (section == "model.overrides" or name not in TRAIN_PARAMS):
                 extra = f"{', '.join(TRAIN_PARAMS)} or " if section != "model.overrides" else ""
                 raise ValueError(f"{section}.{name}: unknown parameter; allowed: {extra}{', '.join(allowed)}")
-    for params in _corners(spec):
+
+    def resolve(where: str, params: dict[str, Scalar]) -> None:
         train, overrides = split_params(params)
-        for name, value in train.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
         try:
+            for name, value in train.items():
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    raise ValueError(f"{name} must be a number >= 0, got {value!r}")
             resolve_config(spec.model.preset, input=spec.model.input, **spec.model.overrides, **overrides)
         except (ValueError, TypeError) as err:
-            where = ", ".join(f"{k}={v}" for k, v in params.items()) or "model"
-            raise ValueError(f"model ({where}): {err}") from None
+            raise ValueError(f"{where}: {err}") from None
+
+    resolve("model", {})
+    for name, values in spec.axes.items():
+        for value in values:
+            resolve(f"axes.{name}={value}", {name: value})
+    for name, dim in spec.search.items():
+        for value in dim.corners():
+            resolve(f"search.{name}={value}", {name: value})
+    for params in _corners(spec):
+        resolve("cell with " + ", ".join(f"{k}={v}" for k, v in params.items()), params)
 
 
 class _Loader(yaml.SafeLoader):

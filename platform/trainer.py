@@ -175,12 +175,10 @@ def _report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
 def _loader(spec: StudySpec, split: str, geometry: ClipGeometry, train: bool = False,
             max_clips: int | None = None) -> DataLoader:
     dataset = spec.data.dataset(split, geometry, train=train)
-    loader = build_loader(dataset, spec.train.batch_size, train=train, num_workers=spec.data.loader_workers)
-    if max_clips is None or len(dataset) <= max_clips:
-        return loader
-    keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_clips]  # every trial
-    subset = Subset(dataset, keep.tolist())
-    return DataLoader(subset, loader.batch_size, collate_fn=loader.collate_fn, num_workers=loader.num_workers)
+    if max_clips is not None and len(dataset) > max_clips:  # the same subset in every trial
+        keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_clips]
+        dataset = Subset(dataset, keep.tolist())
+    return build_loader(dataset, spec.train.batch_size, train=train, num_workers=spec.data.loader_workers)
 
 
 @torch.no_grad()

@@ -33,3 +33,40 @@ def clips_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def fsdd_dir(shared_data: Path) -> Path:
     return shared_data / "fsdd" / "recordings"
+
+
+# --- Ray sweeps (platform) -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_av_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 40-clip AV-Digits build (DTMF audio) for Ray sweeps: 28 train, 6 val, 6 test clips."""
+    from avmae.platform.data import build_av_digits
+
+    root = tmp_path_factory.mktemp("av_digits")
+    build_av_digits(root, clips_per_digit=4, workers=2, progress=False)
+    return root
+
+
+def run_cli(args: list[str], timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None):
+    """`avmae ARGS` in its own process group, killed as a whole (Ray's daemons included) on timeout."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avmae.platform.cli", *args], cwd=cwd, env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"avmae {' '.join(args)} ran past {timeout} s:\n{out[-4000:]}")
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # anything of the run still alive in its group (none, normally)
+    except ProcessLookupError:
+        pass
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
