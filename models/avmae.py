@@ -17,7 +17,8 @@ from .tokenizers import AudioTokenizer, VideoTokenizer
 
 @dataclass
 class AVMAEOutput:
-    """Losses are fp32 scalars; a modality not reconstructed (one-direction inpainting) has loss 0.
+    """Losses are fp32 scalars: loss = loss_weight_audio * loss_audio + loss_weight_video * loss_video, and a
+    modality not reconstructed (one-direction inpainting) has loss 0.
 
     pred_*: [B, N, patch_dim] in the order of `model.tokenizers[m].patchify` (None if not reconstructed).
     mask_*: [B, N], 1 = position scored by the loss (joint: the randomly masked tokens; inpainting: the
