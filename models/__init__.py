@@ -2,7 +2,16 @@
 
     model = create_model("tiny", fusion="mid", decoder="shared", objective="joint")
     out = model(audio, video)  # audio [B, T, 128], video [B, 3, T, H, W] in [-1, 1]
-    out.loss.backward()
+    out.loss.backward()        # out.loss_audio, out.loss_video, out.pred_*, out.mask_* too
+
+Choices beyond the paper, made explicit:
+- Inpainting follows the authors' placement (target k's decoder positions 0..v-1 hold the other modality's
+  v visible tokens), so v must be < N_k: `AVMAEConfig` rejects mask ratios that break this (the `tiny` input
+  has equal token counts, so every ratio works there).
+- The `joint` decoder decodes each inpainting direction's sequence on its own (concatenating them would leak
+  k's visible tokens into k's prediction).
+- With one-direction inpainting the other modality's loss is a 0 tensor; `loss` stays the weighted sum.
+- The audio mask ratio defaults to 0.5 for every input; the released AudioSet config used 0.7.
 """
 
 from .avmae import AVMAE, AVMAEOutput
