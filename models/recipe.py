@@ -73,7 +73,9 @@ class TrainStep:
         if amp_dtype == "auto":
             amp_dtype = torch.bfloat16 if self.device_type == "cuda" else None
         self.amp_dtype = amp_dtype
-        self.forward = torch.compile(model) if compile else model
+        # Static shapes (fixed visible-token counts): a new batch size recompiles rather than tracing a
+        # dynamic batch dimension, which torch 2.11 cannot feed to `torch.rand` in the masking.
+        self.forward = torch.compile(model, dynamic=False) if compile else model
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def autocast(self) -> torch.autocast:
