@@ -1,0 +1,88 @@
+"""`avmae sweep` end to end on a local Ray runtime: 2 cells x 2 trials of the tiny model on a tiny AV-Digits,
+one trial at an LR that diverges; then the MLflow layout, a resume, and a refused fresh rerun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from avmae.platform import tracking as T
+from avmae.platform.prepare import absolute
+from avmae.platform.spec import load_spec
+from avmae.platform.study import Launch, StudyExistsError, run_study
+from conftest import run_cli
+from mlflow.tracking import MlflowClient
+
+HUGE_LR = 1e4  # base LR: AdamW steps of ~300 in every weight, the loss leaves the floats within a few steps
+
+
+def study_file(folder: Path, data: Path, name: str, **changes: object) -> Path:
+    spec = {
+        "name": name,
+        "data": {"kind": "av-digits", "root": str(data), "cache_dir": str(data / "cache"), "val_split": "val",
+                 "av_digits": {"clips_per_digit": 4}},
+        "model": {"preset": "tiny"},
+        "axes": {"objective": ["joint", "inpainting"]},
+        "search": {"lr": {"dist": "grid", "values": [2e-3, HUGE_LR]}},
+        "train": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 8, "log_every_steps": 1},
+        "metric": "val/loss",
+        "scheduler": {"name": "fifo"},
+        "resources": {"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 2},
+        "evaluation": {"probe": ["av", "audio", "video"]},
+        **changes,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_a_study_runs_every_cell_and_lands_in_mlflow(tmp_path: Path, tiny_av_digits: Path):
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [str(study_file(tmp_path, tiny_av_digits, "cells")), "--storage", str(tmp_path / "runs"),
+            "--tracking-uri", tracking]
+    out = run_cli(["sweep", *args], timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-6000:]
+    assert "objective=joint" in out.stdout and "objective=inpainting" in out.stdout  # the summary table
+    assert f"MLflow: {tracking}" in out.stdout
+
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("cells")
+    (study,) = client.search_runs([experiment.experiment_id], f"tags.`{T.ROLE_TAG}` = 'study'")
+    assert study.info.status == "FINISHED" and study.data.tags[T.STUDY_TAG] == "cells"
+    assert "cells.yaml" in {a.path for a in client.list_artifacts(study.info.run_id)}
+    trials = client.search_runs([experiment.experiment_id], f"tags.`{T.ROLE_TAG}` = 'trial'")
+    assert len(trials) == 4
+    assert {r.data.tags[T.PARENT_TAG] for r in trials} == {study.info.run_id}
+    assert {r.data.tags[T.CELL_TAG] for r in trials} == {"objective=joint", "objective=inpainting"}
+
+    for run in trials:
+        tags, params, run_id = run.data.tags, run.data.params, run.info.run_id
+        assert params["objective"] == tags[T.CELL_TAG].split("=")[1]
+        assert params["preset"] == "tiny" and params["epochs"] == "2"
+        assert tags[T.NODE_TAG] and tags[T.HOST_TAG]
+        if float(params["lr"]) == HUGE_LR:
+            assert tags[T.STATUS_TAG] == "diverged", tags
+            assert run.data.metrics[T.DIVERGED_AT_STEP] >= 1
+            continue
+        assert tags[T.STATUS_TAG] == "finished" and run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run_id, T.TRAIN_LOSS)] == [1, 2, 3, 4]
+        for name in (T.TRAIN_LOSS_AUDIO, T.TRAIN_LOSS_VIDEO, T.TRAIN_LR, T.TRAIN_GRAD_NORM,
+                     T.TRAIN_CLIPS_PER_S):
+            assert len(client.get_metric_history(run_id, name)) == 4, name
+        assert [m.step for m in client.get_metric_history(run_id, T.VAL_LOSS)] == [1, 2]
+        for modality in ("av", "audio", "video"):
+            assert 0.0 <= run.data.metrics[T.probe_metric(modality, "acc")] <= 1.0
+        assert Path(tags[T.CHECKPOINT_TAG], "checkpoint.pt").is_file()
+
+    # A fresh run of the same study is refused before anything starts; --resume restores the finished
+    # cells and adds no runs.
+    spec = absolute(load_spec(tmp_path / "cells.yaml"))
+    with pytest.raises(StudyExistsError, match="--resume"):
+        run_study(spec, None, Launch("cells", str(tmp_path / "runs" / "cells"), tracking))
+    resumed = run_cli(["sweep", *args, "--resume"], timeout=600, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-6000:]
+    runs = client.search_runs([experiment.experiment_id], "")
+    assert len(runs) == 5 and sum(r.data.tags[T.ROLE_TAG] == "study" for r in runs) == 1

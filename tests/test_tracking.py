@@ -1,0 +1,164 @@
+"""The MLflow layout (tracking.py) and the driver callbacks that write it, on a real SQLite store, no Ray."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from types import SimpleNamespace
+
+import pytest
+from avmae.platform import tracking as T
+from avmae.platform.callbacks import MlflowTrials, trial_params, trial_status
+from avmae.platform.progress import CellProgress, CellSummary, summary_table
+from avmae.platform.spec import parse_spec
+from avmae.platform.trial import CHECKPOINT_PATH, DIVERGED, HISTORY, HOSTNAME, NODE_ID
+from mlflow.tracking import MlflowClient
+
+SPEC = parse_spec({
+    "name": "layout",
+    "data": {"kind": "av-digits", "root": "/data/avd"},
+    "model": {"preset": "tiny"},
+    "axes": {"objective": ["joint", "inpainting"]},
+    "search": {"lr": {"dist": "loguniform", "low": 1e-4, "high": 1e-1}},
+    "trials_per_cell": 2,
+    "train": {"epochs": 2, "batch_size": 8},
+})
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> MlflowClient:
+    """One store for the module (creating its tables takes seconds); each test uses its own study name."""
+    return MlflowClient(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+
+
+def fake_trial(trial_id: str, config: dict, last_result: dict | None = None, status: str = "TERMINATED",
+               error: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, config=config, last_result=last_result or {}, status=status,
+                           get_error=lambda: error)
+
+
+def test_study_and_trial_runs_are_found_again_by_their_tags(client: MlflowClient):
+    study = T.start_study_run(client, "found", {"a": {"b": 1}})
+    assert T.start_study_run(client, "found", {"a": {"b": 1}}) == study
+    trial = T.start_trial_run(client, study, "x_00000", {"objective": "joint"}, {"lr": 0.1})
+    assert T.start_trial_run(client, study, "x_00000", {"objective": "joint"}, {"lr": 0.1}) == trial
+    run = client.get_run(trial)
+    assert run.data.tags[T.PARENT_TAG] == study and run.data.tags[T.CELL_TAG] == "objective=joint"
+    assert run.data.params["lr"] == "0.1"
+    assert client.get_run(study).data.params["a.b"] == "1"
+
+
+def test_history_is_logged_in_batches_and_non_finite_values_are_dropped(client: MlflowClient):
+    run = T.start_trial_run(client, T.start_study_run(client, "history", {}), "t", {}, {})
+    records = [{"step": s, T.TRAIN_LOSS: 1.0 / s, T.TRAIN_LR: 0.1} for s in range(1, 700)]
+    records.append({"step": 700, T.TRAIN_LOSS: math.nan, T.TRAIN_LR: 0.1})
+    T.log_history(client, run, records)  # 1400 values: two requests
+    history = client.get_metric_history(run, T.TRAIN_LOSS)
+    assert len(history) == 699 and {m.step for m in history} == set(range(1, 700))
+    assert len(client.get_metric_history(run, T.TRAIN_LR)) == 700
+
+
+@pytest.mark.parametrize(("status", "mlflow_status"), [
+    (T.TrialStatus.FINISHED, "FINISHED"), (T.TrialStatus.PRUNED, "KILLED"),
+    (T.TrialStatus.DIVERGED, "FINISHED"), (T.TrialStatus.FAILED, "FAILED"),
+])
+def test_a_trial_ends_with_its_status_tag(client: MlflowClient, status: T.TrialStatus, mlflow_status: str):
+    run = T.start_trial_run(client, T.start_study_run(client, f"end-{status.value}", {}), "t", {}, {})
+    T.end_trial_run(client, run, status)
+    info = client.get_run(run)
+    assert info.data.tags[T.STATUS_TAG] == status.value and info.info.status == mlflow_status
+
+
+def test_trial_status_from_the_last_result():
+    assert trial_status({T.EPOCH: 2}, epochs=2) is T.TrialStatus.FINISHED
+    assert trial_status({T.EPOCH: 1}, epochs=2) is T.TrialStatus.PRUNED
+    assert trial_status({T.EPOCH: 1, DIVERGED: 1}, epochs=2) is T.TrialStatus.DIVERGED
+
+
+def test_trial_params_are_the_resolved_model_and_the_effective_hyperparameters():
+    params = trial_params(SPEC, {"objective": "inpainting", "lr": 0.01})
+    assert params["objective"] == "inpainting" and params["lr"] == 0.01
+    assert params["fusion"] == "late" and params["preset"] == "tiny" and params["mask_ratio_video"] == 0.9
+    assert params["epochs"] == 2 and params["batch_size"] == 8 and params["weight_decay"] == 0.05
+
+
+def test_the_callback_mirrors_a_trial_into_a_nested_run(client: MlflowClient):
+    study = T.start_study_run(client, "mirror", {})
+    callback = MlflowTrials(client.tracking_uri, study, SPEC)
+    trial = fake_trial("a_00000", {"objective": "joint", "lr": 0.01})
+    callback.on_trial_start(0, [trial], trial)
+    history = [{"step": 2, T.TRAIN_LOSS: 0.9, T.TRAIN_GRAD_NORM: 1.0}, {"step": 4, T.TRAIN_LOSS: 0.8}]
+    for epoch, hist in ((1, history[:1]), (2, history[1:])):
+        result = {T.EPOCH: epoch, T.TRAIN_LOSS: 0.9, T.VAL_LOSS: 1.0 / epoch, HISTORY: hist, NODE_ID: "n1",
+                  HOSTNAME: "h1", CHECKPOINT_PATH: f"/ckpt/{epoch}", DIVERGED: 0}
+        if epoch == 2:
+            result[T.probe_metric("av", "acc")] = 0.5
+        callback.on_trial_result(0, [trial], trial, result)
+        assert HISTORY not in result  # consumed: Tune's own loggers never see it
+    trial.last_result = result
+    callback = pickle.loads(pickle.dumps(callback))  # how Tune stores and restores it
+    callback.on_trial_complete(0, [trial], trial)
+
+    run = client.get_run(callback.run_id(trial))
+    assert run.data.tags[T.PARENT_TAG] == study and run.data.tags[T.TRIAL_TAG] == "a_00000"
+    assert run.data.tags[T.STATUS_TAG] == "finished" and run.info.status == "FINISHED"
+    assert run.data.tags[T.NODE_TAG] == "n1" and run.data.tags[T.HOST_TAG] == "h1"
+    assert run.data.tags[T.CHECKPOINT_TAG] == "/ckpt/2"  # the lower val/loss
+    assert run.data.params["objective"] == "joint" and run.data.params["lr"] == "0.01"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, T.TRAIN_LOSS)] == [
+        (2, 0.9), (4, 0.8)]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, T.VAL_LOSS)] == [1, 2]
+    assert run.data.metrics[T.probe_metric("av", "acc")] == 0.5
+    assert T.TRAIN_LOSS in run.data.metrics and run.data.metrics[T.EPOCH] == 2
+
+
+def test_diverged_and_failed_trials_say_so(client: MlflowClient):
+    callback = MlflowTrials(client.tracking_uri, T.start_study_run(client, "outcomes", {}), SPEC)
+    diverged = fake_trial("d", {"objective": "joint", "lr": 0.1})
+    callback.on_trial_start(0, [diverged], diverged)
+    result = {T.EPOCH: 1, T.TRAIN_LOSS: 1e6, DIVERGED: 1, T.DIVERGED_AT_STEP: 3, HISTORY: [
+        {"step": 3, T.TRAIN_LOSS: math.inf}]}
+    callback.on_trial_result(0, [diverged], diverged, result)
+    diverged.last_result = result
+    callback.on_trial_complete(0, [diverged], diverged)
+    run = client.get_run(callback.run_id(diverged))
+    assert run.data.tags[T.STATUS_TAG] == "diverged" and run.data.metrics[T.DIVERGED_AT_STEP] == 3
+    assert client.get_metric_history(run.info.run_id, T.TRAIN_LOSS) == []  # no sentinel in the curves
+
+    failed = fake_trial("f", {"objective": "joint", "lr": 0.1}, status="ERROR",
+                        error="Traceback ...\nRuntimeError: out of memory")
+    callback.on_trial_start(0, [failed], failed)
+    callback.on_trial_error(0, [failed], failed)
+    run = client.get_run(callback.run_id(failed))
+    assert run.data.tags[T.STATUS_TAG] == "failed" and run.info.status == "FAILED"
+    assert run.data.tags[T.ERROR_TAG] == "RuntimeError: out of memory"
+
+
+def test_progress_counts_trials_by_outcome(capsys: pytest.CaptureFixture):
+    progress = CellProgress("cell 1/1", total=4, metric=T.VAL_LOSS, epochs=2)
+    trials = [
+        fake_trial("a", {}, {T.EPOCH: 2, T.VAL_LOSS: 0.5}),
+        fake_trial("b", {}, {T.EPOCH: 1, T.VAL_LOSS: 0.7}),
+        fake_trial("c", {}, {T.EPOCH: 1, T.VAL_LOSS: 1e6, DIVERGED: 1}),
+        fake_trial("d", {}, {T.EPOCH: 1, T.VAL_LOSS: 0.4}, status="RUNNING"),
+    ]
+    progress.on_trial_complete(0, trials, trials[0])
+    assert progress._bar.n == 3
+    progress.on_experiment_end(trials)
+    err = capsys.readouterr().err
+    assert "finished 1" in err and "pruned 1" in err and "diverged 1" in err and "running 1" in err
+    assert "best val/loss 0.4" in err
+
+
+def test_the_summary_shows_the_best_trial_per_cell():
+    grid = [
+        SimpleNamespace(error=None, config={"lr": 0.1},
+                        metrics={T.EPOCH: 2, T.VAL_LOSS: 0.3, "probe/av_acc": 0.9}),
+        SimpleNamespace(error=None, config={"lr": 9.0}, metrics={T.EPOCH: 1, T.VAL_LOSS: 1e6, DIVERGED: 1}),
+        SimpleNamespace(error=RuntimeError("x"), config={"lr": 1.0}, metrics={}),
+    ]
+    summary = CellSummary.from_results("objective=joint", grid, T.VAL_LOSS, epochs=2, searched=["lr"])
+    assert summary.best_loss == 0.3 and summary.best_params == {"lr": 0.1}
+    assert summary.counts == {"finished": 1, "diverged": 1, "failed": 1}
+    table = summary_table([summary], T.VAL_LOSS)
+    assert "objective=joint" in table and "0.9" in table and "probe/av_acc" in table
