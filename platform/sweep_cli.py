@@ -27,7 +27,8 @@ def default_tracking_uri() -> str:
 
 @click.command()
 @click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--address", help="Join the Ray cluster at this address (default: start a local runtime).")
+@click.option("--address", envvar="RAY_ADDRESS",
+              help="Join the Ray cluster at this address (default: $RAY_ADDRESS, else a local runtime).")
 @click.option("--tracking-uri", help="MLflow tracking URI, e.g. http://mlflow:5000 (default: ./mlflow.db).")
 @click.option("--storage", default=DEFAULT_STORAGE, show_default=True,
               help="Folder or URI for checkpoints and Tune state (shared storage on a cluster).")
