@@ -14,7 +14,6 @@ import os
 import time
 import wave
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tqdm import tqdm
 from . import decode
 from .geometry import AudioStats, ClipGeometry
 from .mp4 import write_mp4
+from .pool import process_pool
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DTMF = {
@@ -191,7 +191,6 @@ def _build_clip(job: _Job, settings: AVDigitsSettings, out: Path) -> tuple[float
 
 
 def _build_chunk(jobs: Sequence[_Job], settings: AVDigitsSettings, out: Path) -> list[tuple[str, tuple]]:
-    torch.set_num_threads(1)
     return [(job.split, _build_clip(job, settings, out)) for job in jobs]
 
 
@@ -242,7 +241,7 @@ def build_av_digits(
     chunks = [jobs[i : i + 8] for i in range(0, len(jobs), 8)]
     totals = np.zeros(3)
     with tqdm(total=len(jobs), desc="av-digits", unit="clip", disable=not progress) as bar:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             for results in pool.map(_build_chunk, chunks, [settings] * len(chunks), [out] * len(chunks)):
                 for split, sums in results:
                     if split == "train":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from .broken import BrokenClip
 from .dataset import broken_item, label_tensor
 from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
 from .indexes import Clip
+from .pool import process_pool
 from .window import audio_tensor, choose_window, frame_positions, video_tensor
 
 VERSION = 1
@@ -143,7 +144,7 @@ def write_cache(
                 _write_shard(*job)
                 bar.update(len(job[2]))
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            with process_pool(workers) as pool:
                 futures = {pool.submit(_write_shard, *job): len(job[2]) for job in jobs}
                 for future in as_completed(futures):
                     future.result()

@@ -22,7 +22,7 @@ from .geometry import ClipGeometry
 decord.logging.set_level(decord.logging.QUIET)  # broken files are reported once, as BrokenClip, not by libav
 
 SEEK_MARGIN = 2.0  # seconds decoded before a seek target, so codec warm-up never lands in the window
-MP4_BRANDS = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+MP4_TOP_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def _mp4_truncated(path: Path) -> bool:
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
-        if len(head) < 8 or head[4:8] not in MP4_BRANDS:
+        if len(head) < 8 or head[4:8] not in MP4_TOP_BOXES:
             return False  # not an ISO-BMFF file; leave it to the demuxer
         offset = 0
         while offset < size:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from tqdm import tqdm
@@ -12,6 +11,7 @@ from tqdm import tqdm
 from . import decode
 from .broken import BrokenClip
 from .indexes import Clip
+from .pool import process_pool
 
 DEFAULT_MAX_BROKEN = 0.05
 
@@ -74,7 +74,7 @@ def scan_clips(clips: Sequence[Clip], workers: int = 1, progress: bool = False) 
                 results.append(probe_clip(clip))
                 bar.update()
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            with process_pool(workers) as pool:
                 results = []
                 for result in pool.map(probe_clip, clips, chunksize=16):
                     results.append(result)
