@@ -147,3 +147,5 @@ def test_data_config_builds_per_split_files(kitchen: Path):
     assert [c.label for c in dataset.clips] == [8, 13, 13] and dataset.num_classes == 300
     with pytest.raises(ValueError, match="Extra inputs"):
         DataConfig(kind="epic", root=kitchen, bogus=1)
+    with pytest.raises(ValueError, match="together"):
+        DataConfig(kind="epic", root=kitchen, audio_mean=-4.0)

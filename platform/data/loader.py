@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from . import avdigits
@@ -31,7 +31,7 @@ from .indexes import (
 from .scan import DEFAULT_MAX_BROKEN, ScanReport, scan_clips
 
 Kind = Literal["vggsound", "audioset", "epic", "av-digits"]
-KINDS: tuple[str, ...] = ("vggsound", "audioset", "epic", "av-digits")
+KINDS: tuple[str, ...] = get_args(Kind)
 
 
 def load_index(
@@ -196,10 +196,14 @@ class DataConfig(BaseModel):
     max_broken_fraction: float | None = DEFAULT_MAX_BROKEN
     workers: int = 1
 
+    @model_validator(mode="after")
+    def _stats_come_in_pairs(self) -> DataConfig:
+        if (self.audio_mean is None) != (self.audio_std is None):
+            raise ValueError("set audio_mean and audio_std together (or neither, for the dataset's defaults)")
+        return self
+
     def dataset(self, split: str, geometry: ClipGeometry, train: bool) -> AVDataset | CachedAVDataset:
-        stats = None
-        if self.audio_mean is not None and self.audio_std is not None:
-            stats = AudioStats(self.audio_mean, self.audio_std)
+        stats = None if self.audio_mean is None else AudioStats(self.audio_mean, self.audio_std)
         return build_dataset(
             self.kind,
             self.root,
