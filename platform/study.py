@@ -75,6 +75,7 @@ def tune_config(spec: StudySpec) -> tune.TuneConfig:
     if spec.searched_by_optuna:
         import optuna
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per cell otherwise
         kwargs = {"n_startup_trials": spec.optuna.startup_trials} if spec.optuna.startup_trials else {}
         search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.train.seed, **kwargs))
     if spec.scheduler.name == "asha":
@@ -93,7 +94,9 @@ def tune_config(spec: StudySpec) -> tune.TuneConfig:
         scheduler=scheduler,
         num_samples=spec.trials_per_cell,
         max_concurrent_trials=spec.resources.max_concurrent_trials,
-        reuse_actors=True,  # a finished trial's process runs the next trial: no new process, no re-imports
+        # A finished trial's process runs the next one (no new process, no re-imports). Not with ASHA: a
+        # stopped trial's process is still inside TorchTrainer.fit(), so Tune could not reset it for reuse.
+        reuse_actors=spec.scheduler.name == "fifo",
     )
 
 

@@ -146,8 +146,10 @@ def test_search_space_becomes_tune_domains_and_optuna_only_without_grid():
     assert space["fusion"] == "mid" and isinstance(space["lr"], tune.search.sample.Float)
     config = tune_config(spec)
     assert isinstance(config.search_alg, OptunaSearch) and config.num_samples == 3
-    assert config.metric == "train/loss" and config.mode == "min" and config.reuse_actors
+    assert config.metric == "train/loss" and config.mode == "min" and not config.reuse_actors  # ASHA
 
     grid = parse_spec(with_(search={"lr": {"dist": "grid", "values": [1e-4, 1e-3]}}, trials_per_cell=2))
     assert param_space(grid, {})["lr"] == {"grid_search": [1e-4, 1e-3]}
     assert tune_config(grid).search_alg is None and grid.trials_in_cell == 4
+    fifo = parse_spec(with_(scheduler={"name": "fifo"}))
+    assert tune_config(fifo).reuse_actors and type(tune_config(fifo).scheduler).__name__ == "FIFOScheduler"
