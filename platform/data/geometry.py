@@ -71,7 +71,8 @@ class AudioStats:
     std: float
 
 
-# AudioSet statistics of this exact Kaldi fbank (16 kHz, 128 bins, 25 ms Hanning, 10 ms hop), as AST and
-# CAV-MAE measured them. The authors' finetuning configs use 1.102 / 2.762 (paper.md §1), but those belong to
-# Scenic's own spectrogram: on this fbank (real clips average about -6.7) they would leave inputs far off zero.
+# AudioSet statistics of this exact Kaldi fbank (16 kHz, 128 bins, 25 ms Hanning, 10 ms hop), as AST
+# and CAV-MAE measured them. The authors' finetuning configs use 1.102 / 2.762 (paper.md §1), but those
+# belong to Scenic's own spectrogram: on this fbank (real clips average about -6.7) they would leave
+# inputs far off zero.
 AUDIOSET_STATS = AudioStats(mean=-4.2677393, std=4.5689974)
