@@ -61,9 +61,12 @@ class CellProgress(tune.Callback):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_bar": None}
 
+    def setup(self, **info: Any) -> None:
+        self._bar = tqdm(total=self.total, desc=self.label, unit="trial", dynamic_ncols=True)
+
     def _show(self, trials: list[Trial]) -> None:
-        if self._bar is None:
-            self._bar = tqdm(total=self.total, desc=self.label, unit="trial", dynamic_ncols=True)
+        if self._bar is None:  # restored with the experiment: setup() ran in the original process
+            self.setup()
         counts: Counter = Counter()
         best = math.inf
         for trial in trials:

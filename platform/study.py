@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -136,15 +137,25 @@ def ray_runtime(address: str | None) -> Iterator[None]:
     placement-group cleaner needs the State API when Tune stops a trial mid-run)."""
     env_vars = dict(RUNTIME_ENV_VARS)
     if address is None:
-        env_vars.update(LOCAL_RUNTIME_ENV_VARS)
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=256 * 1024**2,
-                 runtime_env={"env_vars": env_vars}, logging_level=logging.WARNING)
+        # Train's cleaner asks the State API of "the" local Ray; with another Ray on the machine (a second
+        # sweep, a test) it must be told which one, so the dashboard gets a known port.
+        port = free_port()
+        env_vars.update(LOCAL_RUNTIME_ENV_VARS, RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}")
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 object_store_memory=256 * 1024**2, runtime_env={"env_vars": env_vars},
+                 logging_level=logging.WARNING)
     else:
         ray.init(address=address, runtime_env={"env_vars": env_vars}, logging_level=logging.WARNING)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def study_record(launch: Launch, spec: StudySpec) -> None:

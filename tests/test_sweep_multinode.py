@@ -13,7 +13,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,6 @@ from conftest import REPO, run_cli
 from mlflow.tracking import MlflowClient
 
 BIN = REPO / ".venv" / "bin"
-# The test cluster's own nodes only: no token shared with other clusters on this machine.
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 
 
 def free_port() -> int:
@@ -40,20 +38,20 @@ def node_ports() -> list[str]:
     return [arg for name in names for arg in (f"--{name}", str(free_port()))]
 
 
-@contextmanager
-def started(args: list[str], log: Path, ready: Callable[[], bool], timeout: float = 120) -> Iterator[None]:
-    """A blocking server process in its own process group, stopped (the group only) on exit."""
-    out = log.open("w")
-    proc = subprocess.Popen(args, env=ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"{' '.join(args[:3])} did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield
-    finally:
-        stop(proc)
+def launch(args: list[str], env: dict[str, str], log: Path, stack: ExitStack) -> subprocess.Popen:
+    """A blocking server process in its own process group, stopped (the group only) when `stack` closes."""
+    out = stack.enter_context(log.open("w"))
+    proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    stack.callback(stop, proc)
+    return proc
+
+
+def wait_until(proc: subprocess.Popen, log: Path, ready: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{' '.join(proc.args[:3])} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(1)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -97,10 +95,16 @@ def test_trials_spread_over_two_nodes_and_log_to_an_mlflow_server(
     tmp_path: Path, short_dir: Path, tiny_av_digits: Path
 ):
     port, mlflow_port, head_dir, worker_dir = free_port(), free_port(), short_dir / "h", short_dir / "w"
-    address = f"127.0.0.1:{port}"
+    address, dashboard = f"127.0.0.1:{port}", free_port()
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",  # a private test cluster: no token shared with other clusters here
+        # Train's placement-group cleaner asks "the" local Ray's State API: this one, whatever else runs.
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard}",
+    }
     head = [str(BIN / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus", "1",
             "--temp-dir", str(head_dir), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-            "--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port()), *node_ports()]
+            "--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port()), *node_ports()]
     worker = [str(BIN / "ray"), "start", "--block", "--address", address, "--num-cpus", "1",
               "--temp-dir", str(worker_dir), *node_ports()]
     server = [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1",
@@ -120,13 +124,16 @@ def test_trials_spread_over_two_nodes_and_log_to_an_mlflow_server(
     }
     (tmp_path / "two_nodes.yaml").write_text(yaml.safe_dump(spec))
 
-    with (
-        started(server, tmp_path / "mlflow.log", lambda: answers(f"{tracking}/health")),
-        started(head, tmp_path / "head.log", lambda: alive_nodes(head_dir) >= 1),
-        started(worker, tmp_path / "worker.log", lambda: alive_nodes(head_dir) >= 2),
-    ):
+    with ExitStack() as stack:  # the MLflow server starts alongside the head; the worker node joins the head
+        logs = {name: tmp_path / f"{name}.log" for name in ("mlflow", "head", "worker")}
+        mlflow_server = launch(server, env, logs["mlflow"], stack)
+        head_node = launch(head, env, logs["head"], stack)
+        wait_until(head_node, logs["head"], lambda: alive_nodes(head_dir) >= 1)
+        worker_node = launch(worker, env, logs["worker"], stack)
+        wait_until(worker_node, logs["worker"], lambda: alive_nodes(head_dir) >= 2)
+        wait_until(mlflow_server, logs["mlflow"], lambda: answers(f"{tracking}/health"))
         out = run_cli(["sweep", str(tmp_path / "two_nodes.yaml"), "--address", address, "--tracking-uri",
-                       tracking, "--storage", str(tmp_path / "shared")], timeout=600, env=ENV, cwd=tmp_path)
+                       tracking, "--storage", str(tmp_path / "shared")], timeout=600, env=env, cwd=tmp_path)
         assert out.returncode == 0, out.stdout[-6000:]
 
         client = MlflowClient(tracking)
