@@ -64,13 +64,11 @@ def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storag
         summaries = run_study(spec, spec_file.resolve(), launch, speech)
     except StudyExistsError as err:
         raise click.ClickException(str(err)) from None
-    click.echo("\n" + summary_table(summaries, spec.metric))
-    click.echo(f"\nMLflow: {tracking_uri}, experiment {name!r} (mlflow ui --backend-store-uri URI)")
-    click.echo(f"Checkpoints and Tune state: {storage}")
+    click.echo("\n" + summary_table(summaries, spec.metric) + "\n")
+    click.echo(f"MLflow:      {tracking_uri}  (experiment {name!r}: mlflow ui --backend-store-uri URI)")
+    click.echo(f"Checkpoints: {storage}")
     try:
         from avmae.dashboards import build_study_dashboard
     except ImportError:
         return
-    local = "://" not in storage
-    out = Path(storage) / "dashboard.html" if local else Path(f"{name}-dashboard.html")
-    click.echo(f"Dashboard: {build_study_dashboard(name, tracking_uri, out)}")
+    click.echo(f"Dashboard:   {build_study_dashboard(name, tracking_uri, Path(f'{name}-dashboard.html'))}")
