@@ -14,6 +14,17 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("AVMAE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP spin-waits badly on a shared 2-core box."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """`../shared/data` (real clips and FSDD). Missing on a user's fresh clone: skip there, fail in CI."""

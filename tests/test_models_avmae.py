@@ -12,13 +12,7 @@ COMBOS = list(itertools.product(FUSIONS, DECODERS))
 OBJECTIVES = [("joint", "both"), *(("inpainting", d) for d in DIRECTIONS)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spin-waits badly on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def batch(model, b=2, seed=0):

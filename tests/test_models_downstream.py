@@ -6,14 +6,7 @@ import pytest
 import torch
 from avmae.models import AVClassifier, create_model, extract_features, linear_probe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spin-waits badly on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def batch(model, b=3):

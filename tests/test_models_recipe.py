@@ -7,14 +7,7 @@ import torch
 import torch.nn.functional as F
 from avmae.models import TrainStep, build_optimizer, create_model, param_groups, warmup_cosine
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spin-waits badly on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def structured_batch(model, b=4, seed=0):

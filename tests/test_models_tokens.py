@@ -6,14 +6,7 @@ from avmae.models import create_model
 from avmae.models.masking import random_masking, unshuffle
 from avmae.models.tokenizers import AudioTokenizer, VideoTokenizer, sincos_1d
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spin-waits badly on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(("frames", "expected"), [(800, 400), (1000, 496)])
