@@ -23,13 +23,8 @@ from sklearn.preprocessing import StandardScaler
 PROBE_GEOMETRY = ClipGeometry(audio_frames=128, num_frames=8, img_size=64)  # the quickstart tiny model
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Per-item decoding is 2-4x slower with intra-op threads fighting over 2 shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Per-item decoding is 2-4x slower with intra-op threads fighting over 2 shared cores.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
