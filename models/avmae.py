@@ -1,4 +1,5 @@
-"""The AV-MAE model: tokenise -> mask each modality -> fuse-encode visible tokens -> decode -> masked MSE."""
+"""The AV-MAE model: patchify -> mask each modality -> embed + fuse-encode the visible patches -> decode ->
+masked MSE against the same patches."""
 
 from __future__ import annotations
 
@@ -86,10 +87,10 @@ class AVMAE(nn.Module):
         c = self.config
         if isinstance(generator, int):
             generator = torch.Generator(device=audio.device).manual_seed(generator)
-        inputs = {"audio": audio, "video": video}
-        masked = {m: random_masking(self.tokenizers[m](x), c.mask_ratio(m), generator, f"mask_ratio_{m}")
-                  for m, x in inputs.items()}
-        encoded = self.encoder({m: mk.visible for m, mk in masked.items()})
+        patches = {m: self.tokenizers[m].patchify(x) for m, x in (("audio", audio), ("video", video))}
+        masked = {m: random_masking(x.shape[0], x.shape[1], c.mask_ratio(m), x.device, generator,
+                                    f"mask_ratio_{m}") for m, x in patches.items()}
+        encoded = self.encoder({m: self.tokenizers[m].embed(patches[m], masked[m].ids_keep) for m in patches})
         masks = {m: mk.mask for m, mk in masked.items()}
         if c.objective == "joint":
             preds = self.decoder.reconstruct(encoded, {m: mk.ids_restore for m, mk in masked.items()})
@@ -98,7 +99,7 @@ class AVMAE(nn.Module):
             for k in preds:
                 n_context = encoded[other(k)].shape[1]
                 masks[k] = inpainting_mask(audio.shape[0], c.num_tokens[k], n_context, audio.device)
-        losses = {m: self._loss(m, preds[m], inputs[m], masks[m]) if m in preds
+        losses = {m: self._loss(preds[m], patches[m], masks[m]) if m in preds
                   else torch.zeros((), device=audio.device) for m in MODALITIES}
         return AVMAEOutput(
             loss=c.loss_weight_audio * losses["audio"] + c.loss_weight_video * losses["video"],
@@ -107,8 +108,7 @@ class AVMAE(nn.Module):
             mask_audio=masks["audio"], mask_video=masks["video"],
         )
 
-    def _loss(self, modality: str, pred: Tensor, x: Tensor, mask: Tensor) -> Tensor:
-        target = self.tokenizers[modality].patchify(x)
+    def _loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         if self.config.norm_targets:
             target = standardise_patches(target.float())
         return masked_mse(pred, target, mask)

@@ -60,12 +60,13 @@ class TrainStep:
     """One optimisation step: autocast forward, backward, grad norm, optimizer and scheduler step.
 
     `amp_dtype="auto"` means bf16 on CUDA and fp32 elsewhere; `compile=True` wraps the model in
-    `torch.compile`; `max_grad_norm=None` measures the gradient norm without clipping (as the paper).
+    `torch.compile` (or pass a compile mode: "reduce-overhead" replays forward and backward as CUDA graphs);
+    `max_grad_norm=None` measures the gradient norm without clipping (as the paper).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 amp_dtype: torch.dtype | str | None = "auto", compile: bool = False,
+                 amp_dtype: torch.dtype | str | None = "auto", compile: bool | str = False,
                  max_grad_norm: float | None = None) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.max_grad_norm = max_grad_norm
@@ -75,7 +76,9 @@ class TrainStep:
         self.amp_dtype = amp_dtype
         # Static shapes (fixed visible-token counts): a new batch size recompiles rather than tracing a
         # dynamic batch dimension, which torch 2.11 cannot feed to `torch.rand` in the masking.
-        self.forward = torch.compile(model, dynamic=False) if compile else model
+        mode = compile if isinstance(compile, str) else None
+        self.forward = torch.compile(model, dynamic=False, mode=mode) if compile else model
+        self.cuda_graphs = mode == "reduce-overhead"
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def autocast(self) -> torch.autocast:
@@ -83,6 +86,8 @@ class TrainStep:
 
     def __call__(self, audio: Tensor, video: Tensor) -> StepMetrics:
         self.model.train()
+        if self.cuda_graphs:  # the last step's outputs (held as metrics) are read, not replayed over
+            torch.compiler.cudagraph_mark_step_begin()
         with self.autocast():
             out = self.forward(audio, video)
         out.loss.backward()

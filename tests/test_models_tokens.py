@@ -3,7 +3,7 @@
 import pytest
 import torch
 from avmae.models import create_model
-from avmae.models.masking import random_masking, unshuffle
+from avmae.models.masking import gather_tokens, random_masking, unshuffle
 from avmae.models.tokenizers import AudioTokenizer, VideoTokenizer, sincos_1d
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -32,31 +32,38 @@ def test_paper_inputs_token_counts_and_shapes(input):
     assert model.input_shapes == {"audio": (frames, 128), "video": (3, 16, 224, 224)}
 
 
-def test_patchify_is_the_conv_token_order_and_unpatchify_inverts_it():
-    """A conv whose kernel picks one input value reproduces that value of the target patch at each token,
-    so patches and tokens share the (t, h, w) / time-major raster order; (t, h, w, c) inside a tubelet."""
+def test_linear_embedding_is_the_authors_conv_and_unpatchify_inverts_patchify():
+    """The kernel=stride conv of the authors' code, with the linear map's weights laid out as a kernel, gives
+    the same tokens: patches and tokens share the (t, h, w) / time-major raster order, (t, h, w, c) inside."""
     video = torch.randn(2, 3, 4, 32, 48)
-    tok = VideoTokenizer(4, 32, embed_dim=1)
-    tok.grid = (2, 2, 3)  # non-square frame: exercises h/w order
+    tok = VideoTokenizer(4, 32, embed_dim=5)
+    tok.grid, tok.num_tokens = (2, 2, 3), 12  # non-square frame: exercises h/w order
+    tok.pos_embed = torch.zeros(1, 12, 5)
+    conv = torch.nn.Conv3d(3, 5, (2, 16, 16), stride=(2, 16, 16))
     with torch.no_grad():
-        tok.proj.weight.zero_()
-        tok.proj.bias.zero_()
-        tok.proj.weight[0, 2, 1, 5, 7] = 1.0  # channel c=2, t=1, h=5, w=7
-    tokens = tok.proj(video).flatten(2).transpose(1, 2)[..., 0]
-    patches = tok.patchify(video)
-    assert torch.equal(tokens, patches[..., ((1 * 16 + 5) * 16 + 7) * 3 + 2])
-    assert torch.equal(tok.unpatchify(patches), video)
+        conv.weight.copy_(tok.proj.weight.reshape(5, 2, 16, 16, 3).permute(0, 4, 1, 2, 3))
+        conv.bias.copy_(tok.proj.bias)
+    expected = conv(video).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(tok(video), expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(tok.unpatchify(tok.patchify(video)), video)
 
     audio = torch.randn(2, 70, 128)  # 70 -> 4 full time patches
-    atok = AudioTokenizer(70, 128, embed_dim=1)
+    atok = AudioTokenizer(70, 128, embed_dim=5)
+    atok.pos_embed = torch.zeros(1, atok.num_tokens, 5)
+    conv2 = torch.nn.Conv2d(1, 5, 16, stride=16)
     with torch.no_grad():
-        atok.proj.weight.zero_()
-        atok.proj.bias.zero_()
-        atok.proj.weight[0, 0, 3, 9] = 1.0
-    atokens = atok.proj(atok.crop(audio).unsqueeze(1)).flatten(2).transpose(1, 2)[..., 0]
-    apatches = atok.patchify(audio)
-    assert torch.equal(atokens, apatches[..., 3 * 16 + 9])
-    assert torch.equal(atok.unpatchify(apatches), audio[:, :64])
+        conv2.weight.copy_(atok.proj.weight.reshape(5, 1, 16, 16))
+        conv2.bias.copy_(atok.proj.bias)
+    expected = conv2(atok.crop(audio).unsqueeze(1)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(atok(audio), expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(atok.unpatchify(atok.patchify(audio)), audio[:, :64])
+
+
+def test_embedding_the_kept_patches_equals_embedding_all_then_gathering():
+    tok = VideoTokenizer(4, 32, embed_dim=8, modality_embed=True)
+    patches = tok.patchify(torch.randn(3, 3, 4, 32, 32))
+    kept = random_masking(3, tok.num_tokens, 0.75, patches.device, torch.Generator().manual_seed(0)).ids_keep
+    torch.testing.assert_close(tok.embed(patches, kept), gather_tokens(tok.embed(patches), kept))
 
 
 def test_sincos_positional_embedding_is_fixed_and_not_in_state_dict():
@@ -71,22 +78,20 @@ def test_sincos_positional_embedding_is_fixed_and_not_in_state_dict():
 
 @pytest.mark.parametrize(("n", "ratio", "visible"), [(1568, 0.9, 157), (400, 0.5, 200), (496, 0.7, 149)])
 def test_masking_keeps_exactly_n_minus_int_rn_per_sample(n, ratio, visible):
-    tokens = torch.arange(n, dtype=torch.float32)[None, :, None].expand(3, n, 2)
-    out = random_masking(tokens, ratio)
-    assert out.visible.shape == (3, visible, 2)
+    out = random_masking(3, n, ratio, torch.device("cpu"))
+    assert out.ids_keep.shape == (3, visible)
     assert torch.equal(out.mask.sum(1), torch.full((3,), float(n - visible)))
-    for b in range(3):  # the visible tokens are exactly the mask == 0 positions
-        kept = out.visible[b, :, 0].long().sort().values
-        assert torch.equal(kept, (out.mask[b] == 0).nonzero().squeeze(1))
+    for b in range(3):  # the kept positions are exactly the mask == 0 positions
+        assert torch.equal(out.ids_keep[b].sort().values, (out.mask[b] == 0).nonzero().squeeze(1))
     assert not torch.equal(out.mask[0], out.mask[1])  # independent per sample
 
 
 def test_masking_is_reproducible_with_a_generator_and_unshuffle_restores_order():
     tokens = torch.randn(2, 64, 4)
-    a = random_masking(tokens, 0.75, torch.Generator().manual_seed(3))
-    b = random_masking(tokens, 0.75, torch.Generator().manual_seed(3))
-    assert torch.equal(a.mask, b.mask) and torch.equal(a.visible, b.visible)
-    full = unshuffle(a.visible, torch.full((1, 1, 4), float("nan")), a.ids_restore)
+    a = random_masking(2, 64, 0.75, tokens.device, torch.Generator().manual_seed(3))
+    b = random_masking(2, 64, 0.75, tokens.device, torch.Generator().manual_seed(3))
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.ids_keep, b.ids_keep)
+    full = unshuffle(gather_tokens(tokens, a.ids_keep), torch.full((1, 1, 4), float("nan")), a.ids_restore)
     visible = a.mask == 0
     assert torch.equal(full[visible], tokens[visible])
     assert full[~visible].isnan().all()
