@@ -20,13 +20,12 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from . import decode
 from .broken import BrokenClip
 from .dataset import broken_item, label_tensor
 from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
 from .indexes import Clip
 from .pool import process_pool
-from .window import audio_tensor, choose_window, frame_positions, video_tensor
+from .window import audio_tensor, choose_window, fit_frames, frame_positions, video_tensor
 
 VERSION = 1
 
@@ -43,6 +42,8 @@ def _layout(geometry: ClipGeometry) -> dict[str, int]:
 
 def decode_whole(clip: Clip, geometry: ClipGeometry) -> tuple[np.ndarray, np.ndarray, int, float]:
     """(float16 log-mel [R, mel], uint8 stride-frames [N, H, W, 3], clip frame count, fps) of a whole clip."""
+    from . import decode  # here, not at the top: reading the cache needs no decoder libraries
+
     info = decode.probe(clip.path)
     reader = decode.video_reader(clip.path, info, geometry.short_side)
     indices = decode.clip_frames(reader, clip.start, clip.end)
@@ -215,7 +216,7 @@ class CachedAVDataset(Dataset):
             fbank[window.audio_frame : window.audio_frame + g.audio_frames].astype(np.float32)
         )
         return {
-            "audio": audio_tensor(decode.fit_frames(audio, g.audio_frames), self.audio_stats),
+            "audio": audio_tensor(fit_frames(audio, g.audio_frames), self.audio_stats),
             "video": video_tensor(picked, g, self.train),
             "label": label_tensor(
                 self.header.labels[index], self.header.num_classes, self.header.multi_label

@@ -9,11 +9,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from . import decode
 from .broken import BrokenClip, log_broken_once
 from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
 from .indexes import Clip
-from .window import audio_tensor, choose_window, frame_positions, video_tensor
+from .window import audio_tensor, choose_window, fit_frames, frame_positions, video_tensor
 
 
 def label_tensor(label: int | tuple[int, ...], num_classes: int, multi_label: bool) -> torch.Tensor:
@@ -67,6 +66,8 @@ class AVDataset(Dataset):
 
     def decode(self, clip: Clip) -> tuple[torch.Tensor, np.ndarray]:
         """Un-normalised log-mel [A, mel] and uint8 frames [T, H, W, 3] (short side resized) of one window."""
+        from . import decode  # here, not at the top: training from the cache needs no decoder libraries
+
         g = self.geometry
         info = decode.probe(clip.path)
         reader = decode.video_reader(clip.path, info, g.short_side)
@@ -81,4 +82,4 @@ class AVDataset(Dataset):
         if clip.end is not None:  # a segment of a longer file: its audio stops where the segment does
             seconds = min(seconds, clip.end - start)
         wave = decode.read_audio(clip.path, start, seconds, g.sample_rate)
-        return decode.fit_frames(decode.log_mel(wave, g), g.audio_frames), frames
+        return fit_frames(decode.log_mel(wave, g), g.audio_frames), frames

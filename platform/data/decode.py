@@ -186,10 +186,3 @@ def log_mel(wave: np.ndarray | torch.Tensor, geometry: ClipGeometry) -> torch.Te
         dither=0.0,
         frame_shift=10,
     )
-
-
-def fit_frames(fbank: torch.Tensor, frames: int) -> torch.Tensor:
-    """Crop or zero-pad (before normalisation, as AST does) to exactly `frames` rows."""
-    if fbank.shape[0] >= frames:
-        return fbank[:frames]
-    return torch.nn.functional.pad(fbank, (0, 0, 0, frames - fbank.shape[0]))

@@ -63,3 +63,10 @@ def video_tensor(frames: np.ndarray, geometry: ClipGeometry, train: bool) -> tor
 def audio_tensor(fbank: torch.Tensor, stats: AudioStats) -> torch.Tensor:
     """Normalise a [A, mel] log-mel with dataset stats."""
     return (fbank.float() - stats.mean) / stats.std
+
+
+def fit_frames(fbank: torch.Tensor, frames: int) -> torch.Tensor:
+    """Crop or zero-pad (before normalisation, as AST does) to exactly `frames` rows."""
+    if fbank.shape[0] >= frames:
+        return fbank[:frames]
+    return torch.nn.functional.pad(fbank, (0, 0, 0, frames - fbank.shape[0]))
