@@ -7,43 +7,23 @@ Prints per configuration: clips/s, ms/step, model TFLOP/s (torch.utils.flop_coun
     python bench/train_step.py --only anchor-b128   # one configuration
     python bench/train_step.py --tiny               # CPU smoke test of the same code path
 
-Runs from a bare checkout too (no `pip install`): `avmae.models` is mapped onto `models/` below.
+Runs from a bare checkout too (no `pip install`): see bench/checkout.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
-import sys
 import time
-import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from checkout import import_module
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parents[1]
 PEAK_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16
-
-
-def import_models():
-    """`avmae.models`, installed or straight from the checkout (the GPU machine has no avmae install)."""
-    try:
-        import avmae.models as models
-    except ImportError:
-        avmae = types.ModuleType("avmae")
-        avmae.__path__ = []
-        sys.modules["avmae"] = avmae
-        spec = importlib.util.spec_from_file_location(
-            "avmae.models", REPO / "models" / "__init__.py", submodule_search_locations=[str(REPO / "models")]
-        )
-        models = importlib.util.module_from_spec(spec)
-        sys.modules["avmae.models"] = models
-        spec.loader.exec_module(models)
-    return models
 
 
 @dataclass
@@ -54,7 +34,7 @@ class Config:
     batch: int
     model: dict = field(default_factory=dict)
     naive: bool = False  # eager fp32, math attention, per-tensor AdamW: the in-run baseline
-    compile: bool = False
+    compile: bool | str = False  # True or a torch.compile mode ("reduce-overhead": CUDA graphs)
     attention: str | None = None  # force one SDPA backend ("flash", "cudnn", "efficient"); None: torch picks
 
 
@@ -74,21 +54,23 @@ SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "effici
 
 GPU_CONFIGS = [
     Config("anchor-b48-naive", "anchor", "base", 48, ANCHOR, naive=True),
-    Config("anchor-b48", "anchor", "base", 48, ANCHOR),
     Config("anchor-b128", "anchor", "base", 128, ANCHOR),
     Config("anchor-b128-compiled", "anchor", "base", 128, ANCHOR, compile=True),
     Config("vitl-paper-b32-naive", "vitl-paper", "large", 32, PAPER, naive=True),
+    Config("vitl-paper-b128-compiled", "vitl-paper", "large", 128, PAPER, compile=True),
+    Config("anchor-b128-cudagraphs", "anchor", "base", 128, ANCHOR, compile="reduce-overhead"),
+    Config("anchor-b48", "anchor", "base", 48, ANCHOR),
     Config("anchor-b128-flash", "anchor", "base", 128, ANCHOR, attention="flash"),
     Config("vitl-paper-b128", "vitl-paper", "large", 128, PAPER),
-    Config("vitl-paper-b128-compiled", "vitl-paper", "large", 128, PAPER, compile=True),
+    Config("vitl-paper-b192-compiled", "vitl-paper", "large", 192, PAPER, compile=True),
     Config("vitb-paper-b64-naive", "vitb-paper", "base", 64, PAPER, naive=True),
-    Config("vitb-paper-b256", "vitb-paper", "base", 256, PAPER),
     Config("vitb-paper-b256-compiled", "vitb-paper", "base", 256, PAPER, compile=True),
 ]
 TINY_CONFIGS = [
     Config("tiny-naive", "tiny", "tiny", 8, naive=True),
     Config("tiny", "tiny", "tiny", 8),
     Config("tiny-compiled", "tiny", "tiny", 8, compile=True),
+    Config("tiny-cudagraphs", "tiny", "tiny", 8, compile="reduce-overhead"),
 ]
 
 
@@ -113,7 +95,8 @@ def count_flops(models, cfg: Config, device: torch.device) -> float:
 
 
 def profile(step, inputs, device: torch.device, rows: int = 18) -> str:
-    """Top kernels of three steps by device time (torch.profiler), to show where a step's time goes."""
+    """Top kernels of three steps by device time (torch.profiler), to show where a step's time goes, and
+    the device's busy time per step (kernel time summed), to tell a GPU-bound step from a launch-bound one."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -123,7 +106,10 @@ def profile(step, inputs, device: torch.device, rows: int = 18) -> str:
         if device.type == "cuda":
             torch.cuda.synchronize()
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60)
+    events = prof.key_averages()
+    busy_ms = sum(e.self_device_time_total for e in events) / 3 / 1000
+    table = events.table(sort_by=sort, row_limit=rows, max_name_column_width=60)
+    return f"{table}\ndevice busy {busy_ms:.1f} ms per step (kernel time summed)"
 
 
 def run(models, cfg: Config, device: torch.device, warmup: int, steps: int, with_profile: bool) -> dict:
@@ -185,7 +171,7 @@ def main() -> None:
     parser.add_argument("--profile", nargs="*", default=[], help="profile these configurations")
     args = parser.parse_args()
 
-    models = import_models()
+    models = import_module("avmae.models")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     configs = TINY_CONFIGS if args.tiny else GPU_CONFIGS
     if args.only:
@@ -205,6 +191,10 @@ def main() -> None:
             print(f"{cfg.name}: out of memory at batch {cfg.batch}", flush=True)
             torch.cuda.empty_cache()
             continue
+        except Exception as err:  # one failing configuration must not cost the run's other figures
+            print(f"{cfg.name}: failed: {type(err).__name__}: {err}", flush=True)
+            torch.cuda.empty_cache()
+            continue
         tflops = flops / 1e12 * res["clips_per_s"] / cfg.batch
         res.update(name=cfg.name, config=asdict(cfg), tflop_per_step=flops / 1e12, tflops=tflops,
                    mfu=tflops / PEAK_BF16_TFLOPS, device=device_name, torch=torch.__version__)
@@ -213,13 +203,13 @@ def main() -> None:
         res["x_naive"] = res["clips_per_s"] / naive.get(cfg.family, float("nan"))
         results.append(res)
         print(json.dumps(res), flush=True)
+        if args.json:  # after every configuration: a run cut short keeps what it measured
+            args.json.write_text(json.dumps(results, indent=1))
     header = ("config", "clips/s", "ms/step", "TFLOP/s", "MFU", "mem GiB", "x naive")
     print("\n{:28} {:>9} {:>8} {:>8} {:>6} {:>8} {:>8}".format(*header))
     for r in results:
         print(f"{r['name']:28} {r['clips_per_s']:9.1f} {r['ms_per_step']:8.1f} {r['tflops']:8.1f} "
               f"{100 * r['mfu']:5.1f}% {r['peak_mem_gib']:8.1f} {r['x_naive']:8.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
