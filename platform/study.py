@@ -9,6 +9,7 @@ their latest checkpoint, and the MLflow runs are found again by their tags.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -70,15 +71,25 @@ def param_space(spec: StudySpec, cell: dict[str, Any]) -> dict[str, Any]:
     return {**cell, **{name: domains[dim.dist](dim) for name, dim in spec.search.items()}}
 
 
-def tune_config(spec: StudySpec) -> tune.TuneConfig:
-    """Optuna TPE inside the cell (Tune's grid/random generator when the space has a grid); ASHA or FIFO."""
+def cell_seed(seed: int, cell: dict[str, Any]) -> int:
+    """The cell's sampler seed: derived from the study seed and the cell's key, the same in every run and on
+    resume (a hash of the text, not Python's per-process `hash()`), and different from cell to cell, so that
+    the cells do not all sample the same points (the LR-stability view compares cells across LRs)."""
+    digest = hashlib.sha256(f"{seed}/{T.cell_key(cell)}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def tune_config(spec: StudySpec, cell: dict[str, Any] | None = None) -> tune.TuneConfig:
+    """Optuna TPE inside the cell (Tune's grid/random generator when the space has a grid); ASHA or FIFO.
+    `cell`: the cell's axis values, which seed its sampler (None: the study without axes)."""
     search_alg = None
     if spec.searched_by_optuna:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per cell otherwise
         kwargs = {"n_startup_trials": spec.optuna.startup_trials} if spec.optuna.startup_trials else {}
-        search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.train.seed, **kwargs))
+        sampler = optuna.samplers.TPESampler(seed=cell_seed(spec.train.seed, cell or {}), **kwargs)
+        search_alg = OptunaSearch(sampler=sampler)
     if spec.scheduler.name == "asha":
         scheduler = ASHAScheduler(
             time_attr=T.EPOCH,
@@ -120,7 +131,7 @@ def cell_tuner(
     return tune.Tuner(
         trainable,
         param_space=param_space(spec, cell),
-        tune_config=tune_config(spec),
+        tune_config=tune_config(spec, cell),
         run_config=tune.RunConfig(
             name=cell_dirname(cell),
             storage_path=launch.storage,
