@@ -16,11 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
-from sklearn.multiclass import OneVsRestClassifier
-from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
 from .avmae import build_tokenizers, encode_unmasked
@@ -161,6 +156,13 @@ def linear_probe(train_x: ArrayLike, train_y: ArrayLike, test_x: ArrayLike, test
                  multilabel: bool = False, max_iter: int = 200) -> dict[str, float]:
     """Logistic regression on standardised frozen features: {"accuracy"} or, multi-label, {"mAP"} (macro
     average precision over the classes with a positive test example)."""
+    # scikit-learn (and the scipy.stats it imports) costs ~2 s of start-up: only the probe pays it.
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import StandardScaler
+
     train_x, train_y, test_x, test_y = (to_numpy(a) for a in (train_x, train_y, test_x, test_y))
     scaler = StandardScaler().fit(train_x)
     train_x, test_x = scaler.transform(train_x), scaler.transform(test_x)
