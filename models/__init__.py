@@ -1,7 +1,7 @@
 """AV-MAE models (Georgescu et al., ICCV 2023): public API.
 
     model = create_model("tiny", fusion="mid", decoder="shared", objective="joint")
-    out = model(audio, video)  # audio [B, T, 128], video [B, 3, T, H, W] in [-1, 1]
+    out = model(audio, video)  # audio [B, T, 128], video [B, 3, T, H, W] uint8 or in [-1, 1]
     out.loss.backward()        # out.loss_audio, out.loss_video, out.pred_*, out.mask_* too
 
 Choices beyond the paper, made explicit:

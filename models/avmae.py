@@ -82,8 +82,8 @@ class AVMAE(nn.Module):
 
     def forward(self, audio: Tensor, video: Tensor,
                 generator: torch.Generator | int | None = None) -> AVMAEOutput:
-        """audio [B, T, mel], video [B, 3, T, H, W] in [-1, 1]. `generator` (or an int seed) fixes the masks,
-        e.g. for the reproducible pretraining validation loss."""
+        """audio [B, T, mel], video [B, 3, T, H, W] uint8 or in [-1, 1]. `generator` (or an int seed) fixes
+        the masks, e.g. for the reproducible pretraining validation loss."""
         c = self.config
         if isinstance(generator, int):
             generator = torch.Generator(device=audio.device).manual_seed(generator)

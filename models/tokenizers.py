@@ -2,7 +2,7 @@
 
 Audio: a log-mel [B, T, F] is a 1-channel image with time as rows; 16x16 patches, time-major tokens,
 trailing time bins that do not fill a patch are dropped (1000x128 -> 62x8 = 496 tokens).
-Video: [B, 3, T, H, W] in [-1, 1]; 2x16x16 tubelets, tokens in (t, h, w) raster order.
+Video: [B, 3, T, H, W], uint8 pixels or floats in [-1, 1]; 2x16x16 tubelets, tokens in (t, h, w) raster order.
 
 The embedding is the authors' kernel=stride convolution written as what it is, one matrix applied to each
 flattened patch (Scenic's conv kernel [t, h, w, c, D] is this matrix transposed). Because it acts on each
@@ -26,6 +26,12 @@ def sincos_1d(num_positions: int, dim: int) -> Tensor:
     omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
     angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * omega[None]
     return torch.cat([angles.sin(), angles.cos()], dim=1).float().unsqueeze(0)
+
+
+def video_to_unit_range(video: Tensor) -> Tensor:
+    """uint8 pixels [0, 255] -> float [-1, 1] (floats pass through). Loaders ship uint8, a quarter of the
+    bytes, and the conversion runs here on the model's device (fused into patchify under torch.compile)."""
+    return video.float().div(127.5).sub(1.0) if video.dtype == torch.uint8 else video
 
 
 class _Tokenizer(nn.Module):
@@ -92,7 +98,7 @@ class VideoTokenizer(_Tokenizer):
     def patchify(self, video: Tensor) -> Tensor:
         """[B, 3, T, H, W] -> [B, N, t*h*w*c] patches, each tubelet flattened (t, h, w, c) as the authors."""
         (gt, gh, gw), p, t = self.grid, self.patch, self.tubelet
-        x = self.crop(video).reshape(video.shape[0], 3, gt, t, gh, p, gw, p)
+        x = video_to_unit_range(self.crop(video)).reshape(video.shape[0], 3, gt, t, gh, p, gw, p)
         return x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(video.shape[0], gt * gh * gw, self.patch_dim)
 
     def unpatchify(self, patches: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from avmae.models.tokenizers import video_to_unit_range
 from avmae.platform.data import decode
 from avmae.platform.data.avdigits import DIGIT_WORDS, SPEAKER_SPLITS, build_av_digits
 from avmae.platform.data.cli import data
@@ -60,7 +61,8 @@ def probe_accuracy(root: Path, with_video: bool = True) -> dict[str, float]:
             audio.append(torch.cat([log_mel.mean(0), log_mel.std(0), log_mel.amax(0)]).numpy())
             if with_video:
                 with torch.no_grad():
-                    maps = F.relu(conv(item["video"].mean(0)[:, None]))  # gray frames [T, 1, S, S]
+                    gray = video_to_unit_range(item["video"]).mean(0)[:, None]  # [T, 1, S, S]
+                    maps = F.relu(conv(gray))
                 video.append(torch.cat([maps.amax((2, 3)), maps.mean((2, 3))], 1).mean(0).numpy())
             labels.append(int(item["label"]))
         return np.array(audio), np.array(video), np.array(labels)

@@ -103,3 +103,13 @@ def test_model_masks_are_reproducible_with_a_seed():
     a, b = model(audio, video, generator=7), model(audio, video, generator=7)
     assert torch.equal(a.mask_video, b.mask_video) and torch.equal(a.loss, b.loss)
     assert a.mask_video.sum(1).eq(int(0.9 * 32)).all()  # 1 = masked
+
+
+def test_uint8_pixels_are_the_same_input_as_their_unit_range_floats():
+    """Loaders ship uint8 video; the model maps it to [-1, 1] itself, exactly as the loaders used to."""
+    model = create_model("tiny").eval()
+    audio = torch.randn(2, *model.input_shapes["audio"])
+    pixels = torch.randint(0, 256, (2, *model.input_shapes["video"]), dtype=torch.uint8)
+    as_uint8 = model(audio, pixels, generator=0)
+    as_float = model(audio, pixels.float() / 127.5 - 1, generator=0)
+    assert torch.equal(as_uint8.loss, as_float.loss)

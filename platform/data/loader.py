@@ -140,7 +140,7 @@ class AVCollate:
             )
             batch = {
                 "audio": torch.zeros(0, *shapes["audio"]),
-                "video": torch.zeros(0, *shapes["video"]),
+                "video": torch.zeros(0, *shapes["video"], dtype=torch.uint8),
                 "label": label,
                 "index": torch.zeros(0, dtype=torch.int64),
             }

@@ -46,7 +46,10 @@ def frame_positions(window: Window, n_frames: int, geometry: ClipGeometry) -> np
 
 
 def video_tensor(frames: np.ndarray, geometry: ClipGeometry, train: bool) -> torch.Tensor:
-    """uint8 [T, H, W, 3] (short side resized) -> float [3, T, S, S] in [-1, 1]; random crop+flip in train."""
+    """uint8 [T, H, W, 3] (short side resized) -> uint8 [3, T, S, S]; random crop+flip in train.
+
+    Pixels stay uint8 until they reach the model's device (the video tokeniser maps them to [-1, 1]): a
+    quarter of the bytes through worker IPC, collation, pinning and the host-to-device copy."""
     size = geometry.img_size
     height, width = frames.shape[1:3]
     if train:
@@ -57,7 +60,7 @@ def video_tensor(frames: np.ndarray, geometry: ClipGeometry, train: bool) -> tor
     video = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + size, left : left + size]))
     if train and bool(torch.rand(()) < 0.5):
         video = video.flip(2)
-    return video.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
+    return video.permute(3, 0, 1, 2)
 
 
 def audio_tensor(fbank: torch.Tensor, stats: AudioStats) -> torch.Tensor:
