@@ -8,6 +8,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# A valid study file as a dict: two axes (4 cells), a searched LR and video mask ratio, tiny model.
+TINY_STUDY = {
+    "name": "t",
+    "data": {"kind": "av-digits", "root": "/data/avd", "val_split": "val"},
+    "model": {"preset": "tiny"},
+    "axes": {"fusion": ["early", "mid"], "objective": ["joint", "inpainting"]},
+    "search": {
+        "lr": {"dist": "loguniform", "low": 1e-5, "high": 1e-2},
+        "mask_ratio_video": {"dist": "uniform", "low": 0.5, "high": 0.95},
+    },
+    "trials_per_cell": 3,
+    "train": {"epochs": 2, "batch_size": 8},
+}
 
 
 def shared_data_dir() -> Path:

@@ -7,19 +7,7 @@ import sys
 
 from avmae.platform.spec import parse_spec
 from avmae.platform.study import cell_seed, param_space, tune_config
-
-SPEC = {
-    "name": "t",
-    "data": {"kind": "av-digits", "root": "/data/avd", "val_split": "val"},
-    "model": {"preset": "tiny"},
-    "axes": {"fusion": ["early", "mid"], "objective": ["joint", "inpainting"]},
-    "search": {
-        "lr": {"dist": "loguniform", "low": 1e-4, "high": 3e-2},
-        "mask_ratio_video": {"dist": "uniform", "low": 0.5, "high": 0.95},
-    },
-    "trials_per_cell": 3,
-    "train": {"epochs": 2, "batch_size": 8},
-}
+from conftest import TINY_STUDY
 
 
 def first_points(spec, cell, n=3):
@@ -30,7 +18,7 @@ def first_points(spec, cell, n=3):
 
 
 def test_every_cell_has_its_own_sampler_seed_and_first_points():
-    spec = parse_spec(SPEC)
+    spec = parse_spec(TINY_STUDY)
     cells = spec.cells()
     seeds = [cell_seed(spec.train.seed, cell) for cell in cells]
     assert len(set(seeds)) == len(cells)
@@ -40,10 +28,10 @@ def test_every_cell_has_its_own_sampler_seed_and_first_points():
 
 
 def test_a_cells_points_are_the_same_in_every_run():
-    spec = parse_spec(SPEC)
+    spec = parse_spec(TINY_STUDY)
     cell = spec.cells()[1]
     assert first_points(spec, cell) == first_points(spec, cell)  # a restarted or resumed study samples alike
-    other = parse_spec({**SPEC, "train": {**SPEC["train"], "seed": 1}})
+    other = parse_spec({**TINY_STUDY, "train": {**TINY_STUDY["train"], "seed": 1}})
     assert cell_seed(other.train.seed, cell) != cell_seed(spec.train.seed, cell)
 
 

@@ -9,26 +9,14 @@ import yaml
 from avmae.platform.spec import Grid, Range, SpecError, load_spec, parse_spec
 from avmae.platform.sweep_cli import sweep
 from click.testing import CliRunner
-from conftest import REPO
+from conftest import REPO, TINY_STUDY
 
 SHIPPED = sorted((REPO / "experiments").rglob("*.yaml"))
 
-VALID = {
-    "name": "t",
-    "data": {"kind": "av-digits", "root": "/data/avd", "val_split": "val"},
-    "model": {"preset": "tiny"},
-    "axes": {"fusion": ["early", "mid"], "objective": ["joint", "inpainting"]},
-    "search": {
-        "lr": {"dist": "loguniform", "low": 1e-5, "high": 1e-2},
-        "mask_ratio_video": {"dist": "uniform", "low": 0.5, "high": 0.95},
-    },
-    "trials_per_cell": 3,
-    "train": {"epochs": 2, "batch_size": 8},
-}
 
 
 def with_(**changes: object) -> dict:
-    return {**VALID, **changes}
+    return {**TINY_STUDY, **changes}
 
 
 def test_the_paper_studies_and_the_quickstart_are_shipped():
@@ -73,7 +61,7 @@ def test_quickstart_asks_the_three_questions_on_av_digits():
 
 
 def test_cells_are_the_product_of_the_axes_in_file_order():
-    spec = parse_spec(VALID)
+    spec = parse_spec(TINY_STUDY)
     assert spec.cells() == [
         {"fusion": "early", "objective": "joint"}, {"fusion": "early", "objective": "inpainting"},
         {"fusion": "mid", "objective": "joint"}, {"fusion": "mid", "objective": "inpainting"},
@@ -82,7 +70,7 @@ def test_cells_are_the_product_of_the_axes_in_file_order():
 
 
 def test_yaml_exponents_are_numbers(tmp_path: Path):
-    text = yaml.safe_dump(VALID).replace("0.01", "1e-2")
+    text = yaml.safe_dump(TINY_STUDY).replace("0.01", "1e-2")
     (tmp_path / "s.yaml").write_text(text + "\n")
     search = load_spec(tmp_path / "s.yaml").search
     assert isinstance(search["lr"], Range) and search["lr"].high == pytest.approx(1e-2)
@@ -141,7 +129,7 @@ def test_search_space_becomes_tune_domains_and_optuna_only_without_grid():
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    spec = parse_spec(VALID)
+    spec = parse_spec(TINY_STUDY)
     space = param_space(spec, {"fusion": "mid", "objective": "joint"})
     assert space["fusion"] == "mid" and isinstance(space["lr"], tune.search.sample.Float)
     config = tune_config(spec)
