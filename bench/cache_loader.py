@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from checkout import REPO, import_module
-from torch.utils.data import DataLoader, RandomSampler, default_collate
+from torch.utils.data import DataLoader, RandomSampler
 
 SHARED = Path(os.environ.get("AVMAE_SHARED_DATA", REPO.parent / "shared" / "data"))
 CLIP = SHARED / "clips" / "KlsG1EnBEjc_000361.mp4"  # 720p H.264 + AAC, 10 s
@@ -38,15 +38,13 @@ def build(folder: Path) -> None:
     print(f"cache of {CLIP.name} at {geometry().input_shapes} in {folder} ({size:.0f} MiB)")
 
 
-def collate(items: list[dict]) -> dict:
-    return default_collate([{k: item[k] for k in ("audio", "video", "label")} for item in items])
-
-
 def time_loader(folder: Path, workers: int, batch: int, seconds: float) -> dict:
     cache = import_module("avmae.platform.data.cache")
+    collate = import_module("avmae.platform.data.collate")  # the platform's own collation
     dataset = cache.CachedAVDataset(folder, geometry(), train=True)
     sampler = RandomSampler(dataset, replacement=True, num_samples=10**8)
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate,
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
+                        collate_fn=collate.AVCollate(geometry(), num_classes=10, multi_label=False),
                         pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
                         prefetch_factor=4 if workers else None)
     batches = iter(loader)

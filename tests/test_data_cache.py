@@ -137,6 +137,17 @@ def test_collate_formats_multi_label_and_broken():
     assert empty["label"].shape == (0, 5) and empty["video"].shape == (0, 3, 4, 32, 32)
 
 
+def test_collate_stacks_video_as_the_items_and_keeps_frames_channels_last_in_memory():
+    """Items hold [3, T, H, W] views of decoded [T, H, W, 3] frames; the batch has the same values."""
+    collate = AVCollate(GEOMETRY, num_classes=5, multi_label=False)
+    frames = [torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8) for _ in range(2)]
+    items = [{"audio": torch.zeros(150, 128), "video": f.permute(3, 0, 1, 2), "index": i, "label": 1}
+             for i, f in enumerate(frames)]
+    video = collate(items)["video"]
+    assert video.dtype == torch.uint8 and torch.equal(video, torch.stack([it["video"] for it in items]))
+    assert video.is_contiguous(memory_format=torch.channels_last_3d)
+
+
 def test_loader_lets_ray_swap_in_a_distributed_sampler(digits: Path):
     dataset = build_dataset("av-digits", digits, None, "train", GEOMETRY, train=True)
     train = build_loader(dataset, batch_size=4, train=True)

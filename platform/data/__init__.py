@@ -7,10 +7,11 @@ DataLoader; `ClipGeometry` ties both to the model's input shapes.
 from .avdigits import DIGIT_WORDS, build_av_digits
 from .broken import REASONS, BrokenClip, BrokenLog
 from .cache import CachedAVDataset, write_cache
+from .collate import AVCollate
 from .dataset import AVDataset
 from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
 from .indexes import Clip, Index, IndexFormatError, read_audioset, read_epic, read_vggsound
-from .loader import AVCollate, DataConfig, build_dataset, build_loader, load_index, preflight
+from .loader import DataConfig, build_dataset, build_loader, load_index, preflight
 from .scan import ScanReport, TooManyBrokenError, scan_clips
 
 __all__ = [

@@ -1,22 +1,20 @@
 """One entry point from a dataset description to a DataLoader: index -> (cached or raw) Dataset -> batches.
 
-Batches are dicts: `audio` [B, A, mel], `video` [B, 3, T, S, S], `label` ([B] int64 or [B, C] multi-hot),
-`index` [B], `n_broken` (int: items of this batch that were skipped) and `broken` [(path, reason), ...].
-A batch can hold fewer than `batch_size` clips, even zero, when clips are broken.
+Batches are dicts made by `collate.AVCollate`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import avdigits
 from .cache import CachedAVDataset, write_cache
+from .collate import AVCollate
 from .dataset import AVDataset
 from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
 from .indexes import (
@@ -116,35 +114,6 @@ def build_dataset(
     if max_broken_fraction is not None:
         preflight(dataset, max_broken_fraction, workers)
     return dataset
-
-
-@dataclass(frozen=True)
-class AVCollate:
-    """Drops broken items and counts them; knows the shapes so an all-broken batch is still well-formed."""
-
-    geometry: ClipGeometry
-    num_classes: int
-    multi_label: bool
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        good = [item for item in items if "broken" not in item]
-        broken = [item["broken"] for item in items if "broken" in item]
-        if good:
-            batch = default_collate(
-                [{k: item[k] for k in ("audio", "video", "label", "index")} for item in good]
-            )
-        else:
-            shapes = self.geometry.input_shapes
-            label = (
-                torch.zeros(0, self.num_classes) if self.multi_label else torch.zeros(0, dtype=torch.int64)
-            )
-            batch = {
-                "audio": torch.zeros(0, *shapes["audio"]),
-                "video": torch.zeros(0, *shapes["video"], dtype=torch.uint8),
-                "label": label,
-                "index": torch.zeros(0, dtype=torch.int64),
-            }
-        return {**batch, "n_broken": len(broken), "broken": broken}
 
 
 def build_loader(
