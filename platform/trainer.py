@@ -105,8 +105,12 @@ def train(config: dict[str, Any]) -> None:
 
     # DDP when world > 1; unused parameters exist in one-direction inpainting.
     wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    if world > 1:
-        loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+    if world > 1 or device.type == "cuda":
+        # A DistributedSampler when world > 1; on a GPU, Ray's wrapper also copies the next batch to the
+        # device on a side stream while the current step runs (on the compute stream the copy stalls it).
+        loader = ray.train.torch.prepare_data_loader(
+            loader, add_dist_sampler=world > 1, move_to_device=device.type == "cuda", auto_transfer=True
+        )
     train_step = models.TrainStep(wrapped, optimizer, scheduler, amp_dtype="auto", compile=spec.train.compile)
     evaluator = models.TrainStep(model, optimizer, amp_dtype="auto")  # unwrapped: rank 0 evaluates alone
     val_loader = _loader(spec, spec.data.val_split, geometry) if spec.data.val_split and rank == 0 else None
