@@ -153,14 +153,19 @@ def ray_runtime(address: str | None) -> Iterator[None]:
         port = free_port()
         env_vars.update(LOCAL_RUNTIME_ENV_VARS, RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}")
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                 object_store_memory=256 * 1024**2, runtime_env={"env_vars": env_vars},
+                 object_store_memory=256 * 1024**2, runtime_env=runtime_env(env_vars),
                  logging_level=logging.WARNING)
     else:
-        ray.init(address=address, runtime_env={"env_vars": env_vars}, logging_level=logging.WARNING)
+        ray.init(address=address, runtime_env=runtime_env(env_vars), logging_level=logging.WARNING)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def runtime_env(env_vars: dict[str, str]) -> dict[str, Any]:
+    """Every Ray worker of the job: our environment variables and `ray_logging.setup_worker`."""
+    return {"env_vars": env_vars, "worker_process_setup_hook": "avmae.platform.ray_logging.setup_worker"}
 
 
 def free_port() -> int:

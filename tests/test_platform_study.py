@@ -1,12 +1,16 @@
-"""study.py without a Ray runtime: each cell's Optuna sampler gets its own seed, stable across runs."""
+"""study.py without a Ray runtime: each cell's Optuna sampler gets its own seed, stable across runs; the
+workers' set-up hook."""
 
 from __future__ import annotations
 
+import importlib
+import logging
 import subprocess
 import sys
 
+from avmae.platform import ray_logging
 from avmae.platform.spec import parse_spec
-from avmae.platform.study import cell_seed, param_space, tune_config
+from avmae.platform.study import cell_seed, param_space, runtime_env, tune_config
 from conftest import TINY_STUDY
 
 
@@ -45,3 +49,16 @@ def test_the_cell_seed_does_not_depend_on_the_process():
         for h in (1, 2)
     }
     assert seeds == {str(cell_seed(0, {"fusion": "mid", "objective": "joint"}))}
+
+
+def test_workers_drop_only_the_routine_placement_group_cleanup_message():
+    hook = runtime_env({})["worker_process_setup_hook"]
+    module, name = hook.rsplit(".", 1)
+    getattr(importlib.import_module(module), name)()  # what every Ray worker of a sweep runs first
+    logger = logging.getLogger(ray_logging.CLEANER_LOGGER)
+    routine, failure = (
+        logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), None)
+        for message in ("Detected that the Ray Train controller actor (ab12) is dead. Cleaning up ...",
+                        "Failed to clean up placement group: boom")
+    )
+    assert not logger.filter(routine) and logger.filter(failure)
