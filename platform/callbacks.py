@@ -35,10 +35,8 @@ def trial_status(result: dict[str, Any], epochs: int) -> T.TrialStatus:
 def trial_params(spec: StudySpec, config: dict[str, Any]) -> dict[str, Any]:
     """Everything that defines a trial, flat: the resolved model config (cell and sampled values included),
     the effective training hyperparameters and the fixed schedule."""
-    from avmae.models import resolve_config
-
-    hparams, overrides = split_params(config)
-    model = resolve_config(spec.model.preset, input=spec.model.input, **spec.model.overrides, **overrides)
+    hparams, _ = split_params(config)
+    model = spec.resolve_model(config)
     train = spec.train.model_dump(exclude={"log_every_steps", "compile"})
     return {**model.to_dict(), **train, **hparams, "workers": spec.resources.workers, "data": spec.data.kind}
 

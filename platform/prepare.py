@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from avmae.platform.data import ClipGeometry, build_av_digits
-from avmae.platform.spec import AVDigitsBuild, StudySpec, split_params
+from avmae.platform.spec import AVDigitsBuild, StudySpec
 
 
 def absolute(spec: StudySpec, speech: str | Path | None = None) -> StudySpec:
@@ -34,14 +34,9 @@ def absolute(spec: StudySpec, speech: str | Path | None = None) -> StudySpec:
 
 def geometries(spec: StudySpec) -> set[ClipGeometry]:
     """The input geometry of every cell (the model's input shapes)."""
-    from avmae.models import resolve_config
-
-    found = set()
-    for cell in spec.cells():
-        _, overrides = split_params(cell)
-        c = resolve_config(spec.model.preset, input=spec.model.input, **spec.model.overrides, **overrides)
-        found.add(ClipGeometry.from_input_shapes(c.input_shapes, frame_stride=spec.data.frame_stride))
-    return found
+    stride = spec.data.frame_stride
+    return {ClipGeometry.from_input_shapes(spec.resolve_model(cell).input_shapes, frame_stride=stride)
+            for cell in spec.cells()}
 
 
 def prepare_data(spec: StudySpec, speech: str | Path | None = None) -> None:

@@ -14,11 +14,14 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from avmae.platform.data import DataConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from avmae.models import AVMAEConfig
 
 # Searchable training hyperparameters; every other name must be an `AVMAEConfig` field.
 TRAIN_PARAMS = ("lr", "weight_decay", "warmup_epochs")
@@ -204,6 +207,14 @@ class StudySpec(Strict):
     def trials_in_cell(self) -> int:
         return self.trials_per_cell * self.grid_size
 
+    def resolve_model(self, params: dict[str, Any]) -> AVMAEConfig:
+        """A trial's model: the preset and fixed overrides plus the model fields among `params` (a cell, or a
+        cell and its sampled values; training hyperparameters there are left out)."""
+        from avmae.models import resolve_config  # torch: imported only when a model is resolved
+
+        _, overrides = split_params(params)
+        return resolve_config(self.model.preset, input=self.model.input, **self.model.overrides, **overrides)
+
     def cells(self) -> list[dict[str, Scalar]]:
         """Every combination of the axes, in file order ([{}] when there are no axes)."""
         names = list(self.axes)
@@ -228,7 +239,7 @@ def _corners(spec: StudySpec) -> Iterator[dict[str, Scalar]]:
 def check_model(spec: StudySpec) -> None:
     """Every name varied must be a known parameter, and every value a valid model (the model's own checks):
     each axis value and search bound alone, then each cell at the corners of the search space."""
-    from avmae.models import AVMAEConfig, resolve_config  # torch: imported only when validating
+    from avmae.models import AVMAEConfig  # torch: imported only when validating
 
     allowed = [f for f in AVMAEConfig.field_names() if f not in ("preset", "input")]
     varied = {"axes": spec.axes, "search": spec.search, "model.overrides": spec.model.overrides}
@@ -239,12 +250,12 @@ def check_model(spec: StudySpec) -> None:
                 raise ValueError(f"{section}.{name}: unknown parameter; allowed: {extra}{', '.join(allowed)}")
 
     def resolve(where: str, params: dict[str, Scalar]) -> None:
-        train, overrides = split_params(params)
+        train, _ = split_params(params)
         try:
             for name, value in train.items():
                 if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                     raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-            resolve_config(spec.model.preset, input=spec.model.input, **spec.model.overrides, **overrides)
+            spec.resolve_model(params)
         except (ValueError, TypeError) as err:
             raise ValueError(f"{where}: {err}") from None
 

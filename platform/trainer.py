@@ -70,7 +70,7 @@ def train(config: dict[str, Any]) -> None:
     spec = StudySpec.model_validate(config["spec"])
     # Train logs each report in full at INFO (history included) from a logger named after its file.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    hparams, overrides = split_params(config["params"])  # spec.model.overrides never overlaps (validated)
+    hparams, _ = split_params(config["params"])
     lr = hparams.get("lr", spec.train.lr)
     weight_decay = hparams.get("weight_decay", spec.train.weight_decay)
     warmup_epochs = hparams.get("warmup_epochs", spec.train.warmup_epochs)
@@ -79,10 +79,7 @@ def train(config: dict[str, Any]) -> None:
     torch.manual_seed(spec.train.seed)  # the same init and data order in every trial: cells differ by design
     device = ray.train.torch.get_device()
 
-    model = models.create_model(
-        spec.model.preset, input=spec.model.input, **spec.model.overrides, **overrides
-    )
-    model.to(device)
+    model = models.AVMAE(spec.resolve_model(config["params"])).to(device)
     geometry = ClipGeometry.from_input_shapes(model.input_shapes, frame_stride=spec.data.frame_stride)
     loader = _loader(spec, spec.data.train_split, geometry, train=True)
     if len(loader) == 0:
@@ -204,8 +201,7 @@ def _probe(model: torch.nn.Module, spec: StudySpec, geometry: ClipGeometry) -> d
     ev = spec.evaluation
     splits = (ev.train_split, ev.test_split)
     train, test = (_loader(spec, split, geometry, max_clips=ev.max_clips) for split in splits)
-    dataset = getattr(train.dataset, "dataset", train.dataset)  # under a Subset
-    multilabel = dataset.header.multi_label if hasattr(dataset, "header") else dataset.multi_label
+    multilabel = train.collate_fn.multi_label  # build_loader's AVCollate knows the dataset's label format
     scores = {}
     for modality in ev.probe:
         train_x, train_y = models.extract_features(model, train, modality, return_labels=True)
