@@ -168,17 +168,13 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> 
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    """Log finite values in one request; non-finite ones are what divergence is, recorded separately."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
-    if batch:
-        client.log_batch(run_id, metrics=batch)
+    """Log the finite values at one step (see `log_history`)."""
+    log_history(client, run_id, [{"step": step, **metrics}])
 
 
 def log_history(client: MlflowClient, run_id: str, records: list[Mapping[str, float]]) -> None:
-    """Step-wise records `{"step": s, name: value, ...}` in as few requests as MLflow allows (1000 each)."""
+    """Step-wise records `{"step": s, name: value, ...}` in as few requests as MLflow allows (1000 each).
+    Non-finite values are left out: they are what divergence is, recorded separately."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
