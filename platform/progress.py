@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from avmae.platform import tracking as T
 from avmae.platform.callbacks import trial_status
+from avmae.platform.trial import DIVERGED
 from ray import tune
 from tqdm import tqdm
 
@@ -76,7 +77,7 @@ class CellProgress(tune.Callback):
                 counts[trial_status(trial.last_result, self.epochs).value] += 1
             elif trial.status == "RUNNING":
                 counts[T.TrialStatus.RUNNING.value] += 1
-            if not trial.last_result.get("diverged"):
+            if not trial.last_result.get(DIVERGED):
                 best = min(best, trial.last_result.get(self.metric, math.inf))
         done = sum(n for status, n in counts.items() if status != T.TrialStatus.RUNNING.value)
         parts = [f"{status} {counts[status]}" for status in STATUSES if counts[status]]
