@@ -61,11 +61,14 @@ def test_base_builds_for_all_combinations(fusion, decoder):
 
 def test_every_preset_accepts_every_combination():
     for preset, (fusion, decoder), (objective, direction) in itertools.product(SIZES, COMBOS, OBJECTIVES):
-        resolve_config(preset, fusion=fusion, decoder=decoder, objective=objective,
-                       inpainting_direction=direction)
+        c = resolve_config(preset, fusion=fusion, decoder=decoder, objective=objective,
+                           inpainting_direction=direction)  # raises on a combination it rejects
+        assert (c.preset, c.fusion, c.decoder, c.objective, c.inpainting_direction) == (
+            preset, fusion, decoder, objective, direction)
     for preset in SIZES:
         with torch.device("meta"):
-            create_model(preset, fusion="mid", decoder="joint", objective="inpainting")
+            model = create_model(preset, fusion="mid", decoder="joint", objective="inpainting")
+        assert model.config.embed_dim == SIZES[preset]["embed_dim"]
 
 
 def test_base_forward_on_small_inputs():
