@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from avmae.platform.data import ClipGeometry, build_av_digits
+from avmae.platform.data import ClipGeometry
 from avmae.platform.spec import AVDigitsBuild, StudySpec
 
 
@@ -43,6 +43,8 @@ def prepare_data(spec: StudySpec, speech: str | Path | None = None) -> None:
     """Build AV-Digits if needed (idempotent) and decode every split the study reads into the cache."""
     data = spec.data
     if data.kind == "av-digits":
+        from avmae.platform.data import build_av_digits  # torch: only when building, not for --dry-run
+
         settings = data.av_digits or AVDigitsBuild()
         build_av_digits(data.root, speech=speech, workers=data.workers, **settings.model_dump())
     if data.cache_dir is None:

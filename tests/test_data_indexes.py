@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from avmae.platform.data import DataConfig
 from avmae.platform.data.dataset import AVDataset
 from avmae.platform.data.geometry import AUDIOSET_STATS, ClipGeometry
 from avmae.platform.data.indexes import (
@@ -16,7 +17,6 @@ from avmae.platform.data.indexes import (
     read_epic,
     read_vggsound,
 )
-from avmae.platform.data.loader import DataConfig
 from avmae.platform.data.mp4 import write_mp4
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -141,3 +141,18 @@ def test_search_space_becomes_tune_domains_and_optuna_only_without_grid():
     assert tune_config(grid).search_alg is None and grid.trials_in_cell == 4
     fifo = parse_spec(with_(scheduler={"name": "fifo"}))
     assert tune_config(fifo).reuse_actors and type(tune_config(fifo).scheduler).__name__ == "FIFOScheduler"
+
+
+def test_reading_a_study_does_not_import_torch():
+    """Validating and describing a study (`--dry-run`, the driver) must not pay seconds for torch."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, avmae.platform.spec, avmae.platform.plan; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=os.environ.copy(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

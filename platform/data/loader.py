@@ -6,15 +6,15 @@ Batches are dicts made by `collate.AVCollate`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
 
 import torch
-from pydantic import BaseModel, ConfigDict, model_validator
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import avdigits
 from .cache import CachedAVDataset, write_cache
 from .collate import AVCollate
+from .config import DEFAULT_MAX_BROKEN, KINDS
+from .config import DataConfig as DataConfig  # re-exported: callers still import it from here
 from .dataset import AVDataset
 from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
 from .indexes import (
@@ -26,10 +26,7 @@ from .indexes import (
     read_epic,
     read_vggsound,
 )
-from .scan import DEFAULT_MAX_BROKEN, ScanReport, scan_clips
-
-Kind = Literal["vggsound", "audioset", "epic", "av-digits"]
-KINDS: tuple[str, ...] = get_args(Kind)
+from .scan import ScanReport, scan_clips
 
 
 def load_index(
@@ -146,45 +143,3 @@ def build_loader(
         persistent_workers=num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )
-
-
-class DataConfig(BaseModel):
-    """Serializable dataset description for study configs; `index` may map split -> file (AudioSet, EPIC)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Kind
-    root: Path
-    index: Path | dict[str, Path] | None = None
-    pattern: str | None = None
-    labels: Path | None = None
-    target: Literal["verb", "noun"] = "verb"
-    audio_mean: float | None = None
-    audio_std: float | None = None
-    cache_dir: Path | None = None
-    max_broken_fraction: float | None = DEFAULT_MAX_BROKEN
-    workers: int = 1
-
-    @model_validator(mode="after")
-    def _stats_come_in_pairs(self) -> DataConfig:
-        if (self.audio_mean is None) != (self.audio_std is None):
-            raise ValueError("set audio_mean and audio_std together (or neither, for the dataset's defaults)")
-        return self
-
-    def dataset(self, split: str, geometry: ClipGeometry, train: bool) -> AVDataset | CachedAVDataset:
-        stats = None if self.audio_mean is None else AudioStats(self.audio_mean, self.audio_std)
-        return build_dataset(
-            self.kind,
-            self.root,
-            self.index[split] if isinstance(self.index, dict) else self.index,
-            split,
-            geometry,
-            train,
-            pattern=self.pattern,
-            labels=self.labels,
-            target=self.target,
-            audio_stats=stats,
-            cache_dir=self.cache_dir,
-            max_broken_fraction=self.max_broken_fraction,
-            workers=self.workers,
-        )

@@ -10,10 +10,9 @@ from tqdm import tqdm
 
 from . import decode
 from .broken import BrokenClip
+from .config import DEFAULT_MAX_BROKEN
 from .indexes import Clip
 from .pool import process_pool
-
-DEFAULT_MAX_BROKEN = 0.05
 
 
 class TooManyBrokenError(RuntimeError):
