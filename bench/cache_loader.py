@@ -8,6 +8,11 @@ the GPU machine from a bare checkout; build the cache where decord is installed:
 The cache holds one real clip, sampled with replacement: every item still reads its memmapped frames and
 log-mel, draws a window, crops, flips and normalises. Reads come from the page cache, so this measures the
 CPU side of loading, not a disk.
+
+Which side limits it: each run also reports the CPU cores the main process used (receiving batches from the
+workers, and the pin-memory thread) and the cores all workers used together. Main near 1-2 cores with the
+workers well below their count means the main process is the bottleneck; `--pin on off` and `--to-device`
+(each batch copied to the GPU as the trainer does) tell which part of it.
 """
 
 from __future__ import annotations
@@ -38,23 +43,44 @@ def build(folder: Path) -> None:
     print(f"cache of {CLIP.name} at {geometry().input_shapes} in {folder} ({size:.0f} MiB)")
 
 
-def time_loader(folder: Path, workers: int, batch: int, seconds: float) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def time_loader(folder: Path, workers: int, batch: int, seconds: float, pin: bool, to_device: bool) -> dict:
     cache = import_module("avmae.platform.data.cache")
     collate = import_module("avmae.platform.data.collate")  # the platform's own collation
     dataset = cache.CachedAVDataset(folder, geometry(), train=True)
     sampler = RandomSampler(dataset, replacement=True, num_samples=10**8)
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                         collate_fn=collate.AVCollate(geometry(), num_classes=10, multi_label=False),
-                        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+                        pin_memory=pin, persistent_workers=workers > 0,
                         prefetch_factor=4 if workers else None)
     batches = iter(loader)
     next(batches)  # workers started and warm
-    clips, began = 0, time.perf_counter()
+    worker_pids = [w.pid for w in getattr(batches, "_workers", [])]  # bench-only peek at DataLoader's workers
+
+    def cpu() -> tuple[float, float]:
+        return time.process_time(), sum(cpu_seconds(pid) for pid in worker_pids)
+
+    clips, (main0, workers0), began = 0, cpu(), time.perf_counter()
     while time.perf_counter() - began < seconds:
-        clips += next(batches)["video"].shape[0]
+        item = next(batches)
+        if to_device:  # as the trainer's loader does: non-blocking copies from (pinned) host memory
+            for key in ("audio", "video"):
+                item[key].to("cuda", non_blocking=True)
+        clips += item["video"].shape[0]
+    if to_device:
+        torch.cuda.synchronize()
     wall = time.perf_counter() - began
-    return {"workers": workers, "batch": batch, "clips": clips, "seconds": round(wall, 1),
-            "clips_per_s": round(clips / wall, 1), "cpus": os.cpu_count()}
+    main1, workers1 = cpu()
+    return {"workers": workers, "batch": batch, "pin": pin, "to_device": to_device, "clips": clips,
+            "seconds": round(wall, 1), "clips_per_s": round(clips / wall, 1),
+            "main_cores": round((main1 - main0) / wall, 2),
+            "worker_cores": round((workers1 - workers0) / wall, 2),
+            "cpus": os.cpu_count()}
 
 
 def main() -> None:
@@ -66,15 +92,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count()])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=15.0)
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--pin", choices=("on", "off"), nargs="+", default=["on" if cuda else "off"],
+                        help="pinned-memory batches (needs CUDA); several values: one run each")
+    parser.add_argument("--to-device", action="store_true", help="copy each batch to the GPU (needs CUDA)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.mode == "build":
         build(args.folder)
         return
     torch.set_num_threads(1)
-    results = [time_loader(args.folder, w, args.batch, args.seconds) for w in args.workers]
-    for r in results:
-        print(json.dumps(r), flush=True)
+    results = []
+    for workers in args.workers:
+        for pin in args.pin:
+            run = time_loader(args.folder, workers, args.batch, args.seconds, pin == "on", args.to_device)
+            results.append(run)
+            print(json.dumps(results[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -51,6 +51,7 @@ ANCHOR = dict(
 PAPER = dict(input="audioset", fusion="mid", fusion_layers=2, decoder="shared",
              mask_ratio_audio=0.7, mask_ratio_video=0.9)
 
+AUTOTUNE = "max-autotune-no-cudagraphs"
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
 
 GPU_CONFIGS = [
@@ -66,6 +67,12 @@ GPU_CONFIGS = [
     Config("vitl-paper-b192-compiled", "vitl-paper", "large", 192, PAPER, compile=True),
     Config("vitb-paper-b64-naive", "vitb-paper", "base", 64, PAPER, naive=True),
     Config("vitb-paper-b256-compiled", "vitb-paper", "base", 256, PAPER, compile=True),
+]
+# Only with --only: Inductor's GEMM templates with GELU and bias fused in (the profiles' next step 2) take
+# minutes of autotuning each, too long for the default run.
+AUTOTUNE_CONFIGS = [
+    Config("vitl-paper-b128-autotune", "vitl-paper", "large", 128, PAPER, compile=AUTOTUNE),
+    Config("anchor-b128-autotune", "anchor", "base", 128, ANCHOR, compile=AUTOTUNE),
 ]
 TINY_CONFIGS = [
     Config("tiny-naive", "tiny", "tiny", 8, naive=True),
@@ -179,7 +186,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     configs = TINY_CONFIGS if args.tiny else GPU_CONFIGS
     if args.only:
-        configs = [c for c in configs if c.name in args.only]
+        configs = [c for c in [*configs, *AUTOTUNE_CONFIGS] if c.name in args.only]
     warmup = args.warmup or (3 if args.tiny else 8)
     steps = args.steps or (5 if args.tiny else 20)
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"

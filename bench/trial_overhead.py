@@ -7,7 +7,11 @@ Runs N one-step trials one after another (tiny model, AV-Digits) twice, each on 
 Overhead of trial i = its first step - the end of trial i-1 (for the first: the Tuner's start). The first
 trial pays cold caches; the mean of the others is the steady state.
 
-    .venv/bin/python bench/trial_overhead.py [--trials 4] [--mode both|baseline|platform]
+`--timeline` (platform mode) also prints where the last trial's overhead went, from Ray's own task events
+(State API): when each Ray Train process was asked for, started running and finished its `__init__`, and the
+worker's set-up calls, in seconds after the previous trial ended.
+
+    .venv/bin/python bench/trial_overhead.py [--trials 4] [--mode both|baseline|platform] [--timeline]
 """
 
 from __future__ import annotations
@@ -72,6 +76,42 @@ class Timer(tune.Callback):
         return [first - start for first, start in zip(sorted(self.first_steps), starts, strict=False)]
 
 
+class TaskEvents(tune.Callback):
+    """Ray's task events for the whole run, read while the runtime is still up."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Any] = []
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        from ray.util.state import list_tasks
+
+        self.tasks = list_tasks(detail=True, limit=10_000, raise_on_missing_output=False)
+
+
+TIMELINE_METHODS = ("TrainController.run", "RayTrainWorker.init_train_context", "RayTrainWorker.run_train_fn")
+
+
+def timeline(tasks: list[Any], start: float, first_step: float) -> list[str]:
+    """One line per Train process started between `start` and `first_step` (asked for -> running ->
+    `__init__` done) and per worker set-up call, in seconds after `start`."""
+    rows = [(first_step - start, first_step - start, math.nan, "first optimiser step")]
+    for task in tasks:
+        at = {e["state"]: e["created_ms"] / 1000 - start for e in task.events or []}
+        name = task.func_or_class_name
+        asked = at.get("PENDING_NODE_ASSIGNMENT", at.get("PENDING_ARGS_AVAIL"))
+        if asked is None or not 0 <= asked <= first_step - start:
+            continue
+        running, done = at.get("RUNNING", math.nan), at.get("FINISHED", math.nan)
+        if task.type == "ACTOR_CREATION_TASK":
+            what = f"{name.removesuffix('.__init__')}: process start {running - asked:.2f} s, " \
+                   f"__init__ {done - running:.2f} s"
+            rows.append((asked, running, done, what))
+        elif name in TIMELINE_METHODS:
+            rows.append((running, running, done, f"{name}: {done - running:.2f} s"))
+    lines = [f"{a:6.2f} {r:7.2f} {d:6.2f}  {what}" for a, r, d, what in sorted(rows)]
+    return [" asked running   done  (seconds after the previous trial ended)", *lines]
+
+
 def baseline_trial(config: dict[str, Any], spec: StudySpec, storage: str) -> None:
     """stack.md's working pattern, nothing more."""
     from avmae.platform.trainer import train  # the training module, imported by the trial process
@@ -102,10 +142,13 @@ def run_baseline(spec: StudySpec, folder: Path) -> list[float]:
         ray.shutdown()
 
 
-def run_platform(spec: StudySpec, folder: Path) -> list[float]:
-    timer = Timer()
+def run_platform(spec: StudySpec, folder: Path, show_timeline: bool = False) -> list[float]:
+    timer, events = Timer(), TaskEvents()
     launch = Launch("trial_overhead", str(folder / "platform"), f"sqlite:///{folder / 'mlflow.db'}")
-    run_study(spec, None, launch, callbacks=(timer,))
+    run_study(spec, None, launch, callbacks=(timer, events) if show_timeline else (timer,))
+    if show_timeline and len(timer.ends) > 1:
+        print("\nlast trial's start-up, from Ray's task events:")
+        print("\n".join(timeline(events.tasks, timer.ends[-2], sorted(timer.first_steps)[-1])))
     return timer.overheads()
 
 
@@ -116,6 +159,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--mode", choices=("both", "baseline", "platform"), default="both")
     parser.add_argument("--data", type=Path, default=REPO / "data_cache" / "bench_av_digits")
+    parser.add_argument("--timeline", action="store_true",
+                        help="platform mode: where the last trial's start-up time went")
     args = parser.parse_args()
     spec = absolute(bench_spec(args.trials, args.data))
     prepare_data(spec)  # built once, outside the timings
@@ -124,7 +169,10 @@ def main() -> None:
     for mode in modes:
         load = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as folder:
-            results[mode] = (run_baseline if mode == "baseline" else run_platform)(spec, Path(folder))
+            if mode == "baseline":
+                results[mode] = run_baseline(spec, Path(folder))
+            else:
+                results[mode] = run_platform(spec, Path(folder), args.timeline)
         results[mode] = (results[mode], load)
     print(f"\nper-trial overhead, trial start -> first training step ({os.cpu_count()} CPUs)")
     for mode, (seconds, load) in results.items():
