@@ -9,7 +9,7 @@ stored, so the classifier may use another input geometry (e.g. 32 frames) than p
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from os import PathLike
 from typing import Any
 
@@ -25,6 +25,7 @@ from .encoder import build_encoder, init_vit_weights
 INPUT_MODALITIES = ("av", "audio", "video")
 ArrayLike = Tensor | np.ndarray
 Batch = Mapping[str, Tensor] | tuple[Tensor | None, ...] | list[Tensor | None]
+Features = Tensor | dict[str, Tensor]  # [N, D], or {modality: [N, D]} for a sequence of modalities
 
 
 def select(modality: str, audio: Tensor | None, video: Tensor | None) -> dict[str, Tensor | None]:
@@ -122,30 +123,49 @@ def _unpack(batch: Batch) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     return batch[0], batch[1], batch[2] if len(batch) > 2 else None
 
 
+def _to_device(modalities: list[str], audio: Tensor | None, video: Tensor | None,
+               device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+    """Each input copied to the device once per batch, and only if one of `modalities` uses it."""
+    used = [select(m, audio, video) for m in modalities]
+    return tuple(None if all(u[k] is None for u in used) else x.to(device, non_blocking=True)
+                 for k, x in (("audio", audio), ("video", video)))
+
+
+def _pooled(model: nn.Module, modality: str, audio: Tensor | None, video: Tensor | None) -> Tensor:
+    """One modality setting's pooled features [B, D], on the CPU: N clips' features hold no device memory."""
+    inputs = {k: x for k, x in select(modality, audio, video).items() if x is not None}
+    return pool(model.forward_features(**inputs)).float().cpu()
+
+
 @torch.no_grad()
-def extract_features(model: nn.Module, data: Batch | Iterable[Batch], modality: str = "av",
-                     batch_size: int = 64, return_labels: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+def extract_features(model: nn.Module, data: Batch | Iterable[Batch], modality: str | Sequence[str] = "av",
+                     batch_size: int = 64, return_labels: bool = False) -> Features | tuple[Features, Tensor]:
     """Frozen mean-pooled encoder features [N, D] (eval mode, masking off) of an AVMAE or AVClassifier.
 
     `data`: (audio, video[, labels]) tensors, a dict of them, or a loader of such batches (not shuffled, or
-    use `return_labels=True` to get the labels in the same order).
+    use `return_labels=True` to get the labels in the same order). A sequence of modalities gives
+    {modality: [N, D]} from one pass over `data`: a loader pays its decoding once, not once per modality.
     """
+    modalities = [modality] if isinstance(modality, str) else list(modality)
+    for m in modalities:  # fail before a long pass over the data, not after it
+        check_choice("modality", m, INPUT_MODALITIES)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    feats, labels = [], []
+    feats, labels = {m: [] for m in modalities}, []
     try:
         for batch in _batches(data, batch_size):
             audio, video, label = _unpack(batch)
-            inputs = {m: x.to(device, non_blocking=True) for m, x in select(modality, audio, video).items()
-                      if x is not None}
-            feats.append(pool(model.forward_features(**inputs)).float().cpu())
+            audio, video = _to_device(modalities, audio, video, device)
+            for m in feats:
+                feats[m].append(_pooled(model, m, audio, video))
             if return_labels:
                 labels.append(torch.as_tensor(label).cpu())
     finally:
         model.train(was_training)
-    features = torch.cat(feats)
-    return (features, torch.cat(labels)) if return_labels else features
+    features = {m: torch.cat(f) for m, f in feats.items()}
+    out = features[modality] if isinstance(modality, str) else features
+    return (out, torch.cat(labels)) if return_labels else out
 
 
 def to_numpy(a: ArrayLike) -> np.ndarray:

@@ -87,3 +87,41 @@ def test_linear_probe_multilabel_reports_map():
     y = (x[:, :6] > 0.5).long()  # label j present when feature j is large
     result = linear_probe(x[:800], y[:800], x[800:], y[800:], multilabel=True)
     assert set(result) == {"mAP"} and result["mAP"] > 0.9
+
+
+class CountingLoader:
+    """A loader over fixed batches that counts its passes (`__iter__` calls)."""
+
+    def __init__(self, batches):
+        self.batches, self.passes = batches, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.batches)
+
+
+def test_extract_features_for_several_modalities_matches_one_call_per_modality():
+    model = create_model("tiny", fusion="mid")
+    audio, video = batch(model, b=5)
+    labels = torch.tensor([2, 0, 1, 1, 0])
+    loader = [{"audio": audio[i : i + 2], "video": video[i : i + 2], "label": labels[i : i + 2]}
+              for i in range(0, 5, 2)]
+    feats, got = extract_features(model, loader, ["av", "audio", "video"], return_labels=True)
+    assert list(feats) == ["av", "audio", "video"] and torch.equal(got, labels) and model.training
+    for modality, f in feats.items():
+        single, single_labels = extract_features(model, loader, modality, return_labels=True)
+        assert f.shape == (5, 64) and torch.equal(f, single) and torch.equal(single_labels, labels)
+    assert not torch.allclose(feats["audio"], feats["video"])  # each modality really got its own inputs
+    assert set(extract_features(model, (audio, video), ("video",), batch_size=2)) == {"video"}
+
+
+def test_extract_features_reads_the_data_once_for_all_modalities():
+    model = create_model("tiny")
+    audio, video = batch(model, b=4)
+    loader = CountingLoader([(audio[:2], video[:2], torch.tensor([0, 1])),
+                             (audio[2:], video[2:], torch.tensor([1, 0]))])
+    feats, labels = extract_features(model, loader, ["av", "audio", "video"], return_labels=True)
+    assert loader.passes == 1 and all(f.shape == (4, 64) for f in feats.values()) and len(labels) == 4
+    with pytest.raises(ValueError, match="av, audio, video"):  # a bad modality fails before any pass
+        extract_features(model, loader, ["av", "text"])
+    assert loader.passes == 1
