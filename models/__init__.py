@@ -14,14 +14,43 @@ Choices beyond the paper, made explicit:
 - The audio mask ratio defaults to 0.5 for every input; the released AudioSet config used 0.7.
 """
 
-from .avmae import AVMAE, AVMAEOutput
-from .config import DECODERS, DIRECTIONS, FUSIONS, OBJECTIVES, AVMAEConfig
-from .downstream import AVClassifier, extract_features, linear_probe, load_encoder_state
-from .presets import INPUTS, SIZES, create_model, resolve_config
-from .recipe import StepMetrics, TrainStep, build_optimizer, param_groups, warmup_cosine
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .avmae import AVMAE, AVMAEOutput
+    from .config import DECODERS, DIRECTIONS, FUSIONS, OBJECTIVES, AVMAEConfig
+    from .downstream import AVClassifier, extract_features, linear_probe, load_encoder_state
+    from .presets import INPUTS, SIZES, create_model, resolve_config
+    from .recipe import StepMetrics, TrainStep, build_optimizer, param_groups, warmup_cosine
+
+# Names resolve on first use (PEP 562): a study file is validated against `AVMAEConfig` and the presets
+# (`avmae sweep --dry-run`, the sweep's driver) without importing torch and timm, which the modules need.
+_SUBMODULE = {
+    **dict.fromkeys(("AVMAE", "AVMAEOutput"), "avmae"),
+    **dict.fromkeys(("AVMAEConfig", "DECODERS", "DIRECTIONS", "FUSIONS", "OBJECTIVES"), "config"),
+    **dict.fromkeys(("AVClassifier", "extract_features", "linear_probe", "load_encoder_state"), "downstream"),
+    **dict.fromkeys(("INPUTS", "SIZES", "create_model", "resolve_config"), "presets"),
+    **dict.fromkeys(("StepMetrics", "TrainStep", "build_optimizer", "param_groups", "warmup_cosine"),
+                    "recipe"),
+}
 __all__ = [
     "AVMAE", "AVMAEConfig", "AVMAEOutput", "AVClassifier", "DECODERS", "DIRECTIONS", "FUSIONS", "INPUTS",
     "OBJECTIVES", "SIZES", "StepMetrics", "TrainStep", "build_optimizer", "create_model", "extract_features",
     "linear_probe", "load_encoder_state", "param_groups", "resolve_config", "warmup_cosine",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines `name`, and keep the value here for later lookups."""
+    if name not in _SUBMODULE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_SUBMODULE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .avmae import AVMAE
 from .config import AVMAEConfig, check_choice
+
+if TYPE_CHECKING:
+    from .avmae import AVMAE
 
 SIZES: dict[str, dict[str, Any]] = {
     # CPU quickstart: a training step at batch 16 takes tens of ms on two cores.
@@ -36,6 +38,8 @@ def create_model(preset: str = "base", *, input: str | None = None, **overrides:
     e.g. `create_model("tiny", fusion="mid", objective="inpainting", mask_ratio_audio=0.7)`.
     The audio mask ratio stays 0.5 for every input; the released AudioSet config used 0.7 (override it).
     """
+    from .avmae import AVMAE  # torch and timm: not needed to resolve a configuration
+
     return AVMAE(resolve_config(preset, input=input, **overrides))
 
 

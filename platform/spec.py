@@ -14,14 +14,12 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from avmae.models import AVMAEConfig, resolve_config  # the config side of avmae.models: no torch
 from avmae.platform.data import DataConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-if TYPE_CHECKING:
-    from avmae.models import AVMAEConfig
 
 # Searchable training hyperparameters; every other name must be an `AVMAEConfig` field.
 TRAIN_PARAMS = ("lr", "weight_decay", "warmup_epochs")
@@ -210,8 +208,6 @@ class StudySpec(Strict):
     def resolve_model(self, params: dict[str, Any]) -> AVMAEConfig:
         """A trial's model: the preset and fixed overrides plus the model fields among `params` (a cell, or a
         cell and its sampled values; training hyperparameters there are left out)."""
-        from avmae.models import resolve_config  # torch: imported only when a model is resolved
-
         _, overrides = split_params(params)
         return resolve_config(self.model.preset, input=self.model.input, **self.model.overrides, **overrides)
 
@@ -239,8 +235,6 @@ def _corners(spec: StudySpec) -> Iterator[dict[str, Scalar]]:
 def check_model(spec: StudySpec) -> None:
     """Every name varied must be a known parameter, and every value a valid model (the model's own checks):
     each axis value and search bound alone, then each cell at the corners of the search space."""
-    from avmae.models import AVMAEConfig  # torch: imported only when validating
-
     allowed = [f for f in AVMAEConfig.field_names() if f not in ("preset", "input")]
     varied = {"axes": spec.axes, "search": spec.search, "model.overrides": spec.model.overrides}
     for section, names in varied.items():

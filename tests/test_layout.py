@@ -40,3 +40,15 @@ def test_cli_help_lists_the_subcommands():
     )
     for name in ("sweep", "data", "dashboard"):
         assert name in out.stdout
+
+
+def test_lazy_packages_export_what_they_list():
+    """`avmae.models` and `avmae.platform.data` resolve their names on first use (so reading a study imports
+    no torch): every listed name must resolve, and nothing may be listed twice or forgotten."""
+    import avmae.models
+    import avmae.platform.data
+
+    for package in (avmae.models, avmae.platform.data):
+        assert sorted(package.__all__) == sorted(package._SUBMODULE), package.__name__
+        for name in package.__all__:
+            assert getattr(package, name) is not None, f"{package.__name__}.{name}"

@@ -144,14 +144,20 @@ def test_search_space_becomes_tune_domains_and_optuna_only_without_grid():
 
 
 def test_reading_a_study_does_not_import_torch():
-    """Validating and describing a study (`--dry-run`, the driver) must not pay seconds for torch."""
+    """What `avmae sweep FILE --dry-run` does (validate every shipped study against the model's own checks,
+    describe it) must not pay seconds for torch and timm."""
     import os
     import subprocess
     import sys
 
     code = (
-        "import sys, avmae.platform.spec, avmae.platform.plan; "
-        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]"
+        "import sys, pathlib\n"
+        "from avmae.platform.plan import describe\n"
+        "from avmae.platform.prepare import absolute\n"
+        "from avmae.platform.spec import load_spec\n"
+        "for path in sorted(pathlib.Path('experiments').rglob('*.yaml')):\n"
+        "    describe(absolute(load_spec(path)), '/tmp/studies', 'sqlite:///mlflow.db', None)\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=os.environ.copy(),
                           capture_output=True, text=True, timeout=120)
