@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,20 @@ def test_data_config_builds_per_split_files(kitchen: Path):
         DataConfig(kind="epic", root=kitchen, bogus=1)
     with pytest.raises(ValueError, match="together"):
         DataConfig(kind="epic", root=kitchen, audio_mean=-4.0)
+
+
+def test_vggsound_split_without_clips_names_file_split_and_the_splits_it_has(tmp_path: Path):
+    index = write(tmp_path / "vggsound.csv", "a,0,x,train\nb,0,y,test\nc,0,x,train\n")
+    with pytest.raises(
+        IndexFormatError,
+        match=re.escape(f"{index}: no clips in split 'val' (the file has splits: test, train); set "),
+    ):
+        read_vggsound(index, tmp_path, split="val")
+    assert len(read_vggsound(index, tmp_path).clips) == 3  # split=None still reads every row
+
+
+@pytest.mark.parametrize("split", [None, "train"])
+def test_vggsound_empty_index_is_an_error(tmp_path: Path, split: str | None):
+    index = write(tmp_path / "vggsound.csv", "\n")
+    with pytest.raises(IndexFormatError, match=re.escape(f"{index}: no rows; expected ")):
+        read_vggsound(index, tmp_path, split=split)

@@ -1,7 +1,8 @@
 """Adapters that read the datasets' published index files unchanged and map rows onto media files.
 
 A `pattern` (str.format fields listed per reader) names each row's file under `root`. Any row that cannot be
-understood raises IndexFormatError naming the file and the 1-based line.
+understood raises IndexFormatError naming the file and the 1-based line; a problem of the whole file (no rows,
+a split with no clips) names the file alone.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ EPIC_CLASSES = {"verb": 97, "noun": 300}  # EPIC-KITCHENS-100 class counts
 
 
 class IndexFormatError(ValueError):
-    """A row of an index file that cannot be used; the message names file and line."""
+    """An index file, or one of its rows, that cannot be used; the message names the file and the line
+    (`line=None` for a problem of the whole file)."""
 
-    def __init__(self, path: str | Path, line: int, problem: str) -> None:
-        super().__init__(f"{path}:{line}: {problem}")
+    def __init__(self, path: str | Path, line: int | None, problem: str) -> None:
+        super().__init__(f"{path}:{line}: {problem}" if line is not None else f"{path}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ def read_vggsound(
     """`vggsound.csv`: no header, rows `youtube_id,start_seconds,label,split`.
 
     Classes are the sorted labels of the whole file (all splits agree), unless `classes` fixes them; then an
-    unknown label is an error. Pattern fields: youtube_id, start (int), label, split.
+    unknown label is an error. Pattern fields: youtube_id, start (int), label, split. An empty file, or a
+    `split` no row has, is an error: an empty split would give a silent empty loader (val/loss 0.0).
     """
     index, root = Path(index), Path(root)
     rows = []
@@ -91,6 +94,8 @@ def read_vggsound(
         if not youtube_id or not label:
             raise IndexFormatError(index, line, "empty youtube_id or label")
         rows.append((line, youtube_id, start, label, row_split))
+    if not rows:
+        raise IndexFormatError(index, None, "no rows; expected youtube_id,start_seconds,label,split lines")
     names = list(classes) if classes is not None else sorted({r[3] for r in rows})
     lookup = {name: i for i, name in enumerate(names)}
     clips = []
@@ -103,6 +108,14 @@ def read_vggsound(
             root, pattern, index, line, youtube_id=youtube_id, start=start, label=label, split=row_split
         )
         clips.append(Clip(path, lookup[label], source=f"{index}:{line}"))
+    if not clips:
+        present = ", ".join(sorted({r[4] for r in rows}))
+        raise IndexFormatError(
+            index,
+            None,
+            f"no clips in split {split!r} (the file has splits: {present}); "
+            "set data.train_split / data.val_split (or evaluation.*_split) to one of them",
+        )
     return Index(clips, names)
 
 
