@@ -19,7 +19,7 @@ MIN_TRIALS = 3  # fANOVA's forest needs a few points before its answer means any
 
 
 class NotEnoughTrials(ValueError):
-    """Importances cannot be computed yet; the message says why, for the dashboard to show."""
+    """Importances cannot be computed (yet); the message says why, for the dashboard to show."""
 
 
 def param_importances(data: StudyData, target: str) -> dict[str, float]:
@@ -34,6 +34,10 @@ def param_importances(data: StudyData, target: str) -> dict[str, float]:
         raise NotEnoughTrials(f"{len(done)} finished trial(s) with {target}; importances need {MIN_TRIALS}")
     if not names:
         raise NotEnoughTrials("no parameter varies across the finished trials")
+    if done[target].nunique() == 1:  # fANOVA would raise "zero total variance in all trees"
+        raise NotEnoughTrials(
+            f"importance not defined: every finished trial has the same {target} ({done[target].iloc[0]:g})"
+        )
     distributions = {name: _distribution(done[name]) for name in names}
     study = _quiet_study()
     for _, row in done.iterrows():

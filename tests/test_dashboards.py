@@ -7,6 +7,7 @@ import ast
 import json
 import math
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from avmae.dashboards import StudyNotFound, build_study_dashboard, figures
 from avmae.dashboards.cli import dashboard
 from avmae.dashboards.collect import StudyData, best_col, collect_study
-from avmae.dashboards.importance import param_importances
+from avmae.dashboards.importance import NotEnoughTrials, param_importances
 from avmae.platform import tracking as T
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -525,3 +526,19 @@ def test_dashboard_renders_offline_in_headless_chromium(store: str, tmp_path: Pa
     assert attempted == [] and errors == []
     assert (tmp_path / "dashboard.png").stat().st_size > 50_000
     print(f"screenshot: {tmp_path / 'dashboard.png'}")
+
+
+def test_importances_of_a_metric_without_variance_say_so_instead_of_crashing() -> None:
+    n, score = 6, T.probe_metric("av", "acc")
+    trials = pd.DataFrame({
+        "trial_id": [str(i) for i in range(n)], "status": FINISHED, "cell": "decoder=shared,fusion=mid",
+        "fusion": "mid", "decoder": "shared", "objective": "joint", "lr": np.geomspace(1e-5, 1e-2, n),
+        "mask_ratio_audio": np.linspace(0.5, 0.9, n), score: 0.25,
+    })
+    trials.loc[n - 1, score] = np.nan  # a trial without a score does not count either way
+    params = ("fusion", "decoder", "objective", "lr", "mask_ratio_audio")
+    data = StudyData("flat", "run", "FINISHED", params, trials, pd.DataFrame(), pd.DataFrame())
+    why = f"importance not defined: every finished trial has the same {score} (0.25)"
+    with pytest.raises(NotEnoughTrials, match=f"^{re.escape(why)}$"):
+        param_importances(data, score)
+    assert figures.importances(data).layout.meta["empty"] == why  # the panel says so; the page still builds
