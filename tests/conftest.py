@@ -64,7 +64,7 @@ def fsdd_dir(shared_data: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_av_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 40-clip AV-Digits build (DTMF audio) for Ray sweeps: 28 train, 6 val, 6 test clips."""
+    """A 40-clip AV-Digits build (DTMF audio) for Ray sweeps: 20 train, 10 val, 10 test clips."""
     from avmae.platform.data import build_av_digits
 
     root = tmp_path_factory.mktemp("av_digits")

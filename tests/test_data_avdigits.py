@@ -131,3 +131,17 @@ def test_cli_writes_and_reports(tmp_path: Path):
     assert "audio stats" in result.output and len((tmp_path / "vggsound.csv").read_text().splitlines()) == 10
     result = CliRunner().invoke(data, [*args[:-2], "--size", "33"])
     assert result.exit_code == 1 and "size must be even" in result.output
+
+
+@pytest.mark.parametrize("per_digit", [3, 4, 5, 6, 30])
+def test_every_split_gets_clips_of_every_digit(per_digit: int):
+    """A study's val and test splits must not come out empty (a small build once had no val clip at all,
+    and its validation loss read 0.0); larger builds keep the 70/15/15 split by rank."""
+    from collections import Counter
+
+    from avmae.platform.data.avdigits import _split_of
+
+    counts = Counter(_split_of(position, per_digit) for position in range(per_digit))
+    assert set(counts) == {"train", "val", "test"}
+    if per_digit == 30:
+        assert counts == {"train": 21, "val": 5, "test": 4}

@@ -75,13 +75,14 @@ def clip_name(number: int) -> str:
 
 
 def _split_of(position: int, count: int) -> str:
-    """Deterministic split by rank: the first 70% train, then val, then test."""
-    edge = 0.0
-    for split, share in SPLITS.items():
-        edge += share * count
-        if position < round(edge):
-            return split
-    return "test"
+    """Deterministic split by rank: the first 70% train, then val, then test. From 3 clips per digit on,
+    every split gets at least one (rounding alone left 3-5 clips per digit without a val or test clip)."""
+    train_end = round(SPLITS["train"] * count)
+    val_end = round((SPLITS["train"] + SPLITS["val"]) * count)
+    if count >= len(SPLITS):
+        train_end = min(train_end, count - 2)
+        val_end = min(max(val_end, train_end + 1), count - 1)
+    return "train" if position < train_end else "val" if position < val_end else "test"
 
 
 def _recordings(speech: Path) -> dict[tuple[int, str], list[Path]]:
