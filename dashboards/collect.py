@@ -55,9 +55,10 @@ class StudyData:
 
     @property
     def partial(self) -> bool:
-        """True while the sweep is still running: the figures then show a snapshot."""
-        running = (self.trials["status"] == T.TrialStatus.RUNNING.value).any()
-        return self.parent_status == "RUNNING" or bool(running)
+        """True while the sweep is still running, or was interrupted before it ended: the figures then show
+        a snapshot."""
+        live = (T.TrialStatus.RUNNING.value, T.TrialStatus.INTERRUPTED.value)
+        return self.parent_status in ("RUNNING", "KILLED") or bool(self.trials["status"].isin(live).any())
 
 
 def best_col(metric: str) -> str:

@@ -25,13 +25,14 @@ from avmae.platform import tracking as T
 from plotly.colors import sample_colorscale, sequential
 from plotly.subplots import make_subplots
 
-FINISHED, PRUNED, DIVERGED, FAILED, RUNNING = (
+FINISHED, PRUNED, DIVERGED, FAILED, RUNNING, INTERRUPTED = (
     T.TrialStatus.FINISHED.value, T.TrialStatus.PRUNED.value, T.TrialStatus.DIVERGED.value,
-    T.TrialStatus.FAILED.value, T.TrialStatus.RUNNING.value,
+    T.TrialStatus.FAILED.value, T.TrialStatus.RUNNING.value, T.TrialStatus.INTERRUPTED.value,
 )
 STATUS_COLOR = {FINISHED: "#2a9d5c", PRUNED: "#f28e2b", DIVERGED: "#d62728", FAILED: "#7f7f7f",
-                RUNNING: "#4e79a7"}
-STATUS_DASH = {FINISHED: "solid", PRUNED: "dot", DIVERGED: "solid", FAILED: "dashdot", RUNNING: "dash"}
+                RUNNING: "#4e79a7", INTERRUPTED: "#b07aa1"}
+STATUS_DASH = {FINISHED: "solid", PRUNED: "dot", DIVERGED: "solid", FAILED: "dashdot", RUNNING: "dash",
+               INTERRUPTED: "longdash"}
 DIVERGED_MARKER = {"symbol": "x-thin-open", "size": 14, "color": STATUS_COLOR[DIVERGED],
                    "line": {"width": 3, "color": STATUS_COLOR[DIVERGED]}}
 LR_SCALE = sequential.Plasma[:-2]  # without the pale yellow end, every line stays visible on white

@@ -91,7 +91,12 @@ def _header(data: StudyData) -> str:
     summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials yet"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     banner = ""
-    if data.partial:
+    if data.partial and data.parent_status == "KILLED":
+        stopped = int(counts.get(TrialStatus.INTERRUPTED.value, 0))
+        banner = ('<div class="banner" id="partial-banner">partial: study interrupted — '
+                  f"{stopped} trial(s) stopped mid-run (`avmae sweep FILE --resume` continues it); "
+                  "figures show a snapshot</div>")
+    elif data.partial:
         running = int(counts.get(TrialStatus.RUNNING.value, 0))
         banner = ('<div class="banner" id="partial-banner">partial: study still running — '
                   f"{running} trial(s) running; figures show a snapshot</div>")

@@ -74,6 +74,7 @@ class MlflowTrials(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_id(trial)
+        self.client.update_run(run_id, status="RUNNING")  # reopened, if an interrupted sweep is resumed
         self.client.set_tag(run_id, T.STATUS_TAG, T.TrialStatus.RUNNING.value)
 
     def on_trial_result(

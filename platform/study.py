@@ -13,7 +13,9 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,8 @@ import pyarrow.fs
 import ray
 from avmae.platform import tracking as T
 from avmae.platform.callbacks import MlflowTrials
+from avmae.platform.data.indexes import IndexFormatError
+from avmae.platform.data.scan import TooManyBrokenError
 from avmae.platform.prepare import prepare_data
 from avmae.platform.progress import CellProgress, CellSummary
 from avmae.platform.spec import StudySpec
@@ -47,6 +51,14 @@ STUDY_FILE = "study.json"  # in the study folder: the spec and tracking URI it s
 
 class StudyExistsError(RuntimeError):
     """A fresh run of a study that already has results (resume it, or give it another name)."""
+
+
+class StudyDataError(RuntimeError):
+    """The study's data cannot be used as it is (an index, missing media, too many broken clips)."""
+
+
+class StudyInterrupted(RuntimeError):
+    """The sweep was stopped (Ctrl-C) before every trial of a cell ended; `--resume` continues it."""
 
 
 @dataclass(frozen=True)
@@ -174,8 +186,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def study_record(launch: Launch, spec: StudySpec) -> None:
-    """A fresh study must not exist yet; a resumed one must be the same spec and tracking URI."""
+def interrupted_fit(handler: Any) -> bool:
+    """Whether Ctrl-C ended the `Tuner.fit()` that just returned, which started with SIGINT `handler`.
+
+    Tune answers the first Ctrl-C of a fit by saving the experiment, putting back the handler it found and
+    stopping the trials; `fit()` then returns as usual. After a normal fit its own handler stays installed
+    (and would swallow a later Ctrl-C), so it is put back here too.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False  # Tune catches signals only in the main thread
+    if int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")):
+        return False  # nor when told not to: Ctrl-C then raises KeyboardInterrupt
+    interrupted = signal.getsignal(signal.SIGINT) is handler
+    signal.signal(signal.SIGINT, handler)
+    return interrupted
+
+
+def study_record(launch: Launch, spec: StudySpec, write: bool = True) -> None:
+    """A fresh study must not exist yet; a resumed one must be the same spec and tracking URI. `write`: record
+    a fresh one (not before its data is ready: a study whose data failed can be fixed and run again)."""
     fs, folder = pyarrow.fs.FileSystem.from_uri(launch.storage)
     path = f"{folder}/{STUDY_FILE}"
     record = {"spec": spec.model_dump(mode="json"), "tracking_uri": launch.tracking_uri}
@@ -191,6 +220,8 @@ def study_record(launch: Launch, spec: StudySpec) -> None:
         for key, what in (("spec", "study file"), ("tracking_uri", "tracking URI")):
             if old[key] != record[key]:
                 raise StudyExistsError(f"--resume needs the {what} the study started with ({key} differs)")
+        return
+    if not write:
         return
     fs.create_dir(folder)
     with fs.open_output_stream(path) as f:
@@ -214,27 +245,38 @@ def run_study(
         raise StudyExistsError(
             f"MLflow at {launch.tracking_uri} already has a study {launch.name!r}: pass --resume, or --name"
         )
+    study_record(launch, spec, write=False)
+    try:
+        prepare_data(spec, speech)
+    except (IndexFormatError, TooManyBrokenError, FileNotFoundError) as err:
+        raise StudyDataError(str(err)) from err
     study_record(launch, spec)
-    prepare_data(spec, speech)
     cells = spec.cells()
     summaries: list[CellSummary] = []
     with ray_runtime(launch.address):
         study_run = T.start_study_run(client, launch.name, spec.model_dump(mode="json"), spec_path)
         trials = MlflowTrials(launch.tracking_uri, study_run, spec)
+        sigint = signal.getsignal(signal.SIGINT)
         began = time.monotonic()
         try:
             for i, cell in enumerate(cells, 1):
                 label = f"cell {i}/{len(cells)} {T.cell_key(cell) or 'all'}"
                 progress = CellProgress(label, spec.trials_in_cell, spec.metric, spec.train.epochs)
                 grid = cell_tuner(spec, cell, launch, [trials, progress, *callbacks]).fit()
+                if interrupted_fit(sigint):  # Tune saved the cell's state and returned: stop, don't go on
+                    raise StudyInterrupted(label)
                 summaries.append(CellSummary.from_results(
                     T.cell_key(cell), grid, spec.metric, spec.train.epochs, list(spec.search)
                 ))
                 left = (time.monotonic() - began) / i * (len(cells) - i)
                 if i < len(cells):
                     print(f"{label} done; about {left / 60:.1f} min left for the other cells", flush=True)
+        except (StudyInterrupted, KeyboardInterrupt):
+            T.interrupt_trial_runs(client, study_run)
+            T.end_study_run(client, study_run, "KILLED")
+            raise
         except BaseException:
-            T.end_study_run(client, study_run, failed=True)
+            T.end_study_run(client, study_run, "FAILED")
             raise
         T.end_study_run(client, study_run)
     return summaries

@@ -7,6 +7,8 @@ Nothing needs to be running: by default a local Ray runtime is started for the j
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -51,19 +53,29 @@ def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storag
         raise click.ClickException(str(err)) from None
     name = name or spec.name
     tracking_uri = tracking_uri or default_tracking_uri()
+    resume_args = ["avmae", "sweep", str(spec_file), "--resume", "--name", name, "--storage", storage,
+                   "--tracking-uri", tracking_uri, *(["--address", address] if address else []),
+                   *(["--speech", speech] if speech else [])]
     storage = study_storage(storage, name)
     if dry_run:
         click.echo(describe(spec.model_copy(update={"name": name}), storage, tracking_uri, address))
         return
 
     from avmae.platform.progress import summary_table
-    from avmae.platform.study import Launch, StudyExistsError, run_study
+    from avmae.platform.study import Launch, StudyDataError, StudyExistsError, StudyInterrupted, run_study
 
     launch = Launch(name, storage, tracking_uri, address, resume)
     try:
         summaries = run_study(spec, spec_file.resolve(), launch, speech)
     except StudyExistsError as err:
         raise click.ClickException(str(err)) from None
+    except StudyDataError as err:
+        raise click.ClickException(f"data: {err}") from None
+    except (StudyInterrupted, KeyboardInterrupt) as err:
+        where = f" ({err})" if str(err) else ""
+        click.echo(f"\nInterrupted{where}. Everything logged so far is kept: MLflow {tracking_uri}, "
+                   f"checkpoints {storage}.\nContinue with: {shlex.join(resume_args)}", err=True)
+        sys.exit(130)
     click.echo("\n" + summary_table(summaries, spec.metric) + "\n")
     click.echo(f"MLflow:      {tracking_uri}  (experiment {name!r}: mlflow ui --backend-store-uri URI)")
     click.echo(f"Checkpoints: {storage}")

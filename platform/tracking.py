@@ -57,6 +57,7 @@ class TrialStatus(str, Enum):
     PRUNED = "pruned"  # stopped early by the scheduler (ASHA)
     DIVERGED = "diverged"  # loss became non-finite
     FAILED = "failed"  # raised
+    INTERRUPTED = "interrupted"  # the sweep was stopped (Ctrl-C) while it ran: `--resume` continues it
 
 
 _MLFLOW_STATUS = {
@@ -64,6 +65,7 @@ _MLFLOW_STATUS = {
     TrialStatus.PRUNED: "KILLED",
     TrialStatus.DIVERGED: "FINISHED",
     TrialStatus.FAILED: "FAILED",
+    TrialStatus.INTERRUPTED: "KILLED",
 }
 
 
@@ -194,5 +196,15 @@ def end_trial_run(client: MlflowClient, run_id: str, status: TrialStatus) -> Non
     client.set_terminated(run_id, status=_MLFLOW_STATUS[status])
 
 
-def end_study_run(client: MlflowClient, run_id: str, failed: bool = False) -> None:
-    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+def interrupt_trial_runs(client: MlflowClient, study_run_id: str) -> None:
+    """The study's trials still RUNNING when Ctrl-C stopped it (Tune ends them without a callback): they say
+    so, and `--resume` reopens them."""
+    exp_id = client.get_run(study_run_id).info.experiment_id
+    query = f"tags.`{PARENT_TAG}` = '{study_run_id}' and tags.`{STATUS_TAG}` = '{TrialStatus.RUNNING.value}'"
+    for run in client.search_runs([exp_id], query):
+        end_trial_run(client, run.info.run_id, TrialStatus.INTERRUPTED)
+
+
+def end_study_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    """`status`: FINISHED, FAILED (an error ended the sweep), KILLED (interrupted: `--resume` reopens it)."""
+    client.set_terminated(run_id, status=status)

@@ -87,3 +87,20 @@ def test_a_study_runs_every_cell_and_lands_in_mlflow(tmp_path: Path, tiny_av_dig
     assert resumed.returncode == 0, resumed.stdout[-6000:]
     runs = client.search_runs([experiment.experiment_id], "")
     assert len(runs) == 5 and sum(r.data.tags[T.ROLE_TAG] == "study" for r in runs) == 1
+
+
+def test_a_study_whose_data_is_unusable_fails_cleanly_and_can_be_fixed(tmp_path: Path, tiny_av_digits: Path):
+    """A split the index does not have: one clear line naming the file and the splits it has, no traceback,
+    and no study recorded, so the fixed file runs without --resume or --name (fails before Ray starts)."""
+    path = study_file(tmp_path, tiny_av_digits, "baddata")
+    spec = yaml.safe_load(path.read_text())
+    spec["data"]["val_split"] = "validation"
+    path.write_text(yaml.safe_dump(spec))
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [str(path), "--storage", str(tmp_path / "runs"), "--tracking-uri", tracking]
+    out = run_cli(["sweep", *args], timeout=300, cwd=tmp_path)
+    assert out.returncode == 1, out.stdout[-3000:]
+    assert "Traceback" not in out.stdout
+    assert "no clips in split 'validation'" in out.stdout and "test, train, val" in out.stdout
+    assert str(tiny_av_digits / "vggsound.csv") in out.stdout
+    assert not (tmp_path / "runs" / "baddata" / "study.json").exists()
