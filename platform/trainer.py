@@ -192,7 +192,9 @@ def _validation_loss(evaluator: models.TrainStep, loader: DataLoader, device: to
             out = evaluator.evaluate(batch["audio"].to(device), batch["video"].to(device), generator=0)
             sums += torch.stack([out.loss, out.loss_audio, out.loss_video]).float() * clips
             count += clips
-    loss, audio, video = (sums / max(count, 1)).tolist()
+    if not count:  # a loss of 0 would win every search: fail the trial, saying why
+        raise RuntimeError("no validation clip could be read (every one broken?): see the broken-clip log")
+    loss, audio, video = (sums / count).tolist()
     return {T.VAL_LOSS: loss, T.VAL_LOSS_AUDIO: audio, T.VAL_LOSS_VIDEO: video}
 
 
