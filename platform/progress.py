@@ -109,10 +109,13 @@ def summary_table(summaries: list[CellSummary], metric: str) -> str:
     """Best trial per cell: its loss, its searched values and its probe scores; then how the trials ended."""
     scores = sorted({k for s in summaries for k in s.best_scores})
     params = sorted({k for s in summaries for k in s.best_params})
-    header = ["cell", f"best {metric}", *params, *scores, *STATUSES[1:]]
+    # How the trials of a finished study ended (none is still running, none interrupted: the table is printed
+    # only when every cell is done).
+    ended = [s for s in STATUSES if s not in (T.TrialStatus.RUNNING.value, T.TrialStatus.INTERRUPTED.value)]
+    header = ["cell", f"best {metric}", *params, *scores, *ended]
     rows = [
         [s.cell or "(single cell)", _fmt(s.best_loss), *(_fmt(s.best_params.get(p)) for p in params),
-         *(_fmt(s.best_scores.get(k)) for k in scores), *(str(s.counts[st]) for st in STATUSES[1:])]
+         *(_fmt(s.best_scores.get(k)) for k in scores), *(str(s.counts[st]) for st in ended)]
         for s in summaries
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
