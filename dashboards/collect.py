@@ -54,6 +54,11 @@ class StudyData:
     epochs: pd.DataFrame
 
     @property
+    def interrupted(self) -> bool:
+        """The sweep was stopped (Ctrl-C) before it ended; `avmae sweep FILE --resume` continues it."""
+        return self.parent_status == "KILLED"
+
+    @property
     def partial(self) -> bool:
         """True while the sweep is still running, or was interrupted before it ended: the figures then show
         a snapshot."""

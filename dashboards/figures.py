@@ -337,7 +337,8 @@ def importances(data: StudyData) -> go.Figure:
 def overview(data: StudyData) -> go.Figure:
     """Where does the study stand? Trials by status, compute time per cell, and each cell's best config."""
     trials = data.trials
-    partial = " — partial: study still running" if data.partial else ""
+    state = "interrupted" if data.interrupted else "still running"
+    partial = f" — partial: study {state}" if data.partial else ""
     title = f"Study overview: {data.name}{partial}"
     if trials.empty:
         return _empty(title, "no trials logged yet")

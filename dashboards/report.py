@@ -91,7 +91,7 @@ def _header(data: StudyData) -> str:
     summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials yet"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     banner = ""
-    if data.partial and data.parent_status == "KILLED":
+    if data.partial and data.interrupted:
         stopped = int(counts.get(TrialStatus.INTERRUPTED.value, 0))
         banner = ('<div class="banner" id="partial-banner">partial: study interrupted — '
                   f"{stopped} trial(s) stopped mid-run (`avmae sweep FILE --resume` continues it); "

@@ -542,3 +542,23 @@ def test_importances_of_a_metric_without_variance_say_so_instead_of_crashing() -
     with pytest.raises(NotEnoughTrials, match=f"^{re.escape(why)}$"):
         param_importances(data, score)
     assert figures.importances(data).layout.meta["empty"] == why  # the panel says so; the page still builds
+
+
+def test_an_interrupted_study_says_so_and_how_to_continue(tmp_path: Path) -> None:
+    """Ctrl-C ends a sweep with its study run KILLED and its running trials `interrupted` (the platform's own
+    calls below); the dashboard must not call that "still running"."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store)
+    trials = [Trial("0", "mid", "shared", "joint", 1e-4), Trial("1", "mid", "shared", "joint", 1e-3,
+                                                                fate=RUNNING, stop=8)]
+    parent = write_study(client, "stopped", trials, tmp_path, running=True)
+    T.interrupt_trial_runs(client, parent)
+    T.end_study_run(client, parent, "KILLED")
+    data = collect_study(client, "stopped")
+    assert data.interrupted and data.partial
+    assert sorted(data.trials["status"]) == ["finished", "interrupted"]
+    assert "partial: study interrupted" in figures.overview(data).layout.title.text
+    curves = figures.learning_curves(data)  # an interrupted trial has a line style of its own
+    assert traces(curves, "curve", trial_id="1", metric=T.TRAIN_LOSS)[0].line.dash == "longdash"
+    page = build_study_dashboard("stopped", store, out=tmp_path / "d.html", log_to_mlflow=False).read_text()
+    assert "study interrupted" in page and "--resume" in page and "still running" not in page
