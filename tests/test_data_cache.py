@@ -9,20 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from avmae.platform.data import AVCollate, DataConfig
 from avmae.platform.data.avdigits import audio_stats, build_av_digits
 from avmae.platform.data.cache import CachedAVDataset, write_cache
 from avmae.platform.data.cli import data
 from avmae.platform.data.dataset import AVDataset
 from avmae.platform.data.geometry import ClipGeometry
 from avmae.platform.data.indexes import Clip
-from avmae.platform.data.loader import (
-    AVCollate,
-    DataConfig,
-    build_dataset,
-    build_loader,
-    load_index,
-    preflight,
-)
+from avmae.platform.data.loader import build_dataset, build_loader, load_index, preflight
 from avmae.platform.data.scan import TooManyBrokenError
 from click.testing import CliRunner
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, Subset

@@ -11,10 +11,11 @@ import click
 
 from .avdigits import build_av_digits, read_manifest
 from .cache import write_cache
+from .config import DEFAULT_MAX_BROKEN, KINDS
 from .geometry import ClipGeometry
 from .indexes import Index, IndexFormatError
-from .loader import KINDS, cache_path, load_index
-from .scan import DEFAULT_MAX_BROKEN, TooManyBrokenError, scan_clips
+from .loader import cache_path, load_index
+from .scan import TooManyBrokenError, scan_clips
 
 
 @click.group("data")

@@ -14,7 +14,6 @@ from . import avdigits
 from .cache import CachedAVDataset, write_cache
 from .collate import AVCollate
 from .config import DEFAULT_MAX_BROKEN, KINDS
-from .config import DataConfig as DataConfig  # re-exported: callers still import it from here
 from .dataset import AVDataset
 from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
 from .indexes import (
