@@ -30,6 +30,7 @@ STATUS_TAG = "avmae.status"  # a TrialStatus value
 CHECKPOINT_TAG = "avmae.checkpoint"  # URI/path of the trial's best checkpoint (Ray Train storage)
 NODE_TAG, HOST_TAG = "avmae.node_id", "avmae.hostname"  # where the trial's rank-0 worker ran
 ERROR_TAG = "avmae.error"  # first line of a failed trial's exception
+REPEAT_TAG = "avmae.repeat"  # k = 0..repeats-1: trials of one configuration with seed k; paired across cells
 PARENT_TAG = "mlflow.parentRunId"
 GIT_TAG = "mlflow.source.git.commit"
 
@@ -42,6 +43,16 @@ DIVERGED_AT_STEP = "diverged_at_step"
 N_BROKEN = "data/n_broken"
 TRAIN_SECONDS = "time/train_s"
 PROBE_PREFIX = "probe/"  # probe/av_acc, probe/audio_acc, probe/video_acc (or *_map for multi-label)
+SEED_PARAM = "seed"  # a trial's effective seed (the study seed + its repeat index): init, data order, masks
+# Reference probe scores on the study run, step = repeat index k: `baseline/random_init/probe/audio_acc`
+# (an untrained encoder) and `baseline/raw_input/probe/audio_acc` (pooled patches), same probe and splits.
+BASELINE_PREFIX = "baseline/"
+BASELINES = ("random_init", "raw_input")
+
+
+def baseline_metric(baseline: str, probe: str) -> str:
+    """e.g. baseline_metric("random_init", "probe/audio_acc") -> "baseline/random_init/probe/audio_acc"."""
+    return f"{BASELINE_PREFIX}{baseline}/{probe}"
 
 
 def probe_metric(modality: str, score: str) -> str:
