@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from . import avdigits
 from .cache import CachedAVDataset, write_cache
@@ -121,9 +121,10 @@ def build_loader(
     pin_memory: bool | None = None,
     drop_last: bool | None = None,
     prefetch_factor: int | None = None,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """Plain DataLoader (default samplers, so `ray.train.torch.prepare_data_loader` can swap in a
-    DistributedSampler): shuffled and drop_last in train, persistent workers, pinned memory on CUDA."""
+    """Plain DataLoader: shuffled (or in `sampler`'s order: the trainer passes each rank's seeded
+    DistributedSampler) and drop_last in train, persistent workers, pinned memory on CUDA."""
     base = dataset
     while isinstance(base, Subset):  # a fixed subset of clips (e.g. a capped probe split)
         base = base.dataset
@@ -134,7 +135,8 @@ def build_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train if sampler is None else None,
+        sampler=sampler,
         num_workers=num_workers,
         collate_fn=AVCollate(base.geometry, num_classes, multi_label),
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
