@@ -84,13 +84,15 @@ class TrainStep:
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def __call__(self, audio: Tensor, video: Tensor) -> StepMetrics:
+    def __call__(self, audio: Tensor, video: Tensor, weight: float = 1.0) -> StepMetrics:
+        """One step. `weight` scales this process's loss: 0 makes a data-parallel rank that has no usable
+        clip join the gradient all-reduce with a zero contribution (on dummy inputs) instead of skipping it."""
         self.model.train()
         if self.cuda_graphs:  # the last step's outputs (held as metrics) are read, not replayed over
             torch.compiler.cudagraph_mark_step_begin()
         with self.autocast():
             out = self.forward(audio, video)
-        out.loss.backward()
+        (out.loss * weight if weight != 1.0 else out.loss).backward()
         grads = [p.grad for p in self.params if p.grad is not None]
         if self.max_grad_norm is None:
             grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True)
