@@ -28,9 +28,9 @@ from typing import Any
 import ray
 import ray.train
 from avmae.platform.prepare import absolute, prepare_data
+from avmae.platform.reports import FIRST_STEP_AT
 from avmae.platform.spec import StudySpec, parse_spec
 from avmae.platform.study import Launch, run_study
-from avmae.platform.trial import FIRST_STEP_AT
 from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback

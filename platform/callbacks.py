@@ -12,17 +12,13 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from avmae.platform import tracking as T
-from avmae.platform.spec import StudySpec, split_params
-from avmae.platform.trial import CHECKPOINT_PATH, DIVERGED, HISTORY, HOSTNAME, NODE_ID
+from avmae.platform.reports import CHECKPOINT_PATH, DIVERGED, HISTORY, EpochReport
+from avmae.platform.spec import StudySpec
 from ray import tune
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
     from ray.tune.experiment import Trial
-
-# Result keys logged per epoch (MLflow step = epoch); probe scores are added by prefix.
-EPOCH_METRICS = (T.EPOCH, T.VAL_LOSS, T.VAL_LOSS_AUDIO, T.VAL_LOSS_VIDEO, T.TRAIN_SECONDS, T.N_BROKEN,
-                 T.DIVERGED_AT_STEP)
 
 
 def trial_status(result: dict[str, Any], epochs: int) -> T.TrialStatus:
@@ -31,14 +27,6 @@ def trial_status(result: dict[str, Any], epochs: int) -> T.TrialStatus:
         return T.TrialStatus.DIVERGED
     return T.TrialStatus.FINISHED if result.get(T.EPOCH, 0) >= epochs else T.TrialStatus.PRUNED
 
-
-def trial_params(spec: StudySpec, config: dict[str, Any]) -> dict[str, Any]:
-    """Everything that defines a trial, flat: the resolved model config (cell and sampled values included),
-    the effective training hyperparameters and the fixed schedule."""
-    hparams, _ = split_params(config)
-    model = spec.resolve_model(config)
-    train = spec.train.model_dump(exclude={"log_every_steps", "compile"})
-    return {**model.to_dict(), **train, **hparams, "workers": spec.resources.workers, "data": spec.data.kind}
 
 
 class MlflowTrials(tune.Callback):
@@ -65,10 +53,10 @@ class MlflowTrials(tune.Callback):
     def run_id(self, trial: Trial) -> str:
         """The trial's run: created on its first start, found again by its tags after a restore."""
         if trial.trial_id not in self._runs:
-            cell = {axis: trial.config[axis] for axis in self.spec.axes}
-            params = trial_params(self.spec, trial.config)
+            resolved = self.spec.resolve_trial(trial.config)
             self._runs[trial.trial_id] = T.start_trial_run(
-                self.client, self.study_run_id, trial.trial_id, cell, params
+                self.client, self.study_run_id, trial.trial_id, resolved.cell, resolved.params(self.spec),
+                repeat=resolved.repeat,
             )
         return self._runs[trial.trial_id]
 
@@ -81,14 +69,18 @@ class MlflowTrials(tune.Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
         run_id = self.run_id(trial)
-        # Popped before Tune's own CSV/JSON loggers see the result (user callbacks run first).
-        T.log_history(self.client, run_id, result.pop(HISTORY, []))
-        per_epoch = {k: v for k, v in result.items() if k in EPOCH_METRICS or k.startswith(T.PROBE_PREFIX)}
-        T.log_metrics(self.client, run_id, per_epoch, step=int(result.get(T.EPOCH, 0)))
-        if NODE_ID in result and trial.trial_id not in self._placed:
-            self.client.set_tag(run_id, T.NODE_TAG, result[NODE_ID])
-            self.client.set_tag(run_id, T.HOST_TAG, result[HOSTNAME])
+        report = EpochReport.from_result(result)
+        result.pop(HISTORY, None)  # before Tune's own CSV/JSON loggers see it (user callbacks run first)
+        # A diverged epoch logs where it diverged, never its sentinel score: MLflow keeps the last finite
+        # metrics, and the status tag says the trial diverged.
+        T.log_history(self.client, run_id, report.history)
+        T.log_metrics(self.client, run_id, report.epoch_metrics(), step=report.epoch)
+        if report.node_id and trial.trial_id not in self._placed:
+            self.client.set_tag(run_id, T.NODE_TAG, report.node_id)
+            self.client.set_tag(run_id, T.HOST_TAG, report.hostname)
             self._placed.add(trial.trial_id)
+        if report.diverged:
+            return
         score, path = result.get(self.spec.metric, math.inf), result.get(CHECKPOINT_PATH)
         if path and score <= self._best.get(trial.trial_id, (math.inf, ""))[0]:
             self._best[trial.trial_id] = (score, path)

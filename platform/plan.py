@@ -21,7 +21,8 @@ def describe(spec: StudySpec, storage: str, tracking_uri: str, address: str | No
     lines.append(model + (f"; fixed {fixed}" if fixed else ""))
 
     axes = " x ".join(f"{name}[{len(values)}]" for name, values in spec.axes.items()) or "no axes"
-    lines.append(f"Cells: {len(cells)} ({axes})")
+    excluded = math.prod(len(v) for v in spec.axes.values()) - len(cells)
+    lines.append(f"Cells: {len(cells)} ({axes}" + (f", {excluded} excluded" if excluded else "") + ")")
     lines += [f"  {i:>3}. {cell_key(cell) or '(the whole study)'}" for i, cell in enumerate(cells, 1)]
 
     if spec.searched_by_optuna:
@@ -31,6 +32,9 @@ def describe(spec: StudySpec, storage: str, tracking_uri: str, address: str | No
         how = f"grid of {spec.grid_size} x {spec.trials_per_cell} repeat(s), other dimensions random"
     else:
         how = f"nothing searched: {spec.trials_per_cell} identical trial(s)"
+    if spec.repeats > 1:
+        how += (f"; each configuration run with seeds {tr.seed}..{tr.seed + spec.repeats - 1}, "
+                "paired across cells")
     lines.append(f"Search inside each cell ({how}):")
     for name, dim in spec.search.items():
         if isinstance(dim, Range):

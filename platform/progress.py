@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from avmae.platform import tracking as T
 from avmae.platform.callbacks import trial_status
-from avmae.platform.trial import DIVERGED
+from avmae.platform.reports import DIVERGED
 from ray import tune
 from tqdm import tqdm
 

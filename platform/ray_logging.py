@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 
-CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
-ROUTINE_CLEANUP = "Detected that the Ray Train controller actor"
+from avmae.platform.ray_compat import CLEANER_LOGGER, ROUTINE_CLEANUP
 
 
 def drop_routine_cleanup(record: logging.LogRecord) -> bool:

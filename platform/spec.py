@@ -9,21 +9,27 @@ would fail in its 30th trial fails here instead, naming the field.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from avmae.models import AVMAEConfig, resolve_config  # the config side of avmae.models: no torch
 from avmae.platform.data import DataConfig
+from avmae.platform.tracking import SEED_PARAM, cell_key
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Searchable training hyperparameters; every other name must be an `AVMAEConfig` field.
 TRAIN_PARAMS = ("lr", "weight_decay", "warmup_epochs")
 PROBE_MODALITIES = ("av", "audio", "video")
+# A trial's repeat index in its Tune config: set by Tune's `Repeater` around Optuna, or a grid dimension.
+REPEAT_KEY = "__trial_index__"
 Scalar = bool | int | float | str
 
 
@@ -117,7 +123,7 @@ class TrainSpec(Strict):
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     log_every_steps: int = Field(10, ge=1)
-    seed: int = 0
+    seed: int = 0  # repeat k trains with seed + k: its init, data order and (per rank, per epoch) masks
     compile: bool = False
 
 
@@ -161,8 +167,10 @@ class StudySpec(Strict):
     data: DataSpec
     model: ModelSpec
     axes: dict[str, list[Scalar]] = {}
+    exclude: list[dict[str, Scalar]] = []  # cells left out: each entry matches the cells with those values
     search: dict[str, Dimension] = {}
     trials_per_cell: int = Field(1, ge=1)  # with a grid: repeats of the grid (Tune's num_samples)
+    repeats: int = Field(1, ge=1)  # every configuration runs with seeds seed+0..seed+repeats-1, paired
     train: TrainSpec
     metric: Literal["train/loss", "val/loss"] = "train/loss"
     scheduler: SchedulerSpec = SchedulerSpec()
@@ -190,7 +198,15 @@ class StudySpec(Strict):
         fixed = set(self.model.overrides) & (set(self.axes) | set(self.search))
         if fixed:
             raise ValueError(f"model.overrides fixes {sorted(fixed)}, which the study also varies")
+        for i, entry in enumerate(self.exclude):
+            unknown = {k: v for k, v in entry.items()
+                       if k not in self.axes or str(v) not in map(str, self.axes[k])}
+            if not entry or unknown:
+                raise ValueError(f"exclude[{i}]: {unknown or entry} matches no axis value; axes: {self.axes}")
+        if not self.cells():
+            raise ValueError("exclude leaves no cell to run")
         check_model(self)
+        check_distinct_cells(self)
         return self
 
     @property
@@ -203,7 +219,7 @@ class StudySpec(Strict):
 
     @property
     def trials_in_cell(self) -> int:
-        return self.trials_per_cell * self.grid_size
+        return self.trials_per_cell * self.grid_size * self.repeats
 
     def resolve_model(self, params: dict[str, Any]) -> AVMAEConfig:
         """A trial's model: the preset and fixed overrides plus the model fields among `params` (a cell, or a
@@ -211,10 +227,61 @@ class StudySpec(Strict):
         _, overrides = split_params(params)
         return resolve_config(self.model.preset, input=self.model.input, **self.model.overrides, **overrides)
 
+    def resolve_trial(self, params: dict[str, Any]) -> TrialConfig:
+        """A trial's Tune config (its cell, sampled values and repeat index) resolved once, for the workers,
+        the MLflow records and the plan alike."""
+        params = dict(params)
+        repeat = int(params.pop(REPEAT_KEY, 0))
+        hparams, _ = split_params(params)
+        return TrialConfig(
+            cell={axis: params[axis] for axis in self.axes},
+            sampled={name: params[name] for name in self.search if name in params},
+            model=self.resolve_model(params),
+            lr=hparams.get("lr", self.train.lr),
+            weight_decay=hparams.get("weight_decay", self.train.weight_decay),
+            warmup_epochs=hparams.get("warmup_epochs", self.train.warmup_epochs),
+            repeat=repeat,
+            seed=self.train.seed + repeat,
+        )
+
     def cells(self) -> list[dict[str, Scalar]]:
-        """Every combination of the axes, in file order ([{}] when there are no axes)."""
+        """Every combination of the axes not excluded, in file order ([{}] when there are no axes)."""
         names = list(self.axes)
-        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*self.axes.values())]
+        combos = (dict(zip(names, combo, strict=True)) for combo in itertools.product(*self.axes.values()))
+        return [cell for cell in combos if not any(_matches(cell, entry) for entry in self.exclude)]
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One trial, resolved: what its workers train and what MLflow records of it."""
+
+    cell: dict[str, Scalar]
+    sampled: dict[str, Scalar]  # the searched values
+    model: AVMAEConfig
+    lr: float  # base LR (x global batch / 256)
+    weight_decay: float
+    warmup_epochs: float
+    repeat: int  # k: paired with repeat k of every other cell
+    seed: int  # init, data order and masks
+
+    def params(self, spec: StudySpec) -> dict[str, Any]:
+        """Everything that defines the trial, flat: the resolved model config (cell and sampled values
+        included), the effective training hyperparameters and seed, the fixed schedule."""
+        train = spec.train.model_dump(exclude={"log_every_steps", "compile"})
+        hparams = {"lr": self.lr, "weight_decay": self.weight_decay, "warmup_epochs": self.warmup_epochs,
+                   SEED_PARAM: self.seed}
+        return {**self.model.to_dict(), **train, **hparams, "repeat": self.repeat,
+                "workers": spec.resources.workers, "data": spec.data.kind}
+
+
+def rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of one rank's randomness (masks, augmentations) in one epoch: different for every rank, the
+    same on every run, so a trial resumed at epoch e draws what an uninterrupted one draws there."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{rank}/{epoch}".encode()).digest()[:8], "big") >> 1
+
+
+def _matches(cell: dict[str, Scalar], entry: dict[str, Scalar]) -> bool:
+    return all(str(cell.get(k)) == str(v) for k, v in entry.items())
 
 
 def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -262,6 +329,23 @@ def check_model(spec: StudySpec) -> None:
             resolve(f"search.{name}={value}", {name: value})
     for params in _corners(spec):
         resolve("cell with " + ", ".join(f"{k}={v}" for k, v in params.items()), params)
+
+
+def check_distinct_cells(spec: StudySpec) -> None:
+    """Refuse a study whose axes repeat a network: two cells with the same canonical model (fields that cannot
+    change the network or its loss put in normal form) and the same training values would be shown as two
+    results of one experiment."""
+    seen: dict[str, dict[str, Scalar]] = {}
+    clashes = []
+    for cell in spec.cells():
+        train, _ = split_params(cell)
+        key = json.dumps([spec.resolve_model(cell).canonical().to_dict(), train], sort_keys=True, default=str)
+        if key in seen:
+            clashes.append(f"{cell_key(seen[key])} and {cell_key(cell)}")
+        seen.setdefault(key, cell)
+    if clashes:
+        raise ValueError(f"cells {'; '.join(clashes)} train the same network: leave one of each out with "
+                         "`exclude` (e.g. decoder: joint under objective: inpainting is decoder: shared)")
 
 
 class _Loader(yaml.SafeLoader):

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,10 +30,12 @@ from avmae.platform.data.indexes import IndexFormatError
 from avmae.platform.data.scan import TooManyBrokenError
 from avmae.platform.prepare import prepare_data
 from avmae.platform.progress import CellProgress, CellSummary
-from avmae.platform.spec import StudySpec
+from avmae.platform.ray_compat import interrupted_fit
+from avmae.platform.spec import REPEAT_KEY, StudySpec
 from avmae.platform.trial import run_trial
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 # The trial's function only waits on its Train run: it reserves a little memory, the workers reserve cores.
@@ -73,14 +74,18 @@ class Launch:
 
 
 def param_space(spec: StudySpec, cell: dict[str, Any]) -> dict[str, Any]:
-    """The cell's fixed axis values plus the searched dimensions as Tune domains."""
+    """The cell's fixed axis values plus the searched dimensions as Tune domains; without Optuna, the repeat
+    index as one more grid dimension (with Optuna, `Repeater` sets it)."""
     domains = {
         "uniform": lambda d: tune.uniform(d.low, d.high),
         "loguniform": lambda d: tune.loguniform(d.low, d.high),
         "choice": lambda d: tune.choice(d.values),
         "grid": lambda d: tune.grid_search(d.values),
     }
-    return {**cell, **{name: domains[dim.dist](dim) for name, dim in spec.search.items()}}
+    space = {**cell, **{name: domains[dim.dist](dim) for name, dim in spec.search.items()}}
+    if spec.repeats > 1 and not spec.searched_by_optuna:
+        space[REPEAT_KEY] = tune.grid_search(list(range(spec.repeats)))
+    return space
 
 
 def cell_seed(seed: int, cell: dict[str, Any]) -> int:
@@ -102,6 +107,8 @@ def tune_config(spec: StudySpec, cell: dict[str, Any] | None = None) -> tune.Tun
         kwargs = {"n_startup_trials": spec.optuna.startup_trials} if spec.optuna.startup_trials else {}
         sampler = optuna.samplers.TPESampler(seed=cell_seed(spec.train.seed, cell or {}), **kwargs)
         search_alg = OptunaSearch(sampler=sampler)
+        if spec.repeats > 1:  # each sampled point runs with every seed; Optuna learns from their mean
+            search_alg = Repeater(search_alg, repeat=spec.repeats, set_index=True)
     if spec.scheduler.name == "asha":
         scheduler = ASHAScheduler(
             time_attr=T.EPOCH,
@@ -116,7 +123,7 @@ def tune_config(spec: StudySpec, cell: dict[str, Any] | None = None) -> tune.Tun
         mode="min",
         search_alg=search_alg,
         scheduler=scheduler,
-        num_samples=spec.trials_per_cell,
+        num_samples=spec.trials_per_cell * (spec.repeats if spec.searched_by_optuna else 1),
         max_concurrent_trials=spec.resources.max_concurrent_trials,
         # A finished trial's process runs the next one (no new process, no re-imports). Not with ASHA: a
         # stopped trial's process is still inside TorchTrainer.fit(), so Tune could not reset it for reuse.
@@ -184,22 +191,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def interrupted_fit(handler: Any) -> bool:
-    """Whether Ctrl-C ended the `Tuner.fit()` that just returned, which started with SIGINT `handler`.
-
-    Tune answers the first Ctrl-C of a fit by saving the experiment, putting back the handler it found and
-    stopping the trials; `fit()` then returns as usual. After a normal fit its own handler stays installed
-    (and would swallow a later Ctrl-C), so it is put back here too.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return False  # Tune catches signals only in the main thread
-    if int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")):
-        return False  # nor when told not to: Ctrl-C then raises KeyboardInterrupt
-    interrupted = signal.getsignal(signal.SIGINT) is handler
-    signal.signal(signal.SIGINT, handler)
-    return interrupted
 
 
 def study_record(launch: Launch, spec: StudySpec, write: bool = True) -> None:

@@ -148,8 +148,10 @@ def start_trial_run(
     trial_id: str,
     cell: Mapping[str, Any],
     params: Mapping[str, Any],
+    repeat: int = 0,
 ) -> str:
-    """A trial's child run, nested under the study run; reused if the trial already has one (resume)."""
+    """A trial's child run, nested under the study run; reused if the trial already has one (resume).
+    `repeat`: its repeat index k (seed k), which pairs it with repeat k of every other cell."""
     parent = client.get_run(study_run_id)
     exp_id, study = parent.info.experiment_id, parent.data.tags[STUDY_TAG]
     run_id = _find_run(
@@ -166,6 +168,7 @@ def start_trial_run(
         TRIAL_TAG: trial_id,
         CELL_TAG: cell_key(cell),
         STATUS_TAG: TrialStatus.RUNNING.value,
+        REPEAT_TAG: str(repeat),
     }
     run_id = client.create_run(exp_id, run_name=f"{cell_key(cell)}#{trial_id}", tags=tags).info.run_id
     log_params(client, run_id, flatten(params))

@@ -1,18 +1,25 @@
 """What every Ray Train worker runs for one trial (through trial.train_loop_per_worker): model + loader, the
 paper's recipe, one report per epoch, and a linear probe of the frozen encoder after the last epoch.
 
-Metrics go to Tune with `ray.train.report` under the MLflow names of `tracking`. Step-wise values are averaged
-over `log_every_steps` steps (one host sync per interval) and travel in the epoch's report as `history`, so a
-worker never waits on MLflow: the driver logs them (callbacks.py).
+`setup` builds a rank's state in the order that makes the recipe right for any number of workers: the model,
+then this rank's loader (a seeded `DistributedSampler`, also for one worker), then the schedule from the steps
+*that* loader takes per epoch, then the checkpoint, then DDP. `train_epoch` runs one epoch; `finish_epoch`
+evaluates and reports it. Randomness is seeded per (seed, rank, epoch): ranks draw different masks, and a
+trial resumed at epoch e draws what an uninterrupted one draws there.
+
+Metrics go to Tune as `reports.EpochReport`s. Step-wise values are averaged over `log_every_steps` steps (one
+host sync per interval) and travel in the epoch's report as `history`, so a worker never waits on MLflow.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +31,11 @@ from avmae import models
 from avmae.models.recipe import StepMetrics
 from avmae.platform import tracking as T
 from avmae.platform.data import ClipGeometry, build_loader
-from avmae.platform.spec import StudySpec, split_params
-from avmae.platform.trial import DIVERGED, FIRST_STEP_AT, HISTORY, HOSTNAME, NODE_ID
-from ray.train.v2._internal.execution import context as train_context
+from avmae.platform.ray_compat import train_context_logger
+from avmae.platform.reports import EpochReport
+from avmae.platform.spec import StudySpec, TrialConfig, rank_seed
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-DIVERGED_LOSS = 1e6  # a diverged trial's reported loss: finite, so Optuna and ASHA simply rank it last
 CHECKPOINT_FILE = "checkpoint.pt"  # {"config", "state_dict", ...}: loads with AVClassifier.from_pretrained
 
 
@@ -49,6 +55,7 @@ class Meter:
         self.sums += torch.stack([m.loss, m.loss_audio, m.loss_video, m.grad_norm, one, one * clips]).float()
 
     def read(self) -> dict[str, float]:
+        """Means over the steps every rank took since the last read (a collective: all ranks call it)."""
         totals = self.sums.clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(totals)
@@ -65,97 +72,161 @@ class Meter:
         }
 
 
+@dataclass
+class Worker:
+    """One rank's state for one trial; `step`, `train_s` and `start_epoch` come back with a checkpoint."""
+
+    spec: StudySpec
+    trial: TrialConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: models.AVMAE  # unwrapped: checkpoints, validation and the probe
+    train_step: models.TrainStep  # through DDP when world > 1
+    evaluator: models.TrainStep
+    loader: DataLoader
+    sampler: DistributedSampler
+    steps_per_epoch: int  # what this rank's loader really yields per epoch (capped by the study)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    geometry: ClipGeometry
+    val_loader: DataLoader | None
+    where: dict[str, str]  # node id and host name
+    start_epoch: int = 0
+    step: int = 0
+    train_s: float = 0.0
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        """The checkpoint after `epoch` (1-based) epochs."""
+        return {"config": self.model.config.to_dict(), "state_dict": self.model.state_dict(), "epoch": epoch,
+                "step": self.step, "train_s": self.train_s, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch, self.step, self.train_s = state["epoch"], state["step"], state["train_s"]
+
+
 def train(config: dict[str, Any]) -> None:
-    """`config`: {"spec": the StudySpec as a dict, "params": the trial's cell and sampled values}."""
+    """`config`: {"spec": the StudySpec as a dict, "params": the trial's Tune config}."""
+    worker = setup(config)
+    epochs = worker.spec.train.epochs
+    for epoch in range(worker.start_epoch, epochs):
+        report = train_epoch(worker, epoch)
+        if report.diverged:
+            ray.train.report(report.to_result(worker.spec.metric))
+            return
+        finish_epoch(worker, report, last=epoch == epochs - 1)
+
+
+def setup(config: dict[str, Any]) -> Worker:
+    """Model, this rank's loader, the schedule of the steps it takes, the checkpoint if any, DDP."""
     spec = StudySpec.model_validate(config["spec"])
-    # Train logs each report in full at INFO (history included) from a logger named after its file.
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    hparams, _ = split_params(config["params"])
-    lr = hparams.get("lr", spec.train.lr)
-    weight_decay = hparams.get("weight_decay", spec.train.weight_decay)
-    warmup_epochs = hparams.get("warmup_epochs", spec.train.warmup_epochs)
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    trial = spec.resolve_trial(config["params"])
+    logging.getLogger(train_context_logger()).setLevel(logging.WARNING)  # it logs every report in full
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
-    torch.manual_seed(spec.train.seed)  # the same init and data order in every trial: cells differ by design
+    torch.manual_seed(trial.seed)  # repeat k's init: the same in every cell (DDP broadcasts rank 0's anyway)
     device = ray.train.torch.get_device()
 
-    model = models.AVMAE(spec.resolve_model(config["params"])).to(device)
+    model = models.AVMAE(trial.model).to(device)
     geometry = ClipGeometry.from_input_shapes(model.input_shapes, frame_stride=spec.data.frame_stride)
-    loader = _loader(spec, spec.data.train_split, geometry, train=True)
+    dataset = spec.data.dataset(spec.data.train_split, geometry, train=True)
+    # Repeat k's data order, the same in every cell; each rank reads its share of each global batch.
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=trial.seed)
+    loader = build_loader(dataset, spec.train.batch_size, train=True, num_workers=spec.data.loader_workers,
+                          sampler=sampler)
+    if device.type == "cuda":  # Ray's wrapper copies the next batch to the GPU on a side stream
+        loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False, auto_transfer=True)
     if len(loader) == 0:
-        raise ValueError(f"split {spec.data.train_split!r} holds fewer clips than one batch")
+        raise ValueError(f"split {spec.data.train_split!r} holds fewer clips than one batch per worker "
+                         f"({spec.train.batch_size} x {world} workers)")
     steps_per_epoch = min(len(loader), spec.train.steps_per_epoch or len(loader))
-    optimizer = models.build_optimizer(model, lr, spec.train.batch_size * world, weight_decay)
+    optimizer = models.build_optimizer(model, trial.lr, spec.train.batch_size * world, trial.weight_decay)
     scheduler = models.warmup_cosine(
-        optimizer, round(warmup_epochs * steps_per_epoch), spec.train.epochs * steps_per_epoch
+        optimizer, round(trial.warmup_epochs * steps_per_epoch), spec.train.epochs * steps_per_epoch
     )
-
-    start_epoch, step, train_s = 0, 0, 0.0
+    val_loader = _loader(spec, spec.data.val_split, geometry) if spec.data.val_split and rank == 0 else None
+    # DDP only pays for a search of unused parameters where the objective leaves some unused.
+    wrapped = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": trial.model.unused_parameters}
+    )
+    step = models.TrainStep(wrapped, optimizer, scheduler, amp_dtype="auto", compile=spec.train.compile)
+    worker = Worker(
+        spec=spec, trial=trial, rank=rank, world=world, device=device, model=model, train_step=step,
+        evaluator=models.TrainStep(model, optimizer, amp_dtype="auto"),
+        loader=loader, sampler=sampler, steps_per_epoch=steps_per_epoch, optimizer=optimizer,
+        scheduler=scheduler, geometry=geometry, val_loader=val_loader,
+        where={"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()},
+    )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restored trial: Train hands back its latest checkpoint
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step, train_s = state["epoch"], state["step"], state["train_s"]
+            worker.restore(torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True))
+    return worker
 
-    # DDP when world > 1; unused parameters exist in one-direction inpainting.
-    wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    if world > 1 or device.type == "cuda":
-        # A DistributedSampler when world > 1; on a GPU, Ray's wrapper also copies the next batch to the
-        # device on a side stream while the current step runs (on the compute stream the copy stalls it).
-        loader = ray.train.torch.prepare_data_loader(
-            loader, add_dist_sampler=world > 1, move_to_device=device.type == "cuda", auto_transfer=True
-        )
-    train_step = models.TrainStep(wrapped, optimizer, scheduler, amp_dtype="auto", compile=spec.train.compile)
-    evaluator = models.TrainStep(model, optimizer, amp_dtype="auto")  # unwrapped: rank 0 evaluates alone
-    val_loader = _loader(spec, spec.data.val_split, geometry) if spec.data.val_split and rank == 0 else None
-    window, epoch_meter = Meter(device), Meter(device)
-    where = {NODE_ID: ray.get_runtime_context().get_node_id(), HOSTNAME: socket.gethostname()}
-    first_step_at = None
 
-    for epoch in range(start_epoch, spec.train.epochs):
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(epoch)
-        history: list[dict[str, float]] = []
-        n_broken, began = 0, time.perf_counter()
-        for i, batch in enumerate(loader):
-            if i == steps_per_epoch:
-                break
-            n_broken += batch["n_broken"]
-            clips = batch["audio"].shape[0]
-            if clips == 0:  # every clip of the batch was broken
-                continue
-            audio, video = (batch[m].to(device, non_blocking=True) for m in ("audio", "video"))
-            metrics = train_step(audio, video)
+def train_epoch(worker: Worker, epoch: int) -> EpochReport:
+    """One epoch (0-based) of `steps_per_epoch` steps on every rank alike; stops at the first non-finite
+    window (the report then says where it diverged)."""
+    w, log_every = worker, worker.spec.train.log_every_steps
+    w.sampler.set_epoch(epoch)
+    torch.manual_seed(rank_seed(w.trial.seed, w.rank, epoch))  # masks and augmentations of this rank
+    window, epoch_meter = Meter(w.device), Meter(w.device)
+    history: list[dict[str, float]] = []
+    n_broken, began, first_step_at = 0, time.perf_counter(), None
+    for i, batch in enumerate(itertools.islice(w.loader, w.steps_per_epoch)):
+        n_broken += batch["n_broken"]
+        audio, video, clips = _inputs(w, batch)
+        # A rank whose every clip was broken still steps, with zero weight: the ranks stay in lockstep.
+        metrics = w.train_step(audio, video, weight=1.0 if clips else 0.0)
+        if clips:
             window.add(metrics, clips)
             epoch_meter.add(metrics, clips)
-            step += 1
-            if first_step_at is None:
-                first_step_at = time.time()
-            if step % spec.train.log_every_steps and i != steps_per_epoch - 1:
-                continue
-            history.append({"step": step, **window.read(), T.TRAIN_LR: scheduler.get_last_lr()[0]})
-            if not _finite(history[-1]):
-                ray.train.report({
-                    T.EPOCH: epoch + 1, T.TRAIN_LOSS: DIVERGED_LOSS, spec.metric: DIVERGED_LOSS,
-                    DIVERGED: 1, T.DIVERGED_AT_STEP: step, HISTORY: history, **where,
-                })
-                return
-        train_s += time.perf_counter() - began
-        report = {**epoch_meter.read(), T.EPOCH: epoch + 1, DIVERGED: 0, T.TRAIN_SECONDS: train_s,
-                  T.N_BROKEN: n_broken, HISTORY: history, **where}
-        if epoch == start_epoch and first_step_at is not None:
-            report[FIRST_STEP_AT] = first_step_at
-        if rank == 0 and val_loader is not None:
-            report.update(_validation_loss(evaluator, val_loader, device))
-        if rank == 0 and epoch == spec.train.epochs - 1 and spec.evaluation.probe:
-            report.update(_probe(model, spec, geometry))
-        state = {"config": model.config.to_dict(), "state_dict": model.state_dict(), "epoch": epoch + 1,
-                 "step": step, "train_s": train_s, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict()}
-        _report(report, state if rank == 0 else None)
+        w.step += 1
+        first_step_at = first_step_at or time.time()
+        if w.step % log_every and i != w.steps_per_epoch - 1:
+            continue
+        record = {"step": w.step, **window.read(), T.TRAIN_LR: w.scheduler.get_last_lr()[0]}
+        if not _finite(record):  # the same on every rank: the window was summed over all of them
+            return EpochReport(epoch=epoch + 1, steps=w.step, history=history, diverged_at_step=w.step,
+                               n_broken=n_broken, **w.where)
+        history.append(record)
+    w.train_s += time.perf_counter() - began
+    return EpochReport(
+        epoch=epoch + 1, steps=w.step, train=epoch_meter.read(), history=history, train_s=w.train_s,
+        n_broken=n_broken, first_step_at=first_step_at if epoch == w.start_epoch else None, **w.where,
+    )
+
+
+def finish_epoch(worker: Worker, report: EpochReport, last: bool) -> None:
+    """Rank 0 adds the validation loss (and, after the last epoch, the probe) and attaches the checkpoint;
+    every rank reports (Train's report is a collective)."""
+    w = worker
+    if w.rank == 0 and w.val_loader is not None:
+        report.val = _validation_loss(w.evaluator, w.val_loader, w.device)
+    if w.rank == 0 and last and w.spec.evaluation.probe:
+        report.probe = _probe(w.model, w.spec, w.geometry)
+    result = report.to_result(w.spec.metric)
+    if w.rank != 0:
+        ray.train.report(result)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(w.state(report.epoch), Path(folder) / CHECKPOINT_FILE)
+        ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _inputs(worker: Worker, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The batch on the device, or one all-zero clip when every clip of it was broken."""
+    clips = batch["audio"].shape[0]
+    if clips == 0:
+        batch = {m: torch.zeros((1, *worker.model.input_shapes[m]), dtype=batch[m].dtype)
+                 for m in ("audio", "video")}
+    audio, video = (batch[m].to(worker.device, non_blocking=True) for m in ("audio", "video"))
+    return audio, video, clips
 
 
 def _finite(metrics: dict[str, float]) -> bool:
@@ -163,23 +234,13 @@ def _finite(metrics: dict[str, float]) -> bool:
     return math.isfinite(metrics[T.TRAIN_LOSS]) and math.isfinite(metrics[T.TRAIN_GRAD_NORM])
 
 
-def _report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-    """Report to Tune through Train; rank 0 attaches the checkpoint, which Train copies to storage."""
-    if state is None:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        torch.save(state, Path(folder) / CHECKPOINT_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-
-def _loader(spec: StudySpec, split: str, geometry: ClipGeometry, train: bool = False,
-            max_clips: int | None = None) -> DataLoader:
-    dataset = spec.data.dataset(split, geometry, train=train)
+def _loader(spec: StudySpec, split: str, geometry: ClipGeometry, max_clips: int | None = None) -> DataLoader:
+    """An evaluation loader (fixed order, no augmentation)."""
+    dataset = spec.data.dataset(split, geometry, train=False)
     if max_clips is not None and len(dataset) > max_clips:  # the same subset in every trial
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_clips]
         dataset = Subset(dataset, keep.tolist())
-    return build_loader(dataset, spec.train.batch_size, train=train, num_workers=spec.data.loader_workers)
+    return build_loader(dataset, spec.train.batch_size, train=False, num_workers=spec.data.loader_workers)
 
 
 @torch.no_grad()

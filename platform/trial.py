@@ -10,29 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import ray.train
-import ray.train.torch
+from avmae.platform.ray_compat import TorchTrainer
 from ray import tune
-from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.tune.integration.ray_train import TuneReportCallback
-
-# Keys of a trial's reports besides the MLflow metric names (tracking.py); read by the driver's callbacks.
-DIVERGED = "diverged"  # 1 when the loss became non-finite (the trial then stops)
-HISTORY = "history"  # step-wise records since the last report, for MLflow
-FIRST_STEP_AT = "first_step_at"  # wall-clock time of the first optimiser step (bench/trial_overhead.py)
-NODE_ID, HOSTNAME = "node_id", "hostname"  # where rank 0 ran
-CHECKPOINT_PATH = "checkpoint_path"  # added by TuneReportCallback to reports that carry a checkpoint
-
-
-class TorchTrainer(ray.train.torch.TorchTrainer):
-    """Ray Train's `TorchTrainer`, less the Ray Data plumbing when the run has no Ray Dataset (ours read
-    their clips with a torch DataLoader): the stock trainer starts a `DatasetManager` actor for every run
-    regardless, one more Python process competing for the cores while the trial starts."""
-
-    def _create_default_callbacks(self) -> list:
-        callbacks = super()._create_default_callbacks()
-        if self.datasets:
-            return callbacks
-        return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -45,8 +25,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def run_trial(config: dict[str, Any], spec: dict[str, Any], storage: str) -> None:
     """Tune function trainable: one Train run per trial (Train V2 refuses a Trainer passed to a Tuner).
 
-    `config`: the trial's cell and sampled values; `spec`: the StudySpec as a dict; `storage`: where Train
-    keeps the trial's checkpoints.
+    `config`: the trial's Tune config (cell, sampled values, repeat index); `spec`: the StudySpec as a dict;
+    `storage`: where Train keeps the trial's checkpoints.
     """
     res = spec["resources"]
     trainer = TorchTrainer(

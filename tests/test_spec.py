@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from avmae.platform.spec import Grid, Range, SpecError, load_spec, parse_spec
+from avmae.platform.spec import REPEAT_KEY, Grid, Range, SpecError, load_spec, parse_spec, rank_seed
+from avmae.platform.study import param_space, tune_config
 from avmae.platform.sweep_cli import sweep
 from click.testing import CliRunner
 from conftest import REPO, TINY_STUDY
+from ray import tune
 
 SHIPPED = sorted((REPO / "experiments").rglob("*.yaml"))
 
@@ -37,11 +39,54 @@ def test_every_shipped_study_dry_runs(path: Path):
     assert "Per trial:" in result.output and "MLflow:" in result.output
 
 
-def test_fusion_ablation_covers_every_fusion_decoder_objective_cell():
+def test_fusion_ablation_covers_every_distinct_fusion_decoder_objective_cell():
     spec = load_spec(REPO / "experiments/paper/fusion_ablation.yaml")
     assert spec.model.preset == "base" and spec.data.kind == "vggsound"
-    assert len(spec.cells()) == 4 * 3 * 2
+    assert len(spec.cells()) == 4 * 3 * 2 - 4  # decoder joint under inpainting = decoder shared
     assert {c["fusion"] for c in spec.cells()} == {"early", "late", "shared", "mid"}
+    every = {(d, o) for d in ("separate", "shared", "joint") for o in ("joint", "inpainting")}
+    assert {(c["decoder"], c["objective"]) for c in spec.cells()} == every - {("joint", "inpainting")}
+
+
+def test_a_study_whose_axes_repeat_a_network_is_refused_naming_the_cells():
+    raw = {**TINY_STUDY, "axes": {"decoder": ["shared", "joint"], "objective": ["joint", "inpainting"]}}
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw)
+    assert str(err.value).count("\n") == 1  # one line
+    assert ("cells decoder=shared,objective=inpainting and decoder=joint,objective=inpainting train the same "
+            "network") in str(err.value)
+    fixed = parse_spec({**raw, "exclude": [{"decoder": "joint", "objective": "inpainting"}]})
+    assert len(fixed.cells()) == 3
+    # Fields that cannot change the network count too: fusion_layers outside mid fusion.
+    with pytest.raises(SpecError, match="fusion_layers=1,objective=joint and fusion_layers=2,objective="):
+        parse_spec({**TINY_STUDY, "axes": {"objective": ["joint"], "fusion_layers": [1, 2]}})
+
+
+@pytest.mark.parametrize(("exclude", "message"), [
+    ([{"decoder": "joint"}], "matches no axis value"), ([{"fusion": "early"}, {"fusion": "mid"}], "no cell"),
+])
+def test_exclude_names_only_axis_values_and_leaves_a_cell(exclude: list, message: str):
+    with pytest.raises(SpecError, match=message):
+        parse_spec({**TINY_STUDY, "exclude": exclude})
+
+
+def test_repeats_multiply_the_trials_and_pair_seeds_across_cells():
+    spec = parse_spec({**TINY_STUDY, "repeats": 3, "train": {**TINY_STUDY["train"], "seed": 10}})
+    assert spec.trials_in_cell == 3 * 3
+    a = spec.resolve_trial({"fusion": "early", "objective": "joint", "lr": 1e-3, REPEAT_KEY: 2})
+    b = spec.resolve_trial({"fusion": "mid", "objective": "inpainting", "lr": 5e-4, REPEAT_KEY: 2})
+    assert (a.seed, a.repeat) == (b.seed, b.repeat) == (12, 2)
+    assert a.cell == {"fusion": "early", "objective": "joint"} and a.sampled == {"lr": 1e-3}
+    assert tune_config(spec, {"fusion": "early"}).num_samples == 9  # Repeater: 3 points x 3 seeds
+    lr_grid = {"lr": {"dist": "grid", "values": [1e-3, 1e-2]}}
+    grid = parse_spec({**TINY_STUDY, "repeats": 2, "search": lr_grid})
+    assert param_space(grid, {})[REPEAT_KEY] == tune.grid_search([0, 1]) and grid.trials_in_cell == 2 * 3 * 2
+
+
+def test_rank_seeds_differ_by_rank_and_epoch_and_never_change():
+    seeds = {(r, e): rank_seed(0, r, e) for r in range(4) for e in range(4)}
+    assert len(set(seeds.values())) == 16 and all(0 <= s < 2**63 for s in seeds.values())
+    assert rank_seed(0, 1, 2) == 8703209590962626244  # a hash of the text: the same in every process
 
 
 def test_lr_stability_is_a_grid_around_1_6e_4_for_both_objectives():

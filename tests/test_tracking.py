@@ -8,10 +8,18 @@ from types import SimpleNamespace
 
 import pytest
 from avmae.platform import tracking as T
-from avmae.platform.callbacks import MlflowTrials, trial_params, trial_status
+from avmae.platform.callbacks import MlflowTrials, trial_status
 from avmae.platform.progress import CellProgress, CellSummary, summary_table
-from avmae.platform.spec import parse_spec
-from avmae.platform.trial import CHECKPOINT_PATH, DIVERGED, HISTORY, HOSTNAME, NODE_ID
+from avmae.platform.reports import (
+    CHECKPOINT_PATH,
+    DIVERGED,
+    DIVERGED_SCORE,
+    HISTORY,
+    HOSTNAME,
+    NODE_ID,
+    EpochReport,
+)
+from avmae.platform.spec import REPEAT_KEY, parse_spec
 from mlflow.tracking import MlflowClient
 
 SPEC = parse_spec({
@@ -76,10 +84,14 @@ def test_trial_status_from_the_last_result():
 
 
 def test_trial_params_are_the_resolved_model_and_the_effective_hyperparameters():
-    params = trial_params(SPEC, {"objective": "inpainting", "lr": 0.01})
+    params = SPEC.resolve_trial({"objective": "inpainting", "lr": 0.01}).params(SPEC)
     assert params["objective"] == "inpainting" and params["lr"] == 0.01
     assert params["fusion"] == "late" and params["preset"] == "tiny" and params["mask_ratio_video"] == 0.9
     assert params["epochs"] == 2 and params["batch_size"] == 8 and params["weight_decay"] == 0.05
+    assert params[T.SEED_PARAM] == 0 and params["repeat"] == 0
+    repeat = SPEC.resolve_trial({"objective": "inpainting", "lr": 0.01, REPEAT_KEY: 2})
+    assert (repeat.repeat, repeat.seed, repeat.params(SPEC)[T.SEED_PARAM]) == (2, 2, 2)
+    assert repeat.model == SPEC.resolve_trial({"objective": "inpainting", "lr": 0.01}).model
 
 
 def test_the_callback_mirrors_a_trial_into_a_nested_run(client: MlflowClient):
@@ -116,14 +128,20 @@ def test_diverged_and_failed_trials_say_so(client: MlflowClient):
     callback = MlflowTrials(client.tracking_uri, T.start_study_run(client, "outcomes", {}), SPEC)
     diverged = fake_trial("d", {"objective": "joint", "lr": 0.1})
     callback.on_trial_start(0, [diverged], diverged)
-    result = {T.EPOCH: 1, T.TRAIN_LOSS: 1e6, DIVERGED: 1, T.DIVERGED_AT_STEP: 3, HISTORY: [
-        {"step": 3, T.TRAIN_LOSS: math.inf}]}
+    callback.on_trial_result(0, [diverged], diverged, {
+        T.EPOCH: 1, T.VAL_LOSS: 0.7, DIVERGED: 0, HISTORY: [{"step": 2, T.TRAIN_LOSS: 0.9}]})
+    # What trainer.py reports when the loss leaves the floats: the sentinel score, for Tune alone.
+    result = EpochReport(epoch=2, steps=3, history=[], diverged_at_step=3).to_result(T.VAL_LOSS)
+    assert result[T.VAL_LOSS] == DIVERGED_SCORE
     callback.on_trial_result(0, [diverged], diverged, result)
     diverged.last_result = result
     callback.on_trial_complete(0, [diverged], diverged)
     run = client.get_run(callback.run_id(diverged))
     assert run.data.tags[T.STATUS_TAG] == "diverged" and run.data.metrics[T.DIVERGED_AT_STEP] == 3
-    assert client.get_metric_history(run.info.run_id, T.TRAIN_LOSS) == []  # no sentinel in the curves
+    # MLflow keeps the last finite values, never the sentinel.
+    assert [m.value for m in client.get_metric_history(run.info.run_id, T.TRAIN_LOSS)] == [0.9]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, T.VAL_LOSS)] == [0.7]
+    assert run.data.tags[T.REPEAT_TAG] == "0" and run.data.params[T.SEED_PARAM] == "0"
 
     failed = fake_trial("f", {"objective": "joint", "lr": 0.1}, status="ERROR",
                         error="Traceback ...\nRuntimeError: out of memory")

@@ -1,0 +1,91 @@
+"""What a trial's workers report to Tune each epoch: one typed record, and the flat result dict Tune carries.
+
+Written on the workers (trainer.py), read on the driver (callbacks.py, progress.py, bench/). Tune needs a flat
+dict whose keys include the study metric (ASHA and Optuna rank by it) and `epoch` (ASHA's time axis); the
+record names every other key once, so the two sides cannot drift apart. Torch- and MLflow-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from avmae.platform import tracking as T
+
+# Keys of a result besides the MLflow metric names of `tracking`.
+DIVERGED = "diverged"  # 1 when the loss became non-finite (the trial then stops)
+HISTORY = "history"  # step-wise records since the last report, for MLflow
+FIRST_STEP_AT = "first_step_at"  # wall-clock time of the first optimiser step (bench/trial_overhead.py)
+NODE_ID, HOSTNAME = "node_id", "hostname"  # where rank 0 ran
+STEPS = "steps"  # optimiser steps taken so far, on every rank alike
+CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback to results that carry a checkpoint
+# A diverged trial's score for Tune: finite, so Optuna and ASHA simply rank it last. Never logged to MLflow.
+DIVERGED_SCORE = 1e6
+
+
+@dataclass
+class EpochReport:
+    """One epoch of one trial, as rank 0 reports it (the other ranks report the same epoch and steps)."""
+
+    epoch: int  # 1-based: the epochs completed
+    steps: int
+    train: dict[str, float] = field(default_factory=dict)  # epoch means of train/loss, ..., clips/s
+    val: dict[str, float] = field(default_factory=dict)  # val/loss, val/loss_audio, val/loss_video
+    probe: dict[str, float] = field(default_factory=dict)  # probe/<modality>_<score>
+    history: list[dict[str, float]] = field(default_factory=list)  # {"step": s, name: value, ...}
+    train_s: float = 0.0
+    n_broken: int = 0
+    diverged_at_step: int | None = None  # set: the loss or gradient became non-finite at this step
+    first_step_at: float | None = None
+    node_id: str = ""
+    hostname: str = ""
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at_step is not None
+
+    def to_result(self, metric: str) -> dict[str, Any]:
+        """The flat dict for `ray.train.report`; a diverged epoch scores `DIVERGED_SCORE` on `metric`."""
+        result: dict[str, Any] = {
+            **self.train, **self.val, **self.probe,
+            T.EPOCH: self.epoch, STEPS: self.steps, HISTORY: self.history, T.TRAIN_SECONDS: self.train_s,
+            T.N_BROKEN: self.n_broken, DIVERGED: int(self.diverged), NODE_ID: self.node_id,
+            HOSTNAME: self.hostname,
+        }
+        if self.diverged:
+            result.update({metric: DIVERGED_SCORE, T.DIVERGED_AT_STEP: self.diverged_at_step})
+        if self.first_step_at is not None:
+            result[FIRST_STEP_AT] = self.first_step_at
+        return result
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any]) -> EpochReport:
+        """The record back from a Tune result (the driver's side). Keys Tune added are ignored."""
+        diverged = bool(result.get(DIVERGED))
+        train = {k: v for k, v in result.items() if k.startswith("train/")}
+        val = {k: v for k, v in result.items() if k.startswith("val/")}
+        if diverged:  # the scores of a diverged epoch are the sentinel, not measurements
+            train, val = {}, {}
+        return cls(
+            epoch=int(result.get(T.EPOCH, 0)),
+            steps=int(result.get(STEPS, 0)),
+            train=train,
+            val=val,
+            probe={k: v for k, v in result.items() if k.startswith(T.PROBE_PREFIX)},
+            history=list(result.get(HISTORY) or []),
+            train_s=float(result.get(T.TRAIN_SECONDS, 0.0)),
+            n_broken=int(result.get(T.N_BROKEN, 0)),
+            diverged_at_step=int(result[T.DIVERGED_AT_STEP]) if diverged else None,
+            first_step_at=result.get(FIRST_STEP_AT),
+            node_id=str(result.get(NODE_ID, "")),
+            hostname=str(result.get(HOSTNAME, "")),
+        )
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """What MLflow logs at step = epoch: validation, probe scores, time and broken clips (and, for a
+        diverged epoch, where it diverged). Step-wise train metrics travel in `history` instead."""
+        metrics = {**self.val, **self.probe, T.EPOCH: float(self.epoch), T.TRAIN_SECONDS: self.train_s,
+                   T.N_BROKEN: float(self.n_broken)}
+        if self.diverged:
+            metrics[T.DIVERGED_AT_STEP] = float(self.diverged_at_step)
+        return metrics

@@ -1,0 +1,48 @@
+"""The Ray internals the platform leans on (platform/ray_compat.py) are still where it expects them: a Ray
+upgrade that moves one fails here, by name, instead of silently in a sweep."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import ray.train.torch
+from avmae.platform import ray_compat, ray_logging
+
+
+def test_the_private_modules_and_names_still_exist():
+    assert Path(ray_compat.train_context_logger()).is_file()
+    module, name = ray_compat.DATASETS_CALLBACK
+    assert isinstance(getattr(importlib.import_module(module), name), type)
+    importlib.import_module(ray_compat.CLEANER_LOGGER)  # the cleaner's logger is named after its module
+    assert hasattr(ray.train.torch.TorchTrainer, "_create_default_callbacks")
+
+
+def test_our_trainer_drops_only_the_datasets_callback_and_pickles_by_reference():
+    cls = ray_compat.TorchTrainer
+    assert issubclass(cls, ray.train.torch.TorchTrainer)
+    assert pickle.loads(pickle.dumps(cls)) is cls
+    trainer = cls(lambda: None, scaling_config=ray.train.ScalingConfig(num_workers=1))
+    stock = ray.train.torch.TorchTrainer(lambda: None, scaling_config=ray.train.ScalingConfig(num_workers=1))
+    ours = {type(cb).__name__ for cb in trainer._create_default_callbacks()}
+    theirs = {type(cb).__name__ for cb in stock._create_default_callbacks()}
+    assert theirs - ours == {ray_compat.DATASETS_CALLBACK[1]}
+
+
+def test_the_worker_setup_hook_is_cheap_and_drops_only_the_routine_cleanup_message():
+    # Every Ray worker process runs the hook: it must not import Ray Train (seconds on 2 cores).
+    code = "import sys, avmae.platform.ray_logging as m; m.setup_worker(); print(sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "ray.train" not in loaded and "torch" not in loaded
+    ray_logging.setup_worker()
+    logger = logging.getLogger(ray_compat.CLEANER_LOGGER)
+
+    def record(msg: str) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, msg, (), None)
+
+    assert not logger.filter(record(ray_compat.ROUTINE_CLEANUP + " X is dead"))
+    assert logger.filter(record("Failed to remove placement group"))
