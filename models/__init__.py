@@ -12,6 +12,10 @@ Choices beyond the paper, made explicit:
   k's visible tokens into k's prediction).
 - With one-direction inpainting the other modality's loss is a 0 tensor; `loss` stays the weighted sum.
 - The audio mask ratio defaults to 0.5 for every input; the released AudioSet config used 0.7.
+- `inpainting_context: source` (not the default) encodes only each direction's source modality, so that
+  under early/mid fusion the context cannot have attended to the target (docs/model.md).
+- `AVMAEConfig.canonical()` says which configurations train the same network, and
+  `AVMAEConfig.unused_parameters` which parameters a step leaves without a gradient (for DDP).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .avmae import AVMAE, AVMAEOutput
-    from .config import DECODERS, DIRECTIONS, FUSIONS, OBJECTIVES, AVMAEConfig
+    from .config import CONTEXTS, DECODERS, DIRECTIONS, FUSIONS, OBJECTIVES, AVMAEConfig
     from .downstream import AVClassifier, extract_features, linear_probe, load_encoder_state
     from .presets import INPUTS, SIZES, create_model, resolve_config
     from .recipe import StepMetrics, TrainStep, build_optimizer, param_groups, warmup_cosine
@@ -30,16 +34,17 @@ if TYPE_CHECKING:
 # (`avmae sweep --dry-run`, the sweep's driver) without importing torch and timm, which the modules need.
 _SUBMODULE = {
     **dict.fromkeys(("AVMAE", "AVMAEOutput"), "avmae"),
-    **dict.fromkeys(("AVMAEConfig", "DECODERS", "DIRECTIONS", "FUSIONS", "OBJECTIVES"), "config"),
+    **dict.fromkeys(("AVMAEConfig", "CONTEXTS", "DECODERS", "DIRECTIONS", "FUSIONS", "OBJECTIVES"), "config"),
     **dict.fromkeys(("AVClassifier", "extract_features", "linear_probe", "load_encoder_state"), "downstream"),
     **dict.fromkeys(("INPUTS", "SIZES", "create_model", "resolve_config"), "presets"),
     **dict.fromkeys(("StepMetrics", "TrainStep", "build_optimizer", "param_groups", "warmup_cosine"),
                     "recipe"),
 }
 __all__ = [
-    "AVMAE", "AVMAEConfig", "AVMAEOutput", "AVClassifier", "DECODERS", "DIRECTIONS", "FUSIONS", "INPUTS",
-    "OBJECTIVES", "SIZES", "StepMetrics", "TrainStep", "build_optimizer", "create_model", "extract_features",
-    "linear_probe", "load_encoder_state", "param_groups", "resolve_config", "warmup_cosine",
+    "AVMAE", "AVMAEConfig", "AVMAEOutput", "AVClassifier", "CONTEXTS", "DECODERS", "DIRECTIONS", "FUSIONS",
+    "INPUTS", "OBJECTIVES", "SIZES", "StepMetrics", "TrainStep", "build_optimizer", "create_model",
+    "extract_features", "linear_probe", "load_encoder_state", "param_groups", "resolve_config",
+    "warmup_cosine",
 ]
 
 

@@ -90,7 +90,7 @@ class AVMAE(nn.Module):
         patches = {m: self.tokenizers[m].patchify(x) for m, x in (("audio", audio), ("video", video))}
         masked = {m: random_masking(x.shape[0], x.shape[1], c.mask_ratio(m), x.device, generator,
                                     f"mask_ratio_{m}") for m, x in patches.items()}
-        encoded = self.encoder({m: self.tokenizers[m].embed(patches[m], masked[m].ids_keep) for m in patches})
+        encoded = self._encode_visible(patches, {m: mk.ids_keep for m, mk in masked.items()})
         masks = {m: mk.mask for m, mk in masked.items()}
         if c.objective == "joint":
             preds = self.decoder.reconstruct(encoded, {m: mk.ids_restore for m, mk in masked.items()})
@@ -107,6 +107,16 @@ class AVMAE(nn.Module):
             pred_audio=preds.get("audio"), pred_video=preds.get("video"),
             mask_audio=masks["audio"], mask_video=masks["video"],
         )
+
+    def _encode_visible(self, patches: dict[str, Tensor], ids_keep: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Embed and encode the visible patches. Inpainting with `inpainting_context: source` encodes each
+        source modality on its own (one encoder pass per source), so that no context token has attended to
+        its target; both masks are still drawn, keeping the random stream the same for either context."""
+        c = self.config
+        if c.objective == "joint" or c.inpainting_context == "both":
+            return self.encoder({m: self.tokenizers[m].embed(patches[m], ids_keep[m]) for m in patches})
+        return {m: self.encoder({m: self.tokenizers[m].embed(patches[m], ids_keep[m])})[m]
+                for m in c.inpainting_sources}
 
     def _loss(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         if self.config.norm_targets:

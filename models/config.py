@@ -1,17 +1,21 @@
 """Resolved AV-MAE hyperparameters: one flat, JSON-serialisable dataclass, validated on construction.
 
-Flat so the platform can log it to MLflow as params and sweep any field by name.
+Flat so the platform can log it to MLflow as params and sweep any field by name. Besides validation it
+answers two questions the platform asks before training, without torch: which configurations train the
+same network (`canonical`), and which parameters a training step leaves without a gradient
+(`unused_parameters`, what DDP's `find_unused_parameters` is for).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 FUSIONS = ("early", "late", "shared", "mid")
 DECODERS = ("separate", "shared", "joint")
 OBJECTIVES = ("joint", "inpainting")
 DIRECTIONS = ("a2v", "v2a", "both")
+CONTEXTS = ("both", "source")  # what the encoder sees under inpainting; `both` is the paper's
 MODALITIES = ("audio", "video")
 
 
@@ -55,6 +59,9 @@ class AVMAEConfig:
     # objective
     objective: str = "joint"
     inpainting_direction: str = "both"
+    # `both`: encode both modalities together (paper, released code); under early/mid fusion the context
+    # has attended to the target's visible tokens. `source`: encode each direction's source modality alone.
+    inpainting_context: str = "both"
     mask_ratio_audio: float = 0.5
     mask_ratio_video: float = 0.9
     loss_weight_audio: float = 0.5
@@ -73,6 +80,7 @@ class AVMAEConfig:
         check_choice("decoder", self.decoder, DECODERS)
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("inpainting_direction", self.inpainting_direction, DIRECTIONS)
+        check_choice("inpainting_context", self.inpainting_context, CONTEXTS)
         for dim, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
             width, n_heads = getattr(self, dim), getattr(self, heads)
             if width % n_heads:
@@ -125,12 +133,89 @@ class AVMAEConfig:
     def reconstructed(self) -> tuple[str, ...]:
         return MODALITIES if self.objective == "joint" else self.inpainting_targets
 
+    @property
+    def inpainting_sources(self) -> tuple[str, ...]:
+        """Modalities whose encoded tokens are an inpainting context (the other one of each target)."""
+        return tuple(m for m in MODALITIES if other(m) in self.inpainting_targets)
+
+    @property
+    def cross_modal_context(self) -> bool:
+        """Inpainting whose context tokens have attended to the target modality (early/mid fusion, `both`)."""
+        return (self.objective == "inpainting" and self.inpainting_context == "both"
+                and self.fusion in ("early", "mid"))
+
+    @property
+    def loss_inputs(self) -> tuple[str, ...]:
+        """Modalities whose visible tokens reach the loss through the encoder."""
+        if self.objective == "joint" or self.cross_modal_context:
+            return MODALITIES
+        return self.inpainting_sources
+
+    def canonical(self) -> AVMAEConfig:
+        """This configuration with every field that cannot change the network or its loss in a normal form
+        (the field's default, or the equivalent choice): equal canonical forms build the same state-dict keys
+        and, from the same seed and inputs, the same loss. The platform refuses study cells that repeat one.
+
+        - `preset`, `input`: labels; the other fields hold what they resolve to.
+        - joint objective: `inpainting_direction` and `inpainting_context` are not read.
+        - `fusion_layers` is read by mid fusion only.
+        - inpainting: the `joint` decoder decodes each direction alone (`Decoder.inpaint`), i.e. `shared`.
+        - inpainting, `source` context: early fusion runs its one stack over one modality at a time, which
+          is shared fusion (same keys, same init); and late/shared fusion never attend across modalities,
+          so `source` and `both` compute the same context.
+        - the mask ratio of a modality whose tokens never reach the loss (an inpainting target that is no
+          source, without cross-modal context), and the loss weight of a modality not reconstructed.
+        """
+        d = self.default_values()
+        c = replace(self, preset=d["preset"], input=d["input"])
+        if c.objective == "joint":
+            c = replace(c, inpainting_direction=d["inpainting_direction"],
+                        inpainting_context=d["inpainting_context"])
+        else:
+            if c.decoder == "joint":
+                c = replace(c, decoder="shared")
+            if c.inpainting_context == "source" and c.fusion == "early":
+                c = replace(c, fusion="shared")
+            if c.fusion in ("late", "shared"):
+                c = replace(c, inpainting_context=d["inpainting_context"])
+        if c.fusion != "mid":
+            c = replace(c, fusion_layers=d["fusion_layers"])
+        for m in MODALITIES:
+            if m not in c.loss_inputs:
+                c = replace(c, **{f"mask_ratio_{m}": d[f"mask_ratio_{m}"]})
+            if m not in c.reconstructed:
+                c = replace(c, **{f"loss_weight_{m}": d[f"loss_weight_{m}"]})
+        return c
+
+    @property
+    def unused_parameters(self) -> tuple[str, ...]:
+        """Module paths (`model.named_parameters()` prefixes) that get no gradient in a training step: the
+        parameters DDP must be told about (`find_unused_parameters=bool(config.unused_parameters)`), which
+        costs an extra graph traversal each step. Only one-direction inpainting leaves any: the decoder
+        parts of the modality not reconstructed and, without cross-modal context, the encoder parts of the
+        modality not encoded."""
+        if self.objective == "joint" or self.inpainting_direction == "both":
+            return ()
+        (target,), (source,) = self.inpainting_targets, self.inpainting_sources
+        unused = [f"decoder.head.{source}", f"decoder.mask_token.{source}", f"decoder.proj.{target}"]
+        if self.decoder == "separate":
+            unused.append(f"decoder.stacks.{source}")
+        if target not in self.loss_inputs:
+            unused.append(f"tokenizers.{target}")
+            if self.fusion in ("late", "mid"):
+                unused.append(f"encoder.stacks.{target}")
+        return tuple(unused)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def default_values(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in fields(cls)}
 
 
 def other(modality: str) -> str:

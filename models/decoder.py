@@ -53,6 +53,7 @@ class Decoder(nn.Module):
 
         Each target's sequence is decoded on its own, also by the `joint` decoder: concatenating the two
         directions would let k's sequence attend to k's own visible tokens (in the other direction's context).
+        So under inpainting `joint` is the `shared` decoder (`AVMAEConfig.canonical` says so).
         """
         seqs = {}
         for k in targets:

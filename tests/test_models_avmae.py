@@ -105,11 +105,16 @@ def test_early_and_mid_attend_across_modalities_late_and_shared_do_not():
         assert crosses == (fusion in ("early", "mid")), fusion
 
 
-@pytest.mark.parametrize("fusion", ["late", "shared"])
+ISOLATED = [("late", "both"), ("shared", "both"), *((f, "source") for f in FUSIONS)]
+
+
+@pytest.mark.parametrize(("fusion", "context"), ISOLATED)
 @pytest.mark.parametrize("decoder", DECODERS)
-def test_inpainting_never_sees_the_target_modality(fusion, decoder):
-    """Perturbing modality k's input leaves k's prediction unchanged (no k token but mask tokens)."""
-    model = randomise_heads(create_model("tiny", fusion=fusion, decoder=decoder, objective="inpainting"))
+def test_inpainting_never_sees_the_target_modality(fusion, context, decoder):
+    """Perturbing modality k's input leaves k's prediction unchanged (no k token but mask tokens): always
+    under `source` context, and under the paper's `both` where the encoder has no cross-modal attention."""
+    model = randomise_heads(create_model("tiny", fusion=fusion, decoder=decoder, objective="inpainting",
+                                         inpainting_context=context))
     audio, video = batch(model)
     with torch.no_grad():
         ref = model(audio, video, generator=1)
@@ -118,6 +123,35 @@ def test_inpainting_never_sees_the_target_modality(fusion, decoder):
     assert torch.equal(ref.pred_video, new_video.pred_video)
     assert not torch.equal(ref.pred_audio, new_video.pred_audio)  # ...but it drives the other modality
     assert torch.equal(ref.pred_audio, new_audio.pred_audio)
+    assert not torch.equal(ref.pred_video, new_audio.pred_video)
+
+
+@pytest.mark.parametrize("fusion", ["early", "mid"])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_both_context_under_early_and_mid_fusion_sees_the_target(fusion, direction):
+    """The paper's `both`: the context tokens attended to the target's visible tokens, so the target's input
+    moves its own prediction; `source` is not a no-op."""
+    model = randomise_heads(create_model("tiny", fusion=fusion, objective="inpainting",
+                                         inpainting_direction=direction))
+    audio, video = batch(model)
+    with torch.no_grad():
+        ref = model(audio, video, generator=1)
+        new_video = model(audio, video.flip(0), generator=1)
+        new_audio = model(audio.flip(0), video, generator=1)
+    for target, new in (("video", new_video), ("audio", new_audio)):
+        if target in model.config.inpainting_targets:
+            assert not torch.equal(getattr(ref, f"pred_{target}"), getattr(new, f"pred_{target}"))
+
+
+def test_source_context_draws_the_same_masks_as_both():
+    """Only the encoder's input differs: the masks, the loss positions and the random stream are shared."""
+    outs = []
+    for context in ("both", "source"):
+        model = create_model("tiny", fusion="early", objective="inpainting", inpainting_direction="a2v",
+                             inpainting_context=context)
+        outs.append(model(*batch(model), generator=3))
+    assert torch.equal(outs[0].mask_audio, outs[1].mask_audio)
+    assert torch.equal(outs[0].mask_video, outs[1].mask_video)
 
 
 def test_inpainting_placement_and_loss_positions():
@@ -169,8 +203,10 @@ def test_bf16_autocast_matches_fp32_and_fused_attention_matches_naive():
     assert torch.allclose(naive.loss, ref.loss, rtol=1e-5)
 
 
-def test_forward_traces_as_one_graph():
-    model = create_model("tiny", fusion="mid", objective="inpainting", depth=2, fusion_layers=1)
+@pytest.mark.parametrize("context", ["both", "source"])
+def test_forward_traces_as_one_graph(context):
+    model = create_model("tiny", fusion="mid", objective="inpainting", depth=2, fusion_layers=1,
+                         inpainting_context=context)
     torch._dynamo.reset()
     out = torch.compile(model, backend="eager", fullgraph=True)(*batch(model))
     assert torch.isfinite(out.loss)
@@ -203,6 +239,7 @@ def test_overrides_reach_the_modules():
     ({"fusion": "cross"}, "fusion"), ({"decoder": "tied"}, "decoder"),
     ({"objective": "contrastive"}, "objective"),
     ({"inpainting_direction": "v2v"}, "inpainting_direction"), ({"input": "kinetics"}, "input"),
+    ({"inpainting_context": "target"}, "inpainting_context"),
     ({"mask_ratio_audio": 0.0}, "mask_ratio_audio"), ({"mask_ratio_video": 1.0}, "mask_ratio_video"),
     ({"mask_ratio_audio": 1.2}, "mask_ratio_audio"), ({"mask_ratio_video": 0.01}, "mask_ratio_video"),
     ({"fusion": "mid", "fusion_layers": 4}, "fusion_layers"), ({"embed_dim": 65}, "embed_dim"),
