@@ -86,7 +86,8 @@ class TrainStep:
 
     def __call__(self, audio: Tensor, video: Tensor, weight: float = 1.0) -> StepMetrics:
         """One step. `weight` scales this process's loss: 0 makes a data-parallel rank that has no usable
-        clip join the gradient all-reduce with a zero contribution (on dummy inputs) instead of skipping it."""
+        clip join the gradient all-reduce with a zero contribution (on dummy inputs) instead of skipping
+        it."""
         self.model.train()
         if self.cuda_graphs:  # the last step's outputs (held as metrics) are read, not replayed over
             torch.compiler.cudagraph_mark_step_begin()
