@@ -3,7 +3,7 @@
 Flat so the platform can log it to MLflow as params and sweep any field by name. Besides validation it
 answers two questions the platform asks before training, without torch: which configurations train the
 same network (`canonical`), and which parameters a training step leaves without a gradient
-(`unused_parameters`, what DDP's `find_unused_parameters` is for).
+(`unused_parameters`, what DDP's `find_unused_parameters` is for, and `unused_parameter_prefixes`).
 """
 
 from __future__ import annotations
@@ -188,12 +188,17 @@ class AVMAEConfig:
         return c
 
     @property
-    def unused_parameters(self) -> tuple[str, ...]:
-        """Module paths (`model.named_parameters()` prefixes) that get no gradient in a training step: the
-        parameters DDP must be told about (`find_unused_parameters=bool(config.unused_parameters)`), which
-        costs an extra graph traversal each step. Only one-direction inpainting leaves any: the decoder
-        parts of the modality not reconstructed and, without cross-modal context, the encoder parts of the
-        modality not encoded."""
+    def unused_parameters(self) -> bool:
+        """Whether a training step leaves parameters without a gradient: DDP's `find_unused_parameters`,
+        which costs an extra graph traversal each step, so it is asked for only here. Only one-direction
+        inpainting leaves any."""
+        return bool(self.unused_parameter_prefixes)
+
+    @property
+    def unused_parameter_prefixes(self) -> tuple[str, ...]:
+        """Module paths (`model.named_parameters()` names, or prefixes of them followed by '.') that get no
+        gradient in a training step: the decoder parts of the modality not reconstructed and, without
+        cross-modal context, the encoder parts of the modality not encoded."""
         if self.objective == "joint" or self.inpainting_direction == "both":
             return ()
         (target,), (source,) = self.inpainting_targets, self.inpainting_sources

@@ -154,12 +154,13 @@ def test_unused_parameters_are_exactly_those_without_a_gradient(fusion, decoder)
         model = create_model("tiny", fusion=fusion, decoder=decoder, objective=objective, modality_embed=True,
                              inpainting_direction=direction, inpainting_context=context)
         model(*batch(model)).loss.backward()
-        rule = model.config.unused_parameters
+        rule = model.config.unused_parameter_prefixes
         without_grad = {n for n, p in model.named_parameters() if p.grad is None}
         predicted = {n for n, _ in model.named_parameters() if name_is_under(n, rule)}
         assert without_grad == predicted, (objective, direction, context)
         assert all(any(name_is_under(n, (p,)) for n, _ in model.named_parameters()) for p in rule)
-        assert bool(rule) == (objective == "inpainting" and direction != "both")
+        assert model.config.unused_parameters is (objective == "inpainting" and direction != "both")
+        assert model.config.unused_parameters is bool(rule)  # DDP's C++ reducer takes a bool, no tuple
 
 
 def test_the_config_side_imports_without_torch():
@@ -167,3 +168,26 @@ def test_the_config_side_imports_without_torch():
             "c = resolve_config('base', objective='inpainting', decoder='joint'); "
             "c.canonical(); c.unused_parameters; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("kwargs", [dict(objective="joint"),
+                                    dict(objective="inpainting", inpainting_direction="a2v", fusion="late")])
+def test_ddp_trains_with_the_flag_the_config_gives(kwargs, tmp_path):
+    """The trainer passes `unused_parameters` to DDP as is: it must be a flag DDP takes, and enough (DDP
+    without the search fails on the second step when a parameter got no gradient)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = create_model("tiny", **kwargs)
+        ddp = DistributedDataParallel(model, find_unused_parameters=model.config.unused_parameters)
+        for _ in range(2):
+            ddp(*batch(model)).loss.backward()
+        if model.config.unused_parameters:
+            strict = DistributedDataParallel(model, find_unused_parameters=False)
+            strict(*batch(model)).loss.backward()
+            with pytest.raises(RuntimeError, match="find_unused_parameters"):
+                strict(*batch(model)).loss.backward()
+    finally:
+        dist.destroy_process_group()
