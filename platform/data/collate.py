@@ -16,6 +16,10 @@ from torch.utils.data import default_collate
 from .geometry import ClipGeometry
 
 
+class Collated(dict):
+    """A batch already assembled (by `batch_reader.CachedBatches.__getitems__`): AVCollate passes it on."""
+
+
 @dataclass(frozen=True)
 class AVCollate:
     """Drops broken items and counts them; knows the shapes so an all-broken batch is still well-formed."""
@@ -24,7 +28,9 @@ class AVCollate:
     num_classes: int
     multi_label: bool
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, items: list[dict[str, Any]] | Collated) -> dict[str, Any]:
+        if isinstance(items, Collated):
+            return dict(items)
         good = [item for item in items if "broken" not in item]
         broken = [item["broken"] for item in items if "broken" in item]
         if good:

@@ -1,6 +1,7 @@
 """One entry point from a dataset description to a DataLoader: index -> (cached or raw) Dataset -> batches.
 
-Batches are dicts made by `collate.AVCollate`.
+Batches are dicts made by `collate.AVCollate` (or, from the decoded cache, by `batch_reader.CachedBatches`:
+the same keys, dtypes, shapes and values).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from . import avdigits
+from .batch_reader import CachedBatches
 from .cache import CachedAVDataset, write_cache
 from .collate import AVCollate
 from .config import DEFAULT_MAX_BROKEN, KINDS
@@ -124,7 +126,12 @@ def build_loader(
     sampler: Sampler | None = None,
 ) -> DataLoader:
     """Plain DataLoader: shuffled (or in `sampler`'s order: the trainer passes each rank's seeded
-    DistributedSampler) and drop_last in train, persistent workers, pinned memory on CUDA."""
+    DistributedSampler) and drop_last in train, pinned memory on CUDA.
+
+    Raw media: `num_workers` persistent worker processes decode items. The decoded cache: `num_workers`
+    threads of this process read whole batches (`CachedBatches`; `num_workers=0` on the loader itself), which
+    delivers twice the clips per CPU core of worker processes and has no single-process cap on the GPU
+    machine (docs/benchmarks.md); `prefetch_factor` only applies to worker processes."""
     base = dataset
     while isinstance(base, Subset):  # a fixed subset of clips (e.g. a capped probe split)
         base = base.dataset
@@ -132,6 +139,9 @@ def build_loader(
         num_classes, multi_label = base.header.num_classes, base.header.multi_label
     else:
         num_classes, multi_label = base.num_classes, base.multi_label
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    if isinstance(base, CachedAVDataset):
+        dataset, num_workers = CachedBatches(dataset, threads=num_workers, pin_memory=pin_memory), 0
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -139,7 +149,7 @@ def build_loader(
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=AVCollate(base.geometry, num_classes, multi_label),
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        pin_memory=pin_memory,
         drop_last=train if drop_last is None else drop_last,
         persistent_workers=num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
