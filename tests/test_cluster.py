@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import jsonschema
+import pytest
 import ray.autoscaler
 import yaml
 from conftest import REPO
@@ -109,3 +113,101 @@ def test_the_docs_explain_every_cluster_file():
     assert "--address" in docs and "--storage" in docs and "--tracking-uri" in docs and "--resume" in docs
     for security in ("RAY_AUTH_MODE=token", "ray get-auth-token", "authOptions", "MLFLOW_TRACKING_USERNAME"):
         assert security in docs, security
+
+
+# --- Slurm: the sbatch script, run with Slurm's variables faked and srun/scontrol/ray/avmae as stubs -------
+
+SBATCH = CLUSTER / "slurm" / "avmae.sbatch"
+STUBS = {
+    # srun: log, drop srun's own options, answer `hostname --ip-address` for the head, run anything else here.
+    "srun": """echo "srun $*" >> "$STUB_LOG"
+while [[ $# -gt 0 && $1 == -* ]]; do if [[ $1 == -w ]]; then shift 2; else shift; fi; done
+if [[ $1 == hostname ]]; then echo "fe80::1 10.1.2.3"; exit 0; fi
+exec "$@"
+""",
+    "scontrol": """echo "scontrol $*" >> "$STUB_LOG"; printf '%s\\n' $STUB_HOSTS
+""",
+    # ray: `start --block` blocks like the real one; `status` lists one line per started node, as Ray's does.
+    "ray": """echo "ray $* [$RAY_AUTH_MODE $RAY_AUTH_TOKEN_PATH]" >> "$STUB_LOG"
+case $1 in
+  status) for node in $(cat "$STUB_LOG.nodes" 2>/dev/null); do echo " 1 node_$node"; done ;;
+  start) echo "$$" >> "$STUB_LOG.nodes"; exec sleep 60 ;;
+esac
+""",
+    "avmae": """trap 'kill $!; echo "avmae got TERM" >> "$STUB_LOG"; exit 130' TERM
+echo "avmae $*" >> "$STUB_LOG"
+sleep "$STUB_SWEEP_S" & wait $!
+exit 3
+""",
+}
+
+
+def test_the_sbatch_script_is_valid_bash():
+    subprocess.run(["bash", "-n", str(SBATCH)], check=True)
+
+
+def fake_slurm(tmp_path: Path, hosts: list[str], sweep_s: float = 0) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in STUBS.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("t0k3n")
+    return {
+        "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "STUB_LOG": str(tmp_path / "calls.log"),
+        "STUB_HOSTS": " ".join(hosts), "STUB_SWEEP_S": str(sweep_s),
+        "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_NUM_NODES": str(len(hosts)),
+        "SLURM_CPUS_PER_TASK": "4", "SLURM_GPUS_PER_TASK": "1",
+    }
+
+
+@pytest.mark.parametrize("hosts", [["node1"], ["node1", "node2"]])
+def test_the_sbatch_script_starts_ray_on_every_node_then_the_sweep_on_the_head(tmp_path, hosts):
+    env = fake_slurm(tmp_path, hosts)
+    start = time.monotonic()
+    result = subprocess.run(["bash", str(SBATCH), "experiments/quickstart.yaml", "--storage", "/shared/runs"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert result.returncode == 3, result.stderr  # the sweep's exit code
+    assert time.monotonic() - start < 30  # the blocking `ray start`s were stopped at the end, not waited for
+    port = 20000 + 4242 % 40 * 1000
+    token = f"[token {tmp_path}/.ray/auth_token]"
+    (head,) = [c for c in calls if c.startswith("ray start --head")]
+    assert f"--port={port} " in head and "--node-ip-address=10.1.2.3 " in head  # the IPv4 of two addresses
+    assert "--num-cpus=4 --num-gpus=1" in head and head.endswith(token)
+    assert "srun --nodes=1 --ntasks=1 -w node1 ray start --head" in "\n".join(calls)
+    workers = [c for c in calls if c.startswith("ray start --address")]
+    assert len(workers) == len(hosts) - 1
+    for host, worker in zip(hosts[1:], workers, strict=True):
+        assert worker.startswith(f"ray start --address=10.1.2.3:{port} ") and worker.endswith(token)
+        assert f"srun --nodes=1 --ntasks=1 -w {host} ray start --address=10.1.2.3:{port}" in "\n".join(calls)
+    sweeps = [c for c in calls if c.startswith("avmae")]
+    sweep = f"avmae sweep experiments/quickstart.yaml --storage /shared/runs --address 10.1.2.3:{port}"
+    assert sweeps == [sweep]
+    assert calls.index(sweeps[0]) > max(calls.index(c) for c in [head, *workers])
+
+
+def test_sigterm_from_slurm_reaches_the_sweep(tmp_path):
+    """Slurm's warning before the time limit (and scancel's) is passed on, so the sweep can record it."""
+    env = fake_slurm(tmp_path, ["node1"], sweep_s=30)
+    proc = subprocess.Popen(["bash", str(SBATCH), "study.yaml"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "calls.log"
+    deadline = time.monotonic() + 20
+    while not (log.exists() and "avmae sweep" in log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.2)
+    time.sleep(0.5)  # the stub's TERM trap is set before it logs; the batch shell's right after starting it
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 130
+    assert "avmae got TERM" in log.read_text()
+
+
+def test_the_sbatch_script_refuses_to_run_without_a_ray_token(tmp_path):
+    env = fake_slurm(tmp_path, ["node1"])
+    (tmp_path / ".ray" / "auth_token").unlink()
+    result = subprocess.run(["bash", str(SBATCH), "study.yaml"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2 and "ray get-auth-token --generate" in result.stderr
+    assert not (tmp_path / "calls.log").exists()  # nothing started
