@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "data": ("avmae.platform.data.cli:data", "Build AV-Digits, scan a dataset for broken files, cache it."),
     "sweep": ("avmae.platform.sweep_cli:sweep", "Run a study file: Ray Tune + Optuna over AV-MAE variants."),
     "dashboard": ("avmae.dashboards.cli:dashboard", "Build a study's HTML dashboard from MLflow."),
+    "status": ("avmae.platform.status:status", "List the studies in MLflow, or a study's progress and ETA."),
 }
 
 
@@ -41,6 +42,7 @@ def main() -> None:
       avmae sweep experiments/quickstart.yaml      a small study on AV-Digits
       avmae sweep experiments/paper/lr_stability.yaml --dry-run
       avmae dashboard quickstart                   rebuild a study's dashboard
+      avmae status [quickstart]                    studies in MLflow; a study's progress per cell
 
     Run `avmae COMMAND --help` for a command's options.
     """
