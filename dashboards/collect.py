@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from avmae.platform import tracking as T
@@ -34,6 +34,8 @@ PAGE = 1000
 PARAM = "param:"
 MISSING = "n/a"  # an ablation axis a trial does not set
 TEXT_COLUMNS = ("trial_id", "run_id", "run_name", "cell", "status", "mlflow_status", *CELL_AXES)
+REPEAT = "repeat"  # column of the repeat index k (the `avmae.repeat` tag); NaN for studies older than repeats
+BASELINE_COLUMNS = ("baseline", "probe", REPEAT, "value")
 
 
 class StudyNotFound(LookupError):
@@ -43,7 +45,8 @@ class StudyNotFound(LookupError):
 @dataclass(frozen=True)
 class StudyData:
     """A study as frames. `trials`: one row per trial; `curves`: one row per (trial, step) of the
-    step-wise metrics; `epochs`: one row per (trial, epoch) of the validation metrics."""
+    step-wise metrics; `epochs`: one row per (trial, epoch) of the validation metrics; `baselines`: one row
+    per (baseline, probe score, repeat) of the reference rows logged on the study run."""
 
     name: str
     parent_run_id: str
@@ -52,6 +55,7 @@ class StudyData:
     trials: pd.DataFrame
     curves: pd.DataFrame
     epochs: pd.DataFrame
+    baselines: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=BASELINE_COLUMNS))
 
     @property
     def interrupted(self) -> bool:
@@ -143,7 +147,21 @@ def collect_study(client: MlflowClient, study: str) -> StudyData:
         trials=trials,
         curves=_curve_frame(runs, histories, STEP_METRICS, "step"),
         epochs=_curve_frame(runs, histories, EPOCH_METRICS, "epoch"),
+        baselines=_baselines(client, parent),
     )
+
+
+def _baselines(client: MlflowClient, parent: Run) -> pd.DataFrame:
+    """The study run's `baseline/<baseline>/probe/<score>` metrics, one value per repeat k (the step)."""
+    rows = []
+    for key in sorted(k for k in parent.data.metrics if k.startswith(T.BASELINE_PREFIX)):
+        baseline, _, probe = key.removeprefix(T.BASELINE_PREFIX).partition("/")
+        history = client.get_metric_history(parent.info.run_id, key)
+        history = sorted(history, key=lambda m: (m.step, m.timestamp))
+        rows.extend((baseline, probe, m.step, m.value) for m in history)
+    frame = pd.DataFrame(rows, columns=BASELINE_COLUMNS)
+    # A repeat logged twice (a resumed study) counts once: its last value.
+    return frame.drop_duplicates(["baseline", "probe", REPEAT], keep="last").reset_index(drop=True)
 
 
 def _search(client: MlflowClient, exp_ids: list[str], filter_string: str) -> list[Run]:
@@ -203,8 +221,10 @@ def _trial_row(run: Run, history: Histories) -> dict[str, object]:
         "status": status,
         "mlflow_status": info.status,
         "wall_s": (end_ms - info.start_time) / 1000 if info.start_time else math.nan,
+        REPEAT: int(tags[T.REPEAT_TAG]) if tags.get(T.REPEAT_TAG, "").isdigit() else math.nan,
     }
-    row.update({f"{PARAM}{k}": v for k, v in run.data.params.items()})
+    # The platform also logs the repeat index as a param: the tag's column already holds it.
+    row.update({f"{PARAM}{k}": v for k, v in run.data.params.items() if k != REPEAT})
     for axis in CELL_AXES:  # the cell tag stands in for a missing parameter
         row.setdefault(f"{PARAM}{axis}", cell.get(axis, MISSING))
     row.update(run.data.metrics)  # MLflow's latest value of each metric: the final one ...

@@ -20,7 +20,16 @@ from avmae.dashboards.collect import (
     score_columns,
 )
 from avmae.dashboards.importance import NotEnoughTrials, param_importances
-from avmae.dashboards.summary import STATUSES, cell_summary, searched_params, status_counts
+from avmae.dashboards.stats import Best, Interval, lr_verdict, mean_ci, stability_sentence
+from avmae.dashboards.summary import (
+    CONFIG,
+    STATUSES,
+    cell_summary,
+    configurations,
+    searched_params,
+    status_counts,
+)
+from avmae.dashboards.verdicts import BASELINE_LABEL, baseline_rows, best_cells, lr_verdicts
 from avmae.platform import tracking as T
 from plotly.colors import sample_colorscale, sequential
 from plotly.subplots import make_subplots
@@ -119,31 +128,54 @@ def learning_curves(data: StudyData) -> go.Figure:
 
 
 def lr_stability(data: StudyData) -> go.Figure:
-    """Is the objective stable over learning rates (the paper's Fig. 4)? Per objective: final loss and probe
-    score vs lr on a log axis, mean with min-max range over trials, pruned runs hollow, diverged runs ✕."""
+    """Is the objective stable over learning rates (the paper's Fig. 4)? The verdict sentence on top (stable
+    LR window, divergences, grad-norm spikes, best score with its interval), then per objective: final loss
+    and probe score vs lr on a log axis, the mean per lr with its 95% interval over finished trials, one
+    marker per configuration (mean over its seeds), pruned runs hollow, diverged runs ✕; per-cell verdicts
+    in the table below."""
     trials = data.trials
     title = "Learning-rate stability"
     if "lr" not in trials or not pd.api.types.is_numeric_dtype(trials["lr"]) or not (trials["lr"] > 0).any():
         return _empty(title, "no trial has a numeric learning rate yet")
-    trials = trials[trials["lr"] > 0]
+    trials = trials[trials["lr"] > 0].assign(**{CONFIG: configurations(data)})
     objectives = axis_values(trials["objective"], "objective")
     loss, score = loss_metric(trials), primary_score(trials)
     rows = [(f"final {loss}", loss, "top")] + ([(score, score, "bottom")] if score else [])
-    fig = make_subplots(rows=len(rows), cols=len(objectives), shared_xaxes=True, vertical_spacing=0.08,
-                        column_titles=[f"objective={o}" for o in objectives], horizontal_spacing=0.06)
+    per_cell = lr_verdicts(data, by="cell")
+    table_px = 40 + 22 * len(per_cell)
+    fig = make_subplots(
+        rows=len(rows) + 1, cols=len(objectives), vertical_spacing=0.08, horizontal_spacing=0.06,
+        row_heights=[300] * len(rows) + [table_px],
+        specs=[[{"type": "xy"}] * len(objectives) for _ in rows]
+        + [[{"type": "table", "colspan": len(objectives)}] + [None] * (len(objectives) - 1)],
+        column_titles=[f"objective={o}" for o in objectives])
     for c, objective in enumerate(objectives, start=1):
         group = trials[trials["objective"] == objective]
         for r, (label, metric, diverged_at) in enumerate(rows, start=1):
             _stability_panel(fig, group, metric, diverged_at, r, c)
             fig.update_yaxes(title_text=label if c == 1 else None, row=r, col=c)
-    fig.update_xaxes(type="log", tickformat=".0e", dtick="D2")
+            fig.update_xaxes(type="log", tickformat=".0e", dtick="D2", matches="x", row=r, col=c)
     fig.update_xaxes(title_text="learning rate (log)", row=len(rows))
+    fig.add_trace(go.Table(
+        header={"values": ["cell", "verdict per cell"], "fill_color": "#e8edf3", "align": "left"},
+        cells={"values": [[v.label for v in per_cell], [v.sentence().split(": ", 1)[1] for v in per_cell]],
+               "align": "left"}, columnwidth=[22, 78], meta={"role": "cell_verdicts"},
+    ), row=len(rows) + 1, col=1)
+    sentence = stability_sentence(lr_verdicts(data)) or "no verdict: no trial has ended yet"
     left_out = trials[~trials["status"].isin([FINISHED, PRUNED, DIVERGED])]
     note = f" — not shown: {status_counts(left_out)} (no final value)" if len(left_out) else ""
-    fig.update_layout(title=f"{title}: mean and range over trials per lr{note}",
-                      height=140 + 300 * len(rows), legend={"orientation": "h", "y": -0.12},
-                      template=TEMPLATE)
+    fig.add_annotation(text=_wrap(sentence), x=0, y=1.0, xref="paper", yref="paper", yanchor="bottom",
+                       xanchor="left", yshift=30,
+                       align="left", showarrow=False, font={"size": 13}, name="verdict")
+    fig.update_layout(title=f"{title}: mean and 95% interval over finished trials per lr{note}",
+                      height=240 + 300 * len(rows) + table_px, margin={"t": 190},
+                      legend={"orientation": "h", "y": -0.06}, template=TEMPLATE, meta={"verdict": sentence})
     return fig
+
+
+def _wrap(sentence: str) -> str:
+    """The verdict sentence, one objective per line (the clauses stay one sentence, joined by ';')."""
+    return ";<br>".join(clause for clause in sentence.split("; ") if clause)
 
 
 def _stability_panel(fig: go.Figure, group: pd.DataFrame, metric: str, diverged_at: str, row: int, col: int
@@ -151,28 +183,51 @@ def _stability_panel(fig: go.Figure, group: pd.DataFrame, metric: str, diverged_
     has_value = group[metric].notna() if metric in group else pd.Series(False, index=group.index)
     finished = group[(group["status"] == FINISHED) & has_value]
     if len(finished):
-        bins = finished.assign(bin=np.round(np.log10(finished["lr"]) * 4) / 4).groupby("bin")
-        stats = pd.DataFrame({"lr": bins["lr"].apply(lambda s: float(np.exp(np.log(s).mean()))),
-                              "mean": bins[metric].mean(), "lo": bins[metric].min(), "hi": bins[metric].max(),
-                              "n": bins[metric].size()})
+        # The same per-lr means and intervals as the verdict: stats.lr_verdict does the binning.
+        higher = metric.startswith(T.PROBE_PREFIX)
+        ended = group[group["status"].isin([FINISHED, PRUNED, DIVERGED])]
+        scores = ended[metric].where(ended["status"] == FINISHED)
+        verdict = lr_verdict("", metric, ended["lr"], scores, ended["status"] == DIVERGED,
+                             higher_is_better=higher)
+        points = [p for p in verdict.points if p.score.n]
+        mean = np.array([p.score.mean for p in points])
+        upper = np.array([p.score.hi - p.score.mean if p.score.has_interval else 0.0 for p in points])
+        lower = np.array([p.score.mean - p.score.lo if p.score.has_interval else 0.0 for p in points])
         fig.add_trace(go.Scatter(
-            x=stats["lr"], y=stats["mean"], mode="lines+markers", name="mean of finished trials",
+            x=[p.lr for p in points], y=mean, mode="lines+markers", name="mean of finished trials, 95% CI",
             line={"color": "#333"}, marker={"size": 6}, showlegend=_once(fig, "mean"), legendgroup="mean",
-            error_y={"type": "data", "symmetric": False, "array": stats["hi"] - stats["mean"],
-                     "arrayminus": stats["mean"] - stats["lo"], "color": "#999"},
-            customdata=stats["n"], meta={"role": "mean", "metric": metric},
-            hovertemplate="lr≈%{x:.3g}<br>mean=%{y:.4f}<br>n=%{customdata} trial(s)<extra></extra>",
+            error_y={"type": "data", "symmetric": False, "array": upper, "arrayminus": lower,
+                     "color": "#999"},
+            customdata=[[p.score.n, p.n_diverged, p.n_trials, p.spikes] for p in points],
+            meta={"role": "mean", "metric": metric},
+            hovertemplate="lr≈%{x:.3g}<br>mean=%{y:.4f}<br>n=%{customdata[0]} finished<br>"
+                          "diverged %{customdata[1]}/%{customdata[2]}<br>grad-norm spikes %{customdata[3]}"
+                          "<extra></extra>",
         ), row=row, col=col)
-    for status, symbol in ((FINISHED, "circle"), (PRUNED, "circle-open")):
-        points = group[(group["status"] == status) & has_value]
-        if len(points):
-            fig.add_trace(go.Scatter(
-                x=points["lr"], y=points[metric], mode="markers", name=f"{status} trial",
-                marker={"symbol": symbol, "size": 8, "color": STATUS_COLOR[status], "opacity": 0.8},
-                showlegend=_once(fig, status), legendgroup=status, customdata=points["trial_id"],
-                meta={"role": status, "metric": metric},
-                hovertemplate="trial %{customdata}<br>lr=%{x:.3g}<br>" + metric + "=%{y:.4f}<extra></extra>",
-            ), row=row, col=col)
+        configs = [(config, mean_ci(runs[metric]), runs)
+                   for config, runs in finished.groupby(CONFIG, sort=False)]
+        fig.add_trace(go.Scatter(
+            x=[t["lr"].iloc[0] for _, _, t in configs], y=[ci.mean for _, ci, _ in configs], mode="markers",
+            name="finished configuration (mean over seeds)",
+            marker={"symbol": "circle", "size": 8, "color": STATUS_COLOR[FINISHED], "opacity": 0.8},
+            error_y={"type": "data", "symmetric": False, "color": STATUS_COLOR[FINISHED],
+                     "array": [ci.hi - ci.mean if ci.has_interval else 0.0 for _, ci, _ in configs],
+                     "arrayminus": [ci.mean - ci.lo if ci.has_interval else 0.0 for _, ci, _ in configs]},
+            showlegend=_once(fig, FINISHED), legendgroup=FINISHED,
+            customdata=[[", ".join(t["trial_id"].astype(str)), ci.n, ci.text()] for _, ci, t in configs],
+            meta={"role": FINISHED, "metric": metric},
+            hovertemplate="trial(s) %{customdata[0]}<br>lr=%{x:.3g}<br>" + metric
+                          + "=%{customdata[2]}<br>n=%{customdata[1]} seed(s)<extra></extra>",
+        ), row=row, col=col)
+    points = group[(group["status"] == PRUNED) & has_value]
+    if len(points):
+        fig.add_trace(go.Scatter(
+            x=points["lr"], y=points[metric], mode="markers", name=f"{PRUNED} trial",
+            marker={"symbol": "circle-open", "size": 8, "color": STATUS_COLOR[PRUNED], "opacity": 0.8},
+            showlegend=_once(fig, PRUNED), legendgroup=PRUNED, customdata=points["trial_id"],
+            meta={"role": PRUNED, "metric": metric},
+            hovertemplate="trial %{customdata}<br>lr=%{x:.3g}<br>" + metric + "=%{y:.4f}<extra></extra>",
+        ), row=row, col=col)
     diverged = group[group["status"] == DIVERGED]
     if len(diverged):
         y = _band(group.loc[has_value & group["status"].isin([FINISHED, PRUNED]), metric], diverged_at)
@@ -200,15 +255,21 @@ def _band(values: pd.Series, where: str) -> float:
 
 
 def ablation_table(data: StudyData) -> go.Figure:
-    """Which encoder fusion x decoder works best? One panel per objective; each cell shows its best trial's
-    AV / audio-only / video-only probe scores and how many trials stand behind it. Best cell is boxed."""
+    """Which encoder fusion x decoder works best? One panel per objective; each cell shows its best
+    configuration's mean AV / audio-only / video-only probe scores over its seeds, with the 95% interval of
+    the primary one. A cell is boxed only where it beats every other cell of its objective significantly
+    (paired by seed, Holm-corrected); otherwise the panel says 'no significant difference at n = ...'. The
+    table below lists every cell's means and intervals with n, and the reference rows (random-init encoder,
+    raw input) where the study logged them."""
     title = "Ablation: fusion × decoder"
     trials = data.trials
     if trials.empty:
         return _empty(title, "no trials yet")
     scores = score_columns(trials)
     modality = next(iter(scores), None)  # the primary score's modality: AV when logged
-    cells = cell_summary(data)
+    summary = cell_summary(data)
+    best = best_cells(data, summary)
+    cells = summary
     if modality:  # cells that differ on a further axis share a square: the best of them shows
         cells = cells.sort_values(modality, ascending=False, na_position="last")
     cells = cells.drop_duplicates(list(CELL_AXES)).set_index(list(CELL_AXES))
@@ -219,8 +280,16 @@ def ablation_table(data: StudyData) -> go.Figure:
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     hi = hi if hi > lo else lo + 0.01  # one score still needs a colour range
-    fig = make_subplots(rows=1, cols=len(objectives), subplot_titles=[f"objective={o}" for o in objectives],
-                        horizontal_spacing=0.08)
+    verdict = {o: _verdict_text(best[o], summary) if o in best else "" for o in objectives}
+    table = _ablation_rows(summary, scores, baseline_rows(data), best)
+    table_px = 60 + 24 * len(table.cells.values[0])
+    grid_px = 110 * len(fusions) + 60
+    fig = make_subplots(
+        rows=2, cols=len(objectives), row_heights=[grid_px, table_px], horizontal_spacing=0.08,
+        vertical_spacing=90 / (grid_px + table_px + 90),
+        specs=[[{"type": "xy"}] * len(objectives),
+               [{"type": "table", "colspan": len(objectives)}] + [None] * (len(objectives) - 1)],
+        subplot_titles=[f"objective={o}<br><sub>{verdict[o]}</sub>" for o in objectives] + [""])
     for c, objective in enumerate(objectives, start=1):
         z = grids[objective]
         fig.add_trace(go.Heatmap(
@@ -233,36 +302,76 @@ def ablation_table(data: StudyData) -> go.Figure:
             x=xs.ravel(), y=ys.ravel(), mode="text", showlegend=False, hoverinfo="text",
             text=[_cell_text(cells, (f, d, objective), scores) for f in fusions for d in decoders],
             textfont={"size": 12, "color": np.where(dark.ravel(), "white", "#222")},
-            meta={"role": "cell_text", "objective": objective},
+            meta={"role": "cell_text", "objective": objective, "verdict": verdict[objective]},
         ), row=1, col=c)
-        if np.isfinite(z).any():
-            i, j = np.unravel_index(np.nanargmax(z), z.shape)
+        winner = best[objective].winner if objective in best else None
+        if winner is not None:
+            f, d = (summary.set_index("cell").loc[winner, axis] for axis in ("fusion", "decoder"))
+            i, j = fusions.index(f), decoders.index(d)
             fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, row=1, col=c,
-                          line={"color": "#e15759", "width": 4}, name=f"best:{fusions[i]},{decoders[j]}")
+                          line={"color": "#e15759", "width": 4}, name=f"best:{f},{d}")
         fig.update_xaxes(title_text="decoder", row=1, col=c)
-    fig.update_yaxes(title_text="encoder fusion", col=1)
-    fig.update_yaxes(autorange="reversed")
+        fig.update_yaxes(autorange="reversed", row=1, col=c)
+    fig.add_trace(table, row=2, col=1)
+    fig.update_yaxes(title_text="encoder fusion", row=1, col=1)
     ranked_by = scores.get(modality) or loss_metric(trials)
     fig.update_layout(
-        title=f"{title}: best trial per cell by {ranked_by} (boxed: best cell per objective)",
+        title=f"{title}: best configuration per cell by mean {ranked_by} over seeds, 95% interval "
+              "(boxed only where significantly best)",
         coloraxis={"colorscale": SCORE_SCALE, "cmin": lo, "cmax": hi, "showscale": bool(finite.size),
-                   "colorbar": {"title": {"text": scores.get(modality)}}},
-        height=160 + 110 * len(fusions), template=TEMPLATE,
+                   "colorbar": {"title": {"text": scores.get(modality)},
+                                "len": grid_px / (grid_px + table_px),
+                                "y": 1, "yanchor": "top"}},
+        height=grid_px + table_px + 190, margin={"t": 130}, template=TEMPLATE,
     )
     return fig
+
+
+def _verdict_text(best: Best, cells: pd.DataFrame) -> str:
+    """The panel's verdict with cell keys written as 'mid · shared · joint'."""
+    labels = dict(zip(cells["cell"], _labels(cells), strict=True))
+    if best.winner is None:
+        return best.text
+    return best.text.replace(best.winner, f"best: {labels[best.winner]}")
 
 
 def _cell_text(cells: pd.DataFrame, key: tuple[str, str, str], scores: dict[str, str]) -> str:
     if key not in cells.index:
         return "not run"
     cell = cells.loc[key]
-    count = f"n={cell['n_trials']} ({cell['n_finished']} finished)"
+    count = f"{cell['n_trials']} trials ({cell['n_finished']} finished)"
     if pd.isna(cell["best_trial"]):
         return f"{cell['why_empty']}<br>{count}"
-    values = [f"{MODALITY_LABEL[m]} {cell[m]:.3f}" for m in scores if not pd.isna(cell[m])]
+    values = [m for m in scores if not pd.isna(cell[m])]
     if not values:
         return f"no probe score yet<br>best by loss: trial {cell['best_trial']}<br>{count}"
-    return f"<b>{values[0]}</b><br>{' · '.join(values[1:])}<br>{count}"
+    primary = f"<b>{MODALITY_LABEL[values[0]]} {cell[f'ci:{values[0]}'].text()}</b>"
+    others = " · ".join(f"{MODALITY_LABEL[m]} {cell[m]:.3f}" for m in values[1:])
+    seeds = f"best config: n = {cell['n_repeats']} seed{'' if cell['n_repeats'] == 1 else 's'}"
+    return f"{primary}<br>{others}<br>{seeds} · {count}"
+
+
+def _ablation_rows(cells: pd.DataFrame, scores: dict[str, str], baselines: dict[str, dict[str, Interval]],
+                   best: dict[str, Best]) -> go.Table:
+    """Every cell's best configuration (mean [95% interval] per score, n seeds), then the reference rows."""
+    winners = {b.winner for b in best.values()}
+    rows = [(("★ " if cell in winners else "") + label, n, [cells.loc[i, f"ci:{m}"] for m in scores])
+            for i, (cell, label, n) in enumerate(zip(cells["cell"], _labels(cells), cells["n_repeats"],
+                                                     strict=True))]
+    for baseline, by_probe in baselines.items():
+        intervals = [by_probe.get(column, mean_ci([])) for column in scores.values()]
+        rows.append((f"baseline: {BASELINE_LABEL.get(baseline, baseline)}",
+                     max(i.n for i in intervals), intervals))
+    columns = {
+        "fusion · decoder · objective": [r[0] for r in rows],
+        "n (seeds)": [str(r[1]) for r in rows],
+        **{f"{scores[m]} mean [95% CI]": [r[2][j].text() for r in rows] for j, m in enumerate(scores)},
+    }
+    labels = columns["fusion · decoder · objective"]
+    shade = ["#f4f1e8" if label.startswith("baseline: ") else "white" for label in labels]
+    return go.Table(header={"values": list(columns), "fill_color": "#e8edf3", "align": "left"},
+                    cells={"values": list(columns.values()), "align": "left", "fill_color": [shade]},
+                    columnwidth=[30, 10, *([34] * len(scores))], meta={"role": "ablation_rows"})
 
 
 def masking_ratios(data: StudyData) -> go.Figure:

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-from avmae.dashboards import StudyNotFound, build_study_dashboard, figures
+from avmae.dashboards import StudyNotFound, build_study_dashboard, figures, stats
 from avmae.dashboards.cli import dashboard
 from avmae.dashboards.collect import StudyData, best_col, collect_study
 from avmae.dashboards.importance import NotEnoughTrials, param_importances
+from avmae.dashboards.summary import cell_summary, configurations
 from avmae.platform import tracking as T
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -43,6 +44,8 @@ class Trial:
     mask_audio: float = 0.8
     mask_video: float = 0.9
     seed: int = 0
+    repeat: int | None = None  # k of a configuration run with several seeds (seed = k); None: older study
+    jitter: float = 0.0  # the trial's own probe noise, on top of the seed effect that repeat k shares
     fate: str = FINISHED
     stop: int = STEPS  # steps that ran: a diverged trial's first NaN step; a failed one crashed mid-epoch
 
@@ -70,13 +73,17 @@ class Trial:
         total = base + 0.7 * math.exp(-step / 3) + 0.001 * self.seed
         return total * {"": 1.0, "audio": 1.1, "video": 0.9}[part]
 
+    def grad_norm(self, step: int) -> float:
+        """Flat, but 30x at the loss spike just before a trial diverges: one grad-norm spike."""
+        return 30.0 if self.fate == DIVERGED and step == self.stop - 1 else 1.0
+
     def val_loss(self, epoch: int) -> float:
         return self.loss(epoch * STEPS_PER_EPOCH - 1) + 0.02
 
     def score(self, modality: str) -> float:
         av = (0.70 + 0.05 * (self.fusion == "mid") + 0.03 * (self.decoder == "shared")
               + 0.02 * (self.objective == "joint") - 0.01 * abs(math.log10(self.lr) + 4) + 0.01 * self.seed
-              + 0.02 * (self.mask_video - 0.8) + 0.01 * (self.fusion == "late"))
+              + 0.02 * (self.mask_video - 0.8) + 0.01 * (self.fusion == "late") + self.jitter)
         return av - {"av": 0.0, "audio": 0.1, "video": 0.15}[modality]
 
 
@@ -107,6 +114,24 @@ EDGE_STUDIES = {
                       Trial("1", "mid", "shared", "joint", 1e-3, fate=RUNNING, stop=8)],
     "no-trials": [],
 }
+# A study with repeats: 3 seeds of every configuration, an LR grid, paired across cells. Planted truth: in
+# joint, mid fusion beats early by 0.05 (every seed); in inpainting, early and shared fusion score the same
+# (only each trial's own noise differs; with this draw of it the paired test gives p = 0.3: how often such
+# noise reads as a difference is tests/test_stats.py's business), and lr 1.6e-3 diverges in every repeat.
+REPEATS, REPEAT_LRS = 3, (1e-4, 4e-4, 1.6e-3)
+_noise = iter(np.random.default_rng(0).normal(0, 0.004, 64))
+REPEATED = [
+    Trial(f"{objective[0]}{fusion}-{lr:g}-{k}", fusion, "shared", objective, lr, seed=k, repeat=k,
+          jitter=float(next(_noise)), **({"fate": DIVERGED, "stop": 6 + k} if objective == "inpainting"
+                                          and lr == REPEAT_LRS[-1] else {}))
+    for objective, fusions in (("joint", ("early", "mid")), ("inpainting", ("early", "shared")))
+    for fusion in fusions for lr in REPEAT_LRS for k in range(REPEATS)
+]
+# Reference probe scores logged on the study run, per repeat k: baseline -> modality -> value at k.
+BASELINE_SCORES = {"random_init": {"av": [0.30, 0.32, 0.31], "audio": [0.25, 0.26, 0.24],
+                                   "video": [0.12, 0.10, 0.11]},
+                   "raw_input": {"av": [0.52, 0.50, 0.51], "audio": [0.45, 0.47, 0.46],
+                                 "video": [0.20, 0.21, 0.22]}}
 STILL_OPEN = {"still-running", "no-trials"}  # studies whose parent run is left RUNNING
 # What the platform reports as a diverged trial's `spec.metric` (finite, so Optuna and ASHA rank it last);
 # with metric val/loss it reaches MLflow as that epoch's val/loss.
@@ -133,12 +158,17 @@ def _write_trial(client: MlflowClient, parent: str, trial: Trial) -> None:
               "mask_ratio_audio": trial.mask_audio, "mask_ratio_video": trial.mask_video, "preset": "tiny",
               "seed": trial.seed, "optim": {"weight_decay": 0.05}}
     cell = {"fusion": trial.fusion, "decoder": trial.decoder, "objective": trial.objective}
+    if trial.repeat is not None:  # the platform logs the repeat index as a tag and a param
+        params["repeat"] = trial.repeat
     run = T.start_trial_run(client, parent, trial.id, cell, params)
+    if trial.repeat is not None:
+        client.set_tag(run, T.REPEAT_TAG, str(trial.repeat))
     for epoch in range(1, STEPS // STEPS_PER_EPOCH + 1):
         steps = range((epoch - 1) * STEPS_PER_EPOCH, epoch * STEPS_PER_EPOCH)
         history = [{"step": s, T.TRAIN_LOSS: trial.loss(s), T.TRAIN_LOSS_AUDIO: trial.loss(s, "audio"),
-                    T.TRAIN_LOSS_VIDEO: trial.loss(s, "video"), T.TRAIN_LR: trial.lr, T.TRAIN_GRAD_NORM: 1.0,
-                    T.TRAIN_CLIPS_PER_S: 120.0} for s in steps if s <= trial.stop]
+                    T.TRAIN_LOSS_VIDEO: trial.loss(s, "video"), T.TRAIN_LR: trial.lr,
+                    T.TRAIN_GRAD_NORM: trial.grad_norm(s), T.TRAIN_CLIPS_PER_S: 120.0}
+                   for s in steps if s <= trial.stop]
         if trial.fate == DIVERGED and trial.stop in steps:  # the NaN record ends the trial
             T.log_history(client, run, history)
             T.log_metrics(client, run, {T.EPOCH: epoch, T.DIVERGED_AT_STEP: trial.stop,
@@ -167,7 +197,17 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     write_study(client, "sweep", SWEEP, root)
     for name, trials in EDGE_STUDIES.items():
         write_study(client, name, trials, root, running=name in STILL_OPEN)
+    parent = write_study(client, "repeats", REPEATED, root)
+    for baseline, scores in BASELINE_SCORES.items():
+        for k in range(REPEATS):
+            T.log_metrics(client, parent, {T.baseline_metric(baseline, T.probe_metric(m, "acc")): v[k]
+                                           for m, v in scores.items()}, step=k)
     return uri
+
+
+@pytest.fixture(scope="session")
+def repeated(store: str) -> StudyData:
+    return collect_study(MlflowClient(tracking_uri=store), "repeats")
 
 
 @pytest.fixture(scope="session")
@@ -285,10 +325,13 @@ def test_lr_stability_per_objective_on_a_log_axis_with_spread_and_diverged_runs(
         assert list(mean.x) == pytest.approx(lrs)
         expected = [np.mean([t.score("av") for t in done if t.lr == lr]) for lr in lrs]
         assert list(mean.y) == pytest.approx(expected)
-        top = [max(t.score("av") for t in done if t.lr == lr) for lr in lrs]
-        spread = [hi - m for hi, m in zip(top, expected, strict=True)]
-        assert list(mean.error_y.array) == pytest.approx(spread)
-        assert list(mean.customdata) == [sum(t.lr == lr for t in done) for lr in lrs]  # n behind each point
+        intervals = [stats.mean_ci([t.score("av") for t in done if t.lr == lr]) for lr in lrs]
+        assert list(mean.error_y.array) == pytest.approx([i.hi - i.mean if i.n > 1 else 0 for i in intervals])
+        ended = [t for t in SWEEP if t.objective == objective and t.fate in (FINISHED, PRUNED, DIVERGED)]
+        diverged_at = [sum(t.lr == lr and t.fate == DIVERGED for t in ended) for lr in lrs]
+        assert [list(c) for c in mean.customdata] == [  # n behind each point, diverged / ended, spikes
+            [sum(t.lr == lr for t in done), d, sum(t.lr == lr for t in ended), d]  # one spike per divergence
+            for lr, d in zip(lrs, diverged_at, strict=True)]
     diverged = [t for t in traces(fig, DIVERGED) if subplot_of(fig, t)[1] == 2]
     assert {row[0] for t in diverged for row in t.customdata} == {"9", "13"}
     assert all(list(t.x) == [1e-3, 1e-3] for t in diverged)
@@ -307,25 +350,25 @@ def test_ablation_table_cells_scores_counts_and_best_cell(sweep: StudyData) -> N
     for objective in ("joint", "inpainting"):
         heat = traces(fig, "scores", objective=objective)[0]
         text = np.array(traces(fig, "cell_text", objective=objective)[0].text).reshape(3, 2)
-        best: dict[tuple[str, str], float] = {}
         for i, f in enumerate(fusions):
             for j, d in enumerate(decoders):
                 cell = [t for t in SWEEP if (t.fusion, t.decoder, t.objective) == (f, d, objective)]
                 done = [t for t in cell if t.fate == FINISHED]
                 if done:
                     top = max(done, key=lambda t: t.score("av"))
-                    best[f, d] = top.score("av")
                     assert heat.z[i][j] == pytest.approx(top.score("av"))
                     assert f"AV {top.score('av'):.3f}" in text[i, j]
                     assert f"A {top.score('audio'):.3f} · V {top.score('video'):.3f}" in text[i, j]
-                    assert f"n={len(cell)} ({len(done)} finished)" in text[i, j]
+                    count = f"{len(cell)} trials ({len(done)} finished)"
+                    assert text[i, j].endswith(f"best config: n = 1 seed · {count}")
+                    assert f"AV {top.score('av'):.3f} (n = 1: no interval)" in text[i, j]
                 else:
                     assert math.isnan(heat.z[i][j])
                     assert text[i, j].startswith("no finished trial" if cell else "not run")
-        (f, d), _ = max(best.items(), key=lambda kv: kv[1])
-        shape = next(s for s in fig.layout.shapes if s.xref == heat.xaxis)
-        assert shape.name == f"best:{f},{d}"
-        assert (shape.x0 + 0.5, shape.y0 + 0.5) == (decoders.index(d), fusions.index(f))
+        # One seed per configuration (a study older than repeats): no cell is crowned on a single sample.
+        assert not [s for s in fig.layout.shapes if s.xref == heat.xaxis]
+        assert traces(fig, "cell_text", objective=objective)[0].meta["verdict"] == \
+            "no significant difference at n = 1"
     empty = np.array(traces(fig, "cell_text", objective="inpainting")[0].text).reshape(3, 2)
     assert empty[1, 1].startswith("no finished trial (1 diverged, 1 pruned)")
     assert empty[2, 0] == "not run"
@@ -394,6 +437,108 @@ def test_overview_counts_compute_and_best_config_per_cell(sweep: StudyData) -> N
     assert "compute hours" in fig.layout.title.text and "partial" not in fig.layout.title.text
 
 
+# --- repeats: seeds, intervals, verdicts --------------------------------------------------------------
+
+def planted_best(cell: str) -> list[Trial]:
+    """The repeats of a cell's best configuration by planted mean AV score, in repeat order."""
+    done = [t for t in REPEATED if t.cell == cell and t.fate == FINISHED]
+    lr = max({t.lr for t in done}, key=lambda lr: np.mean([t.score("av") for t in done if t.lr == lr]))
+    return sorted((t for t in done if t.lr == lr), key=lambda t: t.repeat)
+
+
+def cell_of(fusion: str, objective: str) -> str:
+    return T.cell_key({"fusion": fusion, "decoder": "shared", "objective": objective})
+
+
+def test_repeats_are_read_back_as_configurations_of_three_seeds(repeated: StudyData) -> None:
+    trials = repeated.trials
+    assert sorted(trials["repeat"].unique()) == [0, 1, 2]
+    assert "seed" in repeated.params and "repeat" not in repeated.params  # the tag's column, not a param
+    configs = configurations(repeated)
+    assert configs.nunique() == 4 * len(REPEAT_LRS)  # 4 cells x 3 learning rates
+    assert all(sorted(group) == [0, 1, 2] for _, group in trials.groupby(configs)["repeat"])
+    baselines = repeated.baselines
+    assert len(baselines) == 2 * 3 * REPEATS
+    row = baselines[(baselines["baseline"] == "raw_input") & (baselines["probe"] == "probe/audio_acc")]
+    assert list(row.sort_values("repeat")["value"]) == pytest.approx(BASELINE_SCORES["raw_input"]["audio"])
+
+
+def test_cells_report_mean_and_interval_over_the_seeds_of_their_best_configuration(repeated: StudyData
+                                                                                     ) -> None:
+    cells = cell_summary(repeated).set_index("cell")
+    assert len(cells) == 4
+    for cell, row in cells.iterrows():
+        best = planted_best(cell)
+        assert row["n_repeats"] == REPEATS and row["best_trial"] == ", ".join(t.id for t in best)
+        assert row["lr"] == pytest.approx(best[0].lr)
+        for modality in ("av", "audio", "video"):
+            expected = stats.mean_ci([t.score(modality) for t in best])
+            got = row[f"ci:{modality}"]
+            assert (got.mean, got.lo, got.hi) == pytest.approx((expected.mean, expected.lo, expected.hi))
+            assert got.n == REPEATS
+        assert row["by_repeat"] == pytest.approx({t.repeat: t.score("av") for t in best})
+
+
+def test_ablation_crowns_the_planted_winner_only_and_carries_the_baseline_rows(repeated: StudyData) -> None:
+    fig = figures.ablation_table(repeated)
+    joint = traces(fig, "cell_text", objective="joint")[0].meta["verdict"]
+    winner = r"best: mid · shared · joint beats every other \(Holm-adjusted p ≤ [0-9.e-]+, n = 3\)"
+    assert re.fullmatch(winner, joint), joint
+    inpainting = traces(fig, "cell_text", objective="inpainting")[0].meta["verdict"]
+    assert inpainting == "no significant difference at n = 3"
+    # the verdicts agree with the paired test on the planted scores
+    a, b = ({t.repeat: t.score("av") for t in planted_best(cell_of(f, "joint"))} for f in ("mid", "early"))
+    assert stats.paired_difference(a, b).p < stats.ALPHA
+    boxes = [s.name for s in fig.layout.shapes]
+    assert boxes == ["best:mid,shared"]
+    text = np.array(traces(fig, "cell_text", objective="joint")[0].text).reshape(-1)
+    mid = stats.mean_ci([t.score("av") for t in planted_best(cell_of("mid", "joint"))])
+    assert f"<b>AV {mid.text()}</b>" in text[1] and "n = 3 seeds" in text[1]
+    table = traces(fig, "ablation_rows")[0]
+    columns = dict(zip(table.header.values, table.cells.values, strict=True))
+    labels = list(columns["fusion · decoder · objective"])
+    assert labels == ["early · shared · joint", "★ mid · shared · joint", "early · shared · inpainting",
+                      "shared · shared · inpainting", "baseline: random-init encoder", "baseline: raw input"]
+    assert list(columns["n (seeds)"]) == ["3"] * 6
+    for i, scores in enumerate(BASELINE_SCORES.values(), start=4):
+        for modality, values in scores.items():
+            column = columns[f"{T.probe_metric(modality, 'acc')} mean [95% CI]"]
+            assert column[i] == stats.mean_ci(values).text()
+    assert columns["probe/av_acc mean [95% CI]"][1] == mid.text()
+
+
+def test_lr_stability_states_the_planted_verdict_and_draws_one_marker_per_configuration(repeated: StudyData
+                                                                                          ) -> None:
+    fig = figures.lr_stability(repeated)
+    verdict = fig.layout.meta["verdict"]
+    interval = r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\] at 1e-4, n = 6\)"
+    assert re.fullmatch(
+        r"joint reconstruction: stable over 1e-4 to 1\.6e-3 \(4 octaves, 0/18 diverged, 0 grad-norm spikes; "
+        rf"best probe/av_acc {interval}; "
+        r"modality inpainting: stable over 1e-4 to 4e-4 \(2 octaves, 6/18 diverged, 6 grad-norm spikes; "
+        rf"best probe/av_acc {interval}", verdict), verdict
+    planted = [t for t in REPEATED if t.objective == "joint" and t.lr == 1e-4]
+    assert stats.mean_ci([t.score("av") for t in planted]).text() in verdict
+    shown = next(a for a in fig.layout.annotations if a.name == "verdict").text
+    assert shown.replace(";<br>", "; ") == verdict
+    score = T.probe_metric("av", "acc")
+    for col, objective in enumerate(["joint", "inpainting"], start=1):
+        marks = next(t for t in traces(fig, FINISHED, metric=score) if subplot_of(fig, t) == (2, col))
+        finished = {(t.cell, t.lr) for t in REPEATED if t.objective == objective and t.fate == FINISHED}
+        assert len(marks.x) == len(finished)  # configurations, not trials
+        assert all(c[1] == REPEATS for c in marks.customdata)
+    cells = traces(fig, "cell_verdicts")[0]
+    assert list(cells.cells.values[0]) == sorted({t.cell for t in REPEATED})
+    early = cells.cells.values[1][list(cells.cells.values[0]).index(cell_of("early", "inpainting"))]
+    assert early.startswith("stable over 1e-4 to 4e-4 (2 octaves, 3/9 diverged, 3 grad-norm spikes; best ")
+
+
+def test_a_study_without_repeats_says_it_has_no_intervals(sweep: StudyData) -> None:
+    table = traces(figures.ablation_table(sweep), "ablation_rows")[0]
+    assert "0.732 (n = 1: no interval)" in list(table.cells.values[2])
+    assert not [v for v in table.cells.values[0] if v.startswith("baseline")]  # none logged: no rows
+
+
 # --- edge cases ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("study", list(EDGE_STUDIES))
@@ -413,7 +558,7 @@ def test_thin_studies_render_every_figure_and_say_why_panels_are_empty(store: st
         marks = traces(built["curves"], "diverged", metric=T.TRAIN_LOSS)
         assert {t.meta["trial_id"] for t in marks} == {"0", "1"}
         texts = [x for t in traces(built["ablation"], "cell_text") for x in t.text]
-        assert "no finished trial (1 diverged)<br>n=1 (0 finished)" in texts
+        assert "no finished trial (1 diverged)<br>1 trials (0 finished)" in texts
         assert built["importance"].layout.meta["empty"] == "no probe score logged yet"
         assert len(traces(built["lr"], DIVERGED)) == 1  # loss row only: nothing to score
     if study == "still-running":

@@ -1,0 +1,74 @@
+"""What a study's numbers support: the best cell per objective (or that there is none), the reference rows,
+and the learning-rate stability verdict. Reads a `StudyData`, asks `stats` and returns what the figures
+state, so every sentence on the page comes from one tested place.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from avmae.dashboards import stats
+from avmae.dashboards.collect import StudyData, axis_values, score_columns
+from avmae.dashboards.summary import cell_summary, ranking
+from avmae.platform.tracking import BASELINES, TRAIN_GRAD_NORM, TrialStatus
+
+BASELINE_LABEL = {"random_init": "random-init encoder", "raw_input": "raw input"}
+ENDED = (TrialStatus.FINISHED.value, TrialStatus.PRUNED.value, TrialStatus.DIVERGED.value)
+
+
+def best_cells(data: StudyData, cells: pd.DataFrame | None = None) -> dict[str, stats.Best]:
+    """Per objective, its cells' best configurations compared by their repeats (paired by k, Holm over all
+    pairs of cells): the winning cell where it beats every other one, else 'no significant difference'."""
+    cells = cell_summary(data) if cells is None else cells
+    _, higher = ranking(data.trials)
+    return {objective: stats.best_group(dict(zip(group["cell"], group["by_repeat"], strict=True)),
+                                        higher_is_better=higher)
+            for objective, group in cells.groupby("objective", sort=False)}
+
+
+def baseline_rows(data: StudyData) -> dict[str, dict[str, stats.Interval]]:
+    """Reference rows present on the study run: baseline -> probe column -> mean over repeats with interval,
+    for the probe scores the trials log (so the rows line up with the cells)."""
+    frame = data.baselines
+    columns = set(score_columns(data.trials).values()) or set(frame["probe"])
+    rows = {}
+    for baseline in [b for b in BASELINES if b in set(frame["baseline"])] + \
+            sorted(set(frame["baseline"]) - set(BASELINES)):
+        mine = frame[(frame["baseline"] == baseline) & frame["probe"].isin(columns)]
+        if len(mine):
+            rows[baseline] = {probe: stats.mean_ci(group["value"]) for probe, group in mine.groupby("probe")}
+    return rows
+
+
+def lr_verdicts(data: StudyData, tolerance: float = stats.LR_TOLERANCE, by: str = "objective"
+                ) -> list[stats.LrVerdict]:
+    """The LR-stability verdict per objective (`by="objective"`, pooled over its cells) or per cell
+    (`by="cell"`), on the primary probe score, else the final loss. Trials that failed or still run are
+    left out: they say nothing about stability."""
+    trials = data.trials
+    metric, higher = ranking(trials)
+    numeric_lr = "lr" in trials and pd.api.types.is_numeric_dtype(trials["lr"])
+    if trials.empty or metric is None or not numeric_lr:
+        return []
+    ended = trials[trials["status"].isin(ENDED) & (trials["lr"] > 0)]
+    spikes = _spikes(data)
+    finished = ended["status"] == TrialStatus.FINISHED.value
+    order = axis_values(ended[by], by) if by in ("objective",) else sorted(set(ended[by]))
+    verdicts = []
+    for name in order:
+        group = ended[ended[by] == name]
+        scores = group[metric].where(finished[group.index])
+        label = stats.OBJECTIVE_LABEL.get(name, name) if by == "objective" else name
+        verdicts.append(stats.lr_verdict(
+            label, metric, group["lr"], scores, group["status"] == TrialStatus.DIVERGED.value,
+            group["trial_id"].map(spikes).fillna(0).astype(int), higher_is_better=higher,
+            tolerance=tolerance))
+    return verdicts
+
+
+def _spikes(data: StudyData) -> pd.Series:
+    """Grad-norm spikes per trial id (stats.grad_norm_spikes over its logged train/grad_norm)."""
+    curves = data.curves
+    if curves.empty or TRAIN_GRAD_NORM not in curves:
+        return pd.Series(dtype=int)
+    ordered = curves.sort_values("step")
+    return ordered.groupby("trial_id")[TRAIN_GRAD_NORM].apply(lambda s: stats.grad_norm_spikes(s.to_numpy()))
