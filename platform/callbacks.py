@@ -9,6 +9,7 @@ here is small and rebuilt from MLflow tags where needed.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avmae.platform import tracking as T
@@ -27,6 +28,20 @@ def trial_status(result: dict[str, Any], epochs: int) -> T.TrialStatus:
         return T.TrialStatus.DIVERGED
     return T.TrialStatus.FINISHED if result.get(T.EPOCH, 0) >= epochs else T.TrialStatus.PRUNED
 
+
+
+def error_reason(trial: Trial) -> str | None:
+    """The last line of the exception that failed `trial`. Tune writes it to the trial's local error file
+    before it calls the callbacks; its copy on the study's storage (`Trial.get_error`) is synced later, so
+    it is read only where no local file exists."""
+    path = Path(trial.error_file) if trial.error_file else None
+    if path is not None and path.is_file():
+        text = path.read_text(errors="replace")
+    else:
+        error = trial.get_error()
+        text = "" if error is None else str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Failure #")]
+    return lines[-1][:5000] if lines else None
 
 
 class MlflowTrials(tune.Callback):
@@ -89,10 +104,9 @@ class MlflowTrials(tune.Callback):
         self._end(trial, trial_status(trial.last_result, self.spec.train.epochs))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        error = trial.get_error()
-        if error is not None:
-            lines = [line for line in str(error).splitlines() if line.strip()]
-            self.client.set_tag(self.run_id(trial), T.ERROR_TAG, lines[-1][:5000] if lines else "")
+        reason = error_reason(trial)
+        if reason is not None:
+            self.client.set_tag(self.run_id(trial), T.ERROR_TAG, reason)
         self._end(trial, T.TrialStatus.FAILED)
 
     def _end(self, trial: Trial, status: T.TrialStatus) -> None:

@@ -161,8 +161,20 @@ class EvalSpec(Strict):
     max_iter: int = Field(200, ge=1)  # logistic regression iterations
 
 
+# A study's name is its MLflow experiment and its storage folder: no quotes, slashes or leading dots.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+def check_name(name: str, where: str = "name") -> str:
+    """`name` if it can name a study, else a SpecError saying what a name may hold."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise SpecError(f"{where} {name!r}: a study name is 1-100 letters, digits, '_', '.' or '-', starting "
+                        "with a letter or digit (it names the MLflow experiment and the storage folder)")
+    return name
+
+
 class StudySpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     data: DataSpec
     model: ModelSpec

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from avmae.platform.data.scan import TooManyBrokenError
 from avmae.platform.prepare import prepare_data
 from avmae.platform.progress import CellProgress, CellSummary
 from avmae.platform.ray_compat import interrupted_fit
+from avmae.platform.resources import ResourceError, check_fits, local_nodes, ray_nodes
 from avmae.platform.spec import REPEAT_KEY, StudySpec
 from avmae.platform.trial import run_trial
 from ray import tune
@@ -59,7 +61,8 @@ class StudyDataError(RuntimeError):
 
 
 class StudyInterrupted(RuntimeError):
-    """The sweep was stopped (Ctrl-C) before every trial of a cell ended; `--resume` continues it."""
+    """The sweep was stopped (Ctrl-C, SIGTERM, SIGHUP) before every trial of a cell ended; `--resume`
+    continues it."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Launch:
     tracking_uri: str
     address: str | None = None  # an existing Ray cluster; None starts a local runtime for the job
     resume: bool = False
+    restart: bool = False  # archive what a study of this name left (MLflow and storage), then start afresh
 
 
 def param_space(spec: StudySpec, cell: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +133,15 @@ def tune_config(spec: StudySpec, cell: dict[str, Any] | None = None) -> tune.Tun
         # stopped trial's process is still inside TorchTrainer.fit(), so Tune could not reset it for reuse.
         reuse_actors=spec.scheduler.name == "fifo",
     )
+
+
+def warn_if_unplaceable(spec: StudySpec) -> None:
+    """On a cluster the autoscaler may still add nodes: say so when today's nodes cannot hold a trial."""
+    try:
+        check_fits(spec, ray_nodes(), "the cluster")
+    except ResourceError as err:
+        print(f"warning: {err}. Trials wait for the autoscaler and fail after Train's worker-group timeout "
+              "if no such node comes.", flush=True)
 
 
 def cell_dirname(cell: dict[str, Any]) -> str:
@@ -193,6 +206,44 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def signals_as_ctrl_c() -> Iterator[list[int]]:
+    """SIGTERM (what Slurm, Kubernetes and `timeout` send) and SIGHUP (a closed terminal) stop a study as
+    Ctrl-C does: each is passed on as SIGINT, which Tune answers by saving and stopping the trials. Yields the
+    signals received, so the exit code can say which one it was."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def as_sigint(signum: int, frame: Any) -> None:
+        received.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, as_sigint) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def archive_study(launch: Launch, client: Any) -> list[str]:
+    """Move what a study of this name left aside (its MLflow experiment renamed, its storage folder moved),
+    so that it starts afresh with nothing lost; returns what was archived, in words."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    archived = []
+    experiment = client.get_experiment_by_name(launch.name)
+    if experiment is not None:
+        client.rename_experiment(experiment.experiment_id, f"{launch.name}.archived-{stamp}")
+        archived.append(f"MLflow experiment {launch.name!r} -> {launch.name}.archived-{stamp}")
+    fs, folder = pyarrow.fs.FileSystem.from_uri(launch.storage)
+    if fs.get_file_info(folder).type != pyarrow.fs.FileType.NotFound:
+        fs.move(folder, f"{folder}.archived-{stamp}")
+        archived.append(f"storage {launch.storage} -> {launch.storage}.archived-{stamp}")
+    return archived
+
+
 def study_record(launch: Launch, spec: StudySpec, write: bool = True) -> None:
     """A fresh study must not exist yet; a resumed one must be the same spec and tracking URI. `write`: record
     a fresh one (not before its data is ready: a study whose data failed can be fixed and run again)."""
@@ -203,7 +254,7 @@ def study_record(launch: Launch, spec: StudySpec, write: bool = True) -> None:
     if not launch.resume and exists:
         raise StudyExistsError(
             f"study {launch.name!r} already ran in {launch.storage}: pass --resume to continue it, "
-            "or --name to start another"
+            "--restart to archive it and start afresh, or --name to start another"
         )
     if launch.resume and exists:
         with fs.open_input_stream(path) as f:
@@ -231,10 +282,16 @@ def run_study(
     from mlflow.tracking import MlflowClient
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 Tune prints nothing: CellProgress does
+    if launch.address is None:  # refused in seconds, before anything is recorded
+        check_fits(spec, local_nodes(), "this machine")
     client = MlflowClient(launch.tracking_uri)
+    if launch.restart:
+        for line in archive_study(launch, client):
+            print(f"Archived {line}", flush=True)
     if not launch.resume and client.get_experiment_by_name(launch.name) is not None:
         raise StudyExistsError(
-            f"MLflow at {launch.tracking_uri} already has a study {launch.name!r}: pass --resume, or --name"
+            f"MLflow at {launch.tracking_uri} already has a study {launch.name!r}: pass --resume to continue "
+            "it, --restart to archive it and start afresh, or --name to start another"
         )
     study_record(launch, spec, write=False)
     try:
@@ -245,6 +302,8 @@ def run_study(
     cells = spec.cells()
     summaries: list[CellSummary] = []
     with ray_runtime(launch.address):
+        if launch.address is not None:
+            warn_if_unplaceable(spec)
         study_run = T.start_study_run(client, launch.name, spec.model_dump(mode="json"), spec_path)
         trials = MlflowTrials(launch.tracking_uri, study_run, spec)
         sigint = signal.getsignal(signal.SIGINT)

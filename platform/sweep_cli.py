@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -36,22 +37,31 @@ def default_tracking_uri() -> str:
               help="Folder or URI for checkpoints and Tune state (shared storage on a cluster).")
 @click.option("--name", help="Study name (default: the file's `name`); also the MLflow experiment.")
 @click.option("--resume", is_flag=True, help="Continue a study: restore its Tuners, reuse its MLflow runs.")
+@click.option("--restart", is_flag=True,
+              help="Archive what an earlier run of this study left (its MLflow experiment is renamed "
+                   "NAME.archived-TIME, its storage folder likewise) and start it afresh.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the cells, search space and resource plan.")
 @click.option("--speech", type=click.Path(exists=True, file_okay=False),
               help="AV-Digits: FSDD recordings for real spoken digits (default: DTMF tones).")
 def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storage: str, name: str | None,
-          resume: bool, dry_run: bool, speech: str | None) -> None:
-    """Run the study in SPEC_FILE: every cell of its ablation axes, searched, trained and probed."""
+          resume: bool, restart: bool, dry_run: bool, speech: str | None) -> None:
+    """Run the study in SPEC_FILE: every cell of its ablation axes, searched, trained and probed.
+
+    Ctrl-C, SIGTERM and SIGHUP stop it cleanly (exit 130, 143, 129): everything logged is kept and the
+    command to continue it with --resume is printed."""
     from avmae.platform.plan import describe
     from avmae.platform.prepare import absolute
-    from avmae.platform.spec import SpecError, load_spec
+    from avmae.platform.resources import ResourceError, check_fits, local_nodes
+    from avmae.platform.spec import SpecError, check_name, load_spec
 
+    if resume and restart:
+        raise click.UsageError("--resume continues a study; --restart archives it and starts afresh")
     try:
         spec = load_spec(spec_file)
         spec = absolute(spec, speech)
+        name = check_name(name, "--name") if name else spec.name
     except (SpecError, ValueError) as err:
         raise click.ClickException(str(err)) from None
-    name = name or spec.name
     tracking_uri = tracking_uri or default_tracking_uri()
     resume_args = ["avmae", "sweep", str(spec_file), "--resume", "--name", name, "--storage", storage,
                    "--tracking-uri", tracking_uri, *(["--address", address] if address else []),
@@ -59,23 +69,39 @@ def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storag
     storage = study_storage(storage, name)
     if dry_run:
         click.echo(describe(spec.model_copy(update={"name": name}), storage, tracking_uri, address))
+    try:  # a local runtime that can never place a trial: refused now, not after every trial timed out
+        if address is None:
+            check_fits(spec, local_nodes(), "this machine")
+    except ResourceError as err:
+        raise click.ClickException(str(err)) from None
+    if dry_run:
         return
 
     from avmae.platform.progress import summary_table
-    from avmae.platform.study import Launch, StudyDataError, StudyExistsError, StudyInterrupted, run_study
+    from avmae.platform.study import (
+        Launch,
+        StudyDataError,
+        StudyExistsError,
+        StudyInterrupted,
+        run_study,
+        signals_as_ctrl_c,
+    )
 
-    launch = Launch(name, storage, tracking_uri, address, resume)
-    try:
-        summaries = run_study(spec, spec_file.resolve(), launch, speech)
-    except StudyExistsError as err:
-        raise click.ClickException(str(err)) from None
-    except StudyDataError as err:
-        raise click.ClickException(f"data: {err}") from None
-    except (StudyInterrupted, KeyboardInterrupt) as err:
-        where = f" ({err})" if str(err) else ""
-        click.echo(f"\nInterrupted{where}. Everything logged so far is kept: MLflow {tracking_uri}, "
-                   f"checkpoints {storage}.\nContinue with: {shlex.join(resume_args)}", err=True)
-        sys.exit(130)
+    launch = Launch(name, storage, tracking_uri, address, resume, restart)
+    with signals_as_ctrl_c() as received:
+        try:
+            summaries = run_study(spec, spec_file.resolve(), launch, speech)
+        except StudyExistsError as err:
+            raise click.ClickException(str(err)) from None
+        except StudyDataError as err:
+            raise click.ClickException(f"data: {err}") from None
+        except (StudyInterrupted, KeyboardInterrupt) as err:
+            signum = received[0] if received else signal.SIGINT
+            where = f" ({err})" if str(err) else ""
+            click.echo(f"\nInterrupted by {signal.Signals(signum).name}{where}. Everything logged so far is "
+                       f"kept: MLflow {tracking_uri}, checkpoints {storage}.\n"
+                       f"Continue with: {shlex.join(resume_args)}", err=True)
+            sys.exit(128 + signum)
     click.echo("\n" + summary_table(summaries, spec.metric) + "\n")
     click.echo(f"MLflow:      {tracking_uri}  (experiment {name!r}: mlflow ui --backend-store-uri URI)")
     click.echo(f"Checkpoints: {storage}")

@@ -113,6 +113,14 @@ def experiment_id(client: MlflowClient, study: str) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(study)
 
 
+def literal(value: str) -> str:
+    """`value` as a string literal of an MLflow filter. MLflow's filter grammar has no escape for a quote,
+    so a value holding one is refused (study names cannot hold one; see spec.NAME_PATTERN)."""
+    if "'" in value or "\\" in value:
+        raise ValueError(f"{value!r} cannot appear in an MLflow search filter (quote or backslash)")
+    return f"'{value}'"
+
+
 def _find_run(client: MlflowClient, exp_id: str, filter_string: str) -> str | None:
     runs = client.search_runs([exp_id], filter_string=filter_string, max_results=1)
     return runs[0].info.run_id if runs else None
@@ -126,7 +134,8 @@ def start_study_run(
 ) -> str:
     """The study's parent run: created once, found again (and reopened) when the study resumes."""
     exp_id = experiment_id(client, study)
-    run_id = _find_run(client, exp_id, f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study}'")
+    query = f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = {literal(study)}"
+    run_id = _find_run(client, exp_id, query)
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
         return run_id
@@ -155,7 +164,7 @@ def start_trial_run(
     parent = client.get_run(study_run_id)
     exp_id, study = parent.info.experiment_id, parent.data.tags[STUDY_TAG]
     run_id = _find_run(
-        client, exp_id, f"tags.`{STUDY_TAG}` = '{study}' and tags.`{TRIAL_TAG}` = '{trial_id}'"
+        client, exp_id, f"tags.`{STUDY_TAG}` = {literal(study)} and tags.`{TRIAL_TAG}` = {literal(trial_id)}"
     )
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
@@ -214,7 +223,8 @@ def interrupt_trial_runs(client: MlflowClient, study_run_id: str) -> None:
     """The study's trials still RUNNING when Ctrl-C stopped it (Tune ends them without a callback): they say
     so, and `--resume` reopens them."""
     exp_id = client.get_run(study_run_id).info.experiment_id
-    query = f"tags.`{PARENT_TAG}` = '{study_run_id}' and tags.`{STATUS_TAG}` = '{TrialStatus.RUNNING.value}'"
+    query = (f"tags.`{PARENT_TAG}` = {literal(study_run_id)} and "
+             f"tags.`{STATUS_TAG}` = {literal(TrialStatus.RUNNING.value)}")
     for run in client.search_runs([exp_id], query):
         end_trial_run(client, run.info.run_id, TrialStatus.INTERRUPTED)
 

@@ -111,7 +111,11 @@ class Worker:
 
 def train(config: dict[str, Any]) -> None:
     """`config`: {"spec": the StudySpec as a dict, "params": the trial's Tune config}."""
-    worker = setup(config)
+    run(setup(config))
+
+
+def run(worker: Worker) -> None:
+    """The epochs left to train (all of them, or those after the checkpoint), each reported."""
     epochs = worker.spec.train.epochs
     for epoch in range(worker.start_epoch, epochs):
         report = train_epoch(worker, epoch)

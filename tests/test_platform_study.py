@@ -1,5 +1,5 @@
-"""study.py without a Ray runtime: each cell's Optuna sampler gets its own seed, stable across runs; the
-workers' set-up hook."""
+"""study.py without a Ray runtime: each cell's Optuna sampler gets its own seed, stable across runs; repeats
+of a sampled point; the workers' set-up hook; archiving a study to start it afresh."""
 
 from __future__ import annotations
 
@@ -7,11 +7,22 @@ import importlib
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 from avmae.platform import ray_logging
-from avmae.platform.spec import parse_spec
-from avmae.platform.study import cell_seed, param_space, runtime_env, tune_config
+from avmae.platform import tracking as T
+from avmae.platform.spec import REPEAT_KEY, parse_spec
+from avmae.platform.study import (
+    Launch,
+    archive_study,
+    cell_seed,
+    param_space,
+    runtime_env,
+    study_record,
+    tune_config,
+)
 from conftest import TINY_STUDY
+from mlflow.tracking import MlflowClient
 
 
 def first_points(spec, cell, n=3):
@@ -62,3 +73,28 @@ def test_workers_drop_only_the_routine_placement_group_cleanup_message():
                         "Failed to clean up placement group: boom")
     )
     assert not logger.filter(routine) and logger.filter(failure)
+
+
+def test_with_repeats_each_sampled_point_runs_once_per_seed():
+    spec = parse_spec({**TINY_STUDY, "repeats": 2})
+    cell = spec.cells()[0]
+    points = first_points(spec, cell, n=4)
+    assert [p[REPEAT_KEY] for p in points] == [0, 1, 0, 1]
+    assert points[0]["lr"] == points[1]["lr"] != points[2]["lr"] == points[3]["lr"]
+    assert [spec.resolve_trial({**cell, **p}).seed for p in points] == [0, 1, 0, 1]
+
+
+def test_restart_archives_the_mlflow_experiment_and_the_storage_then_starts_afresh(tmp_path: Path):
+    spec = parse_spec(TINY_STUDY)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    launch = Launch("t", str(tmp_path / "runs" / "t"), client.tracking_uri)
+    study_record(launch, spec)  # what a first run that failed leaves behind
+    old = T.start_study_run(client, "t", {})
+    archived = archive_study(launch, client)
+    assert len(archived) == 2 and all(".archived-" in line for line in archived)
+    assert client.get_experiment_by_name("t") is None
+    (moved,) = [e for e in client.search_experiments() if e.name.startswith("t.archived-")]
+    assert client.get_run(old).info.experiment_id == moved.experiment_id  # nothing lost
+    assert not (tmp_path / "runs" / "t").exists()
+    assert list((tmp_path / "runs").glob("t.archived-*/study.json"))
+    study_record(launch, spec)  # a fresh run of the same name is accepted now

@@ -4,14 +4,13 @@ upgrade that moves one fails here, by name, instead of silently in a sweep."""
 from __future__ import annotations
 
 import importlib
-import logging
 import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import ray.train.torch
-from avmae.platform import ray_compat, ray_logging
+from avmae.platform import ray_compat
 
 
 def test_the_private_modules_and_names_still_exist():
@@ -33,16 +32,9 @@ def test_our_trainer_drops_only_the_datasets_callback_and_pickles_by_reference()
     assert theirs - ours == {ray_compat.DATASETS_CALLBACK[1]}
 
 
-def test_the_worker_setup_hook_is_cheap_and_drops_only_the_routine_cleanup_message():
-    # Every Ray worker process runs the hook: it must not import Ray Train (seconds on 2 cores).
+def test_the_worker_setup_hook_imports_no_ray_train():
+    """Every Ray worker process runs it (tests/test_platform_study.py checks what it filters): it must not
+    import Ray Train or torch, seconds on 2 cores."""
     code = "import sys, avmae.platform.ray_logging as m; m.setup_worker(); print(sorted(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "ray.train" not in loaded and "torch" not in loaded
-    ray_logging.setup_worker()
-    logger = logging.getLogger(ray_compat.CLEANER_LOGGER)
-
-    def record(msg: str) -> logging.LogRecord:
-        return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, msg, (), None)
-
-    assert not logger.filter(record(ray_compat.ROUTINE_CLEANUP + " X is dead"))
-    assert logger.filter(record("Failed to remove placement group"))
+    assert "'ray.train" not in loaded and "'torch'" not in loaded

@@ -29,7 +29,8 @@ def test_the_paper_studies_and_the_quickstart_are_shipped():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(REPO / "experiments").as_posix())
 def test_every_shipped_study_dry_runs(path: Path):
-    result = CliRunner().invoke(sweep, [str(path), "--dry-run", "--storage", "/tmp/unused"])
+    cluster = ["--address", "ray://head:10001"] if "paper" in path.parts else []  # 8-GPU trials
+    result = CliRunner().invoke(sweep, [str(path), "--dry-run", "--storage", "/tmp/unused", *cluster])
     assert result.exit_code == 0, result.output
     spec = load_spec(path)
     assert f"Cells: {len(spec.cells())}" in result.output
@@ -37,6 +38,28 @@ def test_every_shipped_study_dry_runs(path: Path):
     for name in spec.search:
         assert f"  {name}: " in result.output
     assert "Per trial:" in result.output and "MLflow:" in result.output
+
+
+def test_a_trial_this_machine_can_never_place_is_refused_by_the_dry_run(tmp_path: Path):
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump({**TINY_STUDY, "resources": {"workers": 2, "cpus_per_worker": 64}}))
+    result = CliRunner().invoke(sweep, [str(path), "--dry-run"])
+    assert result.exit_code == 1 and "Cells: 4" in result.output  # the plan, then why it cannot run here
+    assert "a trial needs 2 worker(s) of {CPU: 64}, but this machine has at most CPU" in result.output
+    assert "lower resources.cpus_per_worker or resources.workers" in result.output
+    gpus = tmp_path / "gpu.yaml"
+    gpus.write_text(yaml.safe_dump({**TINY_STUDY, "resources": {"gpus_per_worker": 1}}))
+    result = CliRunner().invoke(sweep, [str(gpus), "--dry-run"], env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.exit_code == 1 and "GPU 0 on one node" in result.output
+    assert "resources.gpus_per_worker" in result.output and "--address" in result.output
+
+
+@pytest.mark.parametrize("name", ["it's", "a/b", "../x", ".hidden", "x" * 101])
+def test_a_study_name_that_cannot_name_an_experiment_and_a_folder_is_refused(tmp_path: Path, name: str):
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(TINY_STUDY))
+    result = CliRunner().invoke(sweep, [str(path), "--dry-run", "--name", name])
+    assert result.exit_code == 1 and f"--name {name!r}: a study name is" in result.output
 
 
 def test_fusion_ablation_covers_every_distinct_fusion_decoder_objective_cell():

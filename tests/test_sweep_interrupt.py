@@ -1,5 +1,7 @@
-"""Ctrl-C during `avmae sweep`: the sweep stops (it does not go on to the next cell), says how to continue,
-marks what it stopped in MLflow, and `--resume` finishes the study from the trials' checkpoints."""
+"""Ctrl-C (SIGINT to the terminal's process group) or SIGTERM (what Slurm, Kubernetes and `timeout` send, here
+to the sweep's process alone) during `avmae sweep`: the sweep stops (it does not go on to the next cell), says
+how to continue, marks what it stopped in MLflow, exits 128 + the signal, and `--resume` finishes the study
+from the trials' checkpoints."""
 
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ def wait_for_first_epoch(client: MlflowClient, proc: subprocess.Popen, timeout: 
 
 @pytest.mark.ray
 @pytest.mark.timeout(900)
-def test_ctrl_c_stops_the_sweep_and_resume_finishes_it(tmp_path: Path, tiny_av_digits: Path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_stops_the_sweep_and_resume_finishes_it(tmp_path: Path, tiny_av_digits: Path, signum: int):
     spec = {
         "name": "stop",
         "data": {"kind": "av-digits", "root": str(tiny_av_digits), "cache_dir": str(tiny_av_digits / "cache"),
@@ -61,14 +64,18 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it(tmp_path: Path, tiny_av_d
     client = MlflowClient(tracking)
     try:
         wait_for_first_epoch(client, proc, timeout=300)
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)  # what Ctrl-C in a terminal does: the whole foreground group
+        else:
+            os.kill(proc.pid, signum)  # `timeout`, `kill`: the sweep's process alone
         out, _ = proc.communicate(timeout=180)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert proc.returncode == 130, out[-6000:]
+    assert proc.returncode == 128 + signum, out[-6000:]
+    assert f"Interrupted by {signal.Signals(signum).name}" in out
     resume = next(line for line in out.splitlines() if line.startswith("Continue with: "))
     assert "--resume" in resume and "objective=joint" in out
 

@@ -20,7 +20,9 @@ from avmae.platform.reports import (
     EpochReport,
 )
 from avmae.platform.spec import REPEAT_KEY, parse_spec
+from avmae.platform.study import ray_runtime
 from mlflow.tracking import MlflowClient
+from ray import tune
 
 SPEC = parse_spec({
     "name": "layout",
@@ -42,7 +44,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> MlflowClient:
 def fake_trial(trial_id: str, config: dict, last_result: dict | None = None, status: str = "TERMINATED",
                error: str | None = None) -> SimpleNamespace:
     return SimpleNamespace(trial_id=trial_id, config=config, last_result=last_result or {}, status=status,
-                           get_error=lambda: error)
+                           get_error=lambda: error, error_file=None)
 
 
 def test_study_and_trial_runs_are_found_again_by_their_tags(client: MlflowClient):
@@ -143,13 +145,26 @@ def test_diverged_and_failed_trials_say_so(client: MlflowClient):
     assert [m.value for m in client.get_metric_history(run.info.run_id, T.VAL_LOSS)] == [0.7]
     assert run.data.tags[T.REPEAT_TAG] == "0" and run.data.params[T.SEED_PARAM] == "0"
 
-    failed = fake_trial("f", {"objective": "joint", "lr": 0.1}, status="ERROR",
-                        error="Traceback ...\nRuntimeError: out of memory")
-    callback.on_trial_start(0, [failed], failed)
-    callback.on_trial_error(0, [failed], failed)
-    run = client.get_run(callback.run_id(failed))
+
+def failing_trainable(config: dict) -> None:
+    tune.report({T.EPOCH: 1, T.VAL_LOSS: 1.0})
+    raise RuntimeError(f"CUDA out of memory at lr {config['lr']}")
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_a_trial_that_raises_is_failed_with_its_reason(tmp_path, client: MlflowClient):
+    """A real Tune trial raising, not a mock: the tag is set from what Tune recorded of the exception when
+    it calls the callbacks (its copy on the study's storage is not synced yet then)."""
+    study = T.start_study_run(client, "raises", {})
+    callback = MlflowTrials(client.tracking_uri, study, SPEC)
+    with ray_runtime(None):
+        tune.Tuner(failing_trainable, param_space={"objective": "joint", "lr": 0.1},
+                   run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), callbacks=[callback],
+                                             verbose=0)).fit()
+    (run,) = client.search_runs([client.get_run(study).info.experiment_id], f"tags.`{T.ROLE_TAG}` = 'trial'")
     assert run.data.tags[T.STATUS_TAG] == "failed" and run.info.status == "FAILED"
-    assert run.data.tags[T.ERROR_TAG] == "RuntimeError: out of memory"
+    assert run.data.tags[T.ERROR_TAG] == "RuntimeError: CUDA out of memory at lr 0.1"
 
 
 def test_progress_counts_trials_by_outcome(capsys: pytest.CaptureFixture):
