@@ -142,7 +142,7 @@ def lr_stability(data: StudyData) -> go.Figure:
     loss, score = loss_metric(trials), primary_score(trials)
     rows = [(f"final {loss}", loss, "top")] + ([(score, score, "bottom")] if score else [])
     per_cell = lr_verdicts(data, by="cell")
-    table_px = 40 + 22 * len(per_cell)
+    table_px = 60 + 26 * len(per_cell)
     fig = make_subplots(
         rows=len(rows) + 1, cols=len(objectives), vertical_spacing=0.08, horizontal_spacing=0.06,
         row_heights=[300] * len(rows) + [table_px],
@@ -158,17 +158,19 @@ def lr_stability(data: StudyData) -> go.Figure:
     fig.update_xaxes(title_text="learning rate (log)", row=len(rows))
     fig.add_trace(go.Table(
         header={"values": ["cell", "verdict per cell"], "fill_color": "#e8edf3", "align": "left"},
-        cells={"values": [[v.label for v in per_cell], [v.sentence().split(": ", 1)[1] for v in per_cell]],
-               "align": "left"}, columnwidth=[22, 78], meta={"role": "cell_verdicts"},
+        cells={"values": [[_cell_label(v.label) for v in per_cell],
+                          [v.sentence().split(": ", 1)[1] for v in per_cell]],
+               "align": "left"}, columnwidth=[20, 80], meta={"role": "cell_verdicts"},
     ), row=len(rows) + 1, col=1)
     sentence = stability_sentence(lr_verdicts(data)) or "no verdict: no trial has ended yet"
     left_out = trials[~trials["status"].isin([FINISHED, PRUNED, DIVERGED])]
     note = f" — not shown: {status_counts(left_out)} (no final value)" if len(left_out) else ""
     fig.add_annotation(text=_wrap(sentence), x=0, y=1.0, xref="paper", yref="paper", yanchor="bottom",
-                       xanchor="left", yshift=30,
+                       xanchor="left", yshift=36,
                        align="left", showarrow=False, font={"size": 13}, name="verdict")
-    fig.update_layout(title=f"{title}: mean and 95% interval over finished trials per lr{note}",
-                      height=240 + 300 * len(rows) + table_px, margin={"t": 190},
+    fig.update_layout(title={"text": f"{title}: mean and 95% interval over finished trials per lr{note}",
+                             "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 16}},
+                      height=260 + 300 * len(rows) + table_px, margin={"t": 200},
                       legend={"orientation": "h", "y": -0.06}, template=TEMPLATE, meta={"verdict": sentence})
     return fig
 
@@ -485,7 +487,7 @@ def _best_config_table(cells: pd.DataFrame, labels: list[str], scores: dict[str,
     columns = {
         "fusion · decoder · objective": labels,
         "trials": [f"{n} ({s})" for n, s in zip(cells["n_trials"], cells["statuses"], strict=True)],
-        "best trial": ["—" if pd.isna(b) else str(b) for b in cells["best_trial"]],  # "trials" says why
+        "best trial": [_trials_text(b) for b in cells["best_trial"]],  # "—": the "trials" column says why
         **{p: [_fmt(v) for v in cells[p]] for p in params},
         **{scores[m]: [_fmt(v) for v in cells[m]] for m in scores},
         "compute (h)": [f"{s / 3600:.2f}" for s in cells["compute_s"]],
@@ -494,6 +496,21 @@ def _best_config_table(cells: pd.DataFrame, labels: list[str], scores: dict[str,
     return go.Table(header={"values": list(columns), "fill_color": "#e8edf3", "align": "left"},
                     cells={"values": list(columns.values()), "align": "left"},
                     columnwidth=[min(w, 40) for w in widths], meta={"role": "best_config"})
+
+
+def _cell_label(cell: str) -> str:
+    """'decoder=shared,fusion=mid,objective=joint' -> 'mid · shared · joint', as `_labels` writes cells."""
+    axes = dict(part.split("=", 1) for part in cell.split(",") if "=" in part)
+    known = [axes.pop(axis) for axis in CELL_AXES if axis in axes]
+    return " · ".join(known + [f"{k}={v}" for k, v in axes.items()])
+
+
+def _trials_text(trial_ids: object) -> str:
+    """A best configuration's trials: the first id, and how many more seeds stand behind it."""
+    if trial_ids is None or (isinstance(trial_ids, float) and math.isnan(trial_ids)):
+        return "—"
+    ids = str(trial_ids).split(", ")
+    return ids[0] if len(ids) == 1 else f"{ids[0]} (+{len(ids) - 1} repeats)"
 
 
 def _labels(cells: pd.DataFrame) -> list[str]:

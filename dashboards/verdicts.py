@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 from avmae.dashboards import stats
-from avmae.dashboards.collect import StudyData, axis_values, score_columns
+from avmae.dashboards.collect import StudyData, axis_values, in_axis_order, score_columns
 from avmae.dashboards.summary import cell_summary, ranking
 from avmae.platform.tracking import BASELINES, TRAIN_GRAD_NORM, TrialStatus
 
@@ -52,7 +52,11 @@ def lr_verdicts(data: StudyData, tolerance: float = stats.LR_TOLERANCE, by: str 
     ended = trials[trials["status"].isin(ENDED) & (trials["lr"] > 0)]
     spikes = _spikes(data)
     finished = ended["status"] == TrialStatus.FINISHED.value
-    order = axis_values(ended[by], by) if by in ("objective",) else sorted(set(ended[by]))
+    if by == "objective":
+        order = axis_values(ended[by], by)
+    else:  # cells objective-major in the paper's order, as in the ablation table
+        firsts = ended.drop_duplicates(by).sort_values(["objective", "fusion", "decoder"], key=in_axis_order)
+        order = list(firsts[by])
     verdicts = []
     for name in order:
         group = ended[ended[by] == name]

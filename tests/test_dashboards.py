@@ -528,8 +528,9 @@ def test_lr_stability_states_the_planted_verdict_and_draws_one_marker_per_config
         assert len(marks.x) == len(finished)  # configurations, not trials
         assert all(c[1] == REPEATS for c in marks.customdata)
     cells = traces(fig, "cell_verdicts")[0]
-    assert list(cells.cells.values[0]) == sorted({t.cell for t in REPEATED})
-    early = cells.cells.values[1][list(cells.cells.values[0]).index(cell_of("early", "inpainting"))]
+    assert list(cells.cells.values[0]) == ["early · shared · joint", "mid · shared · joint",
+                                           "early · shared · inpainting", "shared · shared · inpainting"]
+    early = cells.cells.values[1][2]
     assert early.startswith("stable over 1e-4 to 4e-4 (2 octaves, 3/9 diverged, 3 grad-norm spikes; best ")
 
 
@@ -637,11 +638,13 @@ def chromium() -> Path:
 
 
 @pytest.mark.browser
-def test_dashboard_renders_offline_in_headless_chromium(store: str, tmp_path: Path) -> None:
+def test_dashboard_renders_offline_in_headless_chromium(store: str, repeated: StudyData, tmp_path: Path
+                                                        ) -> None:
+    """Both pages draw every figure offline and without errors; the page of the study with repeats shows
+    its intervals, the baseline rows and the stability sentence as rendered text."""
     executable = chromium()
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) is not installed")
-    page_path = build_study_dashboard("sweep", store, out=tmp_path / "sweep.html", log_to_mlflow=False)
-    attempted, errors = [], []
+    attempted, errors, names, text = [], [], {}, {}
 
     def offline(route) -> None:
         if route.request.url.startswith("file:"):
@@ -656,21 +659,37 @@ def test_dashboard_renders_offline_in_headless_chromium(store: str, tmp_path: Pa
             viewport={"width": 1400, "height": 900})
         try:
             browser.route("**/*", offline)
-            page = browser.new_page()
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(page_path.resolve().as_uri())
-            names = page.eval_on_selector_all(".figure", "els => els.map(e => e.dataset.figure)")
-            page.wait_for_function(
-                "names => names.every(n => document.querySelector(`#fig-${n} .main-svg`))", arg=names,
-                timeout=60_000)
-            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            for study in ("sweep", "repeats"):
+                page_path = build_study_dashboard(study, store, out=tmp_path / f"{study}.html",
+                                                  log_to_mlflow=False)
+                page = browser.new_page()
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(page_path.resolve().as_uri())
+                names[study] = page.eval_on_selector_all(".figure", "els => els.map(e => e.dataset.figure)")
+                page.wait_for_function(
+                    "names => names.every(n => document.querySelector(`#fig-${n} .main-svg`))",
+                    arg=names[study], timeout=60_000)
+                text[study] = {n: page.eval_on_selector(f"#fig-{n}", "e => e.textContent")
+                               for n in names[study]}
+                page.screenshot(path=str(tmp_path / f"{study}.png"), full_page=True)
         finally:
             browser.close()
-    assert names == ["overview", "learning_curves", "lr_stability", "ablation", "masking", "importance"]
+    for study in ("sweep", "repeats"):
+        assert names[study] == ["overview", "learning_curves", "lr_stability", "ablation", "masking",
+                                "importance"]
+        assert (tmp_path / f"{study}.png").stat().st_size > 50_000
     assert attempted == [] and errors == []
-    assert (tmp_path / "dashboard.png").stat().st_size > 50_000
-    print(f"screenshot: {tmp_path / 'dashboard.png'}")
+    ablation, stability = text["repeats"]["ablation"], text["repeats"]["lr_stability"]
+    mid = stats.mean_ci([t.score("av") for t in planted_best(cell_of("mid", "joint"))])
+    assert f"AV {mid.text()}" in ablation and "★ mid · shared · joint" in ablation  # interval, crowned
+    assert "no significant difference at n = 3" in ablation
+    assert "baseline: random-init encoder" in ablation and "baseline: raw input" in ablation
+    assert stats.mean_ci(BASELINE_SCORES["raw_input"]["av"]).text() in ablation
+    for clause in figures.lr_stability(repeated).layout.meta["verdict"].split("; "):
+        assert clause in stability
+    assert "no significant difference at n = 1" in text["sweep"]["ablation"]
+    print(f"screenshots: {tmp_path / 'sweep.png'} {tmp_path / 'repeats.png'}")
 
 
 def test_importances_of_a_metric_without_variance_say_so_instead_of_crashing() -> None:
