@@ -9,12 +9,14 @@ here is small and rebuilt from MLflow tags where needed.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avmae.platform import tracking as T
-from avmae.platform.reports import CHECKPOINT_PATH, DIVERGED, HISTORY, EpochReport
+from avmae.platform.reports import CHECKPOINT_PATH, DIVERGED, HISTORY, EpochReport, better
 from avmae.platform.spec import StudySpec
+from avmae.platform.uris import MASK, redact
 from ray import tune
 
 if TYPE_CHECKING:
@@ -55,7 +57,14 @@ class MlflowTrials(tune.Callback):
         self._placed: set[str] = set()  # trials whose node is tagged
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None}
+        """What Tune stores with the experiment: no client, and no credentials from the tracking URI."""
+        return {**self.__dict__, "_client": None, "tracking_uri": redact(self.tracking_uri)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        own = os.environ.get("MLFLOW_TRACKING_URI", "")  # the sweep's, credentials included (study.py)
+        if MASK in self.tracking_uri and self.tracking_uri == redact(own):
+            self.tracking_uri = own
 
     @property
     def client(self) -> MlflowClient:
@@ -96,8 +105,9 @@ class MlflowTrials(tune.Callback):
             self._placed.add(trial.trial_id)
         if report.diverged:
             return
-        score, path = result.get(self.spec.metric, math.inf), result.get(CHECKPOINT_PATH)
-        if path and score <= self._best.get(trial.trial_id, (math.inf, ""))[0]:
+        score, path = result.get(self.spec.metric, math.nan), result.get(CHECKPOINT_PATH)
+        best = self._best.get(trial.trial_id)
+        if path and not math.isnan(score) and (best is None or not better(best[0], score, self.spec.metric)):
             self._best[trial.trial_id] = (score, path)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

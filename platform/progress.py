@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from avmae.platform import tracking as T
 from avmae.platform.callbacks import trial_status
-from avmae.platform.reports import DIVERGED
+from avmae.platform.reports import DIVERGED, better
 from ray import tune
 from tqdm import tqdm
 
@@ -40,7 +40,8 @@ class CellSummary:
             status = T.TrialStatus.FAILED if failed else trial_status(result.metrics, epochs)
             summary.counts[status.value] += 1
             loss = result.metrics.get(metric, math.nan) if result.metrics else math.nan
-            if status in (T.TrialStatus.FINISHED, T.TrialStatus.PRUNED) and not loss >= summary.best_loss:
+            kept = status in (T.TrialStatus.FINISHED, T.TrialStatus.PRUNED) and loss == loss  # not NaN
+            if kept and (math.isnan(summary.best_loss) or better(loss, summary.best_loss, metric)):
                 summary.best_loss = loss
                 summary.best_params = {k: result.config[k] for k in searched if k in result.config}
                 summary.best_scores = {
@@ -69,7 +70,7 @@ class CellProgress(tune.Callback):
         if self._bar is None:  # restored with the experiment: setup() ran in the original process
             self.setup()
         counts: Counter = Counter()
-        best = math.inf
+        best = math.nan
         for trial in trials:
             if trial.status == "ERROR":
                 counts[T.TrialStatus.FAILED.value] += 1
@@ -77,8 +78,9 @@ class CellProgress(tune.Callback):
                 counts[trial_status(trial.last_result, self.epochs).value] += 1
             elif trial.status == "RUNNING":
                 counts[T.TrialStatus.RUNNING.value] += 1
-            if not trial.last_result.get(DIVERGED):
-                best = min(best, trial.last_result.get(self.metric, math.inf))
+            score = trial.last_result.get(self.metric, math.nan)
+            if not trial.last_result.get(DIVERGED) and (math.isnan(best) or better(score, best, self.metric)):
+                best = score
         done = sum(n for status, n in counts.items() if status != T.TrialStatus.RUNNING.value)
         parts = [f"{status} {counts[status]}" for status in STATUSES if counts[status]]
         parts.append(f"best {self.metric} {best:.4g}" if math.isfinite(best) else "best -")

@@ -8,7 +8,7 @@ record names every other key once, so the two sides cannot drift apart. Torch- a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from avmae.platform import tracking as T
 
@@ -19,8 +19,19 @@ FIRST_STEP_AT = "first_step_at"  # wall-clock time of the first optimiser step (
 NODE_ID, HOSTNAME = "node_id", "hostname"  # where rank 0 ran
 STEPS = "steps"  # optimiser steps taken so far, on every rank alike
 CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback to results that carry a checkpoint
-# A diverged trial's score for Tune: finite, so Optuna and ASHA simply rank it last. Never logged to MLflow.
+# A diverged trial's score for Tune: finite, so Optuna and ASHA simply rank it last (its sign follows the
+# metric's mode: -1e6 for a probe score). Never logged to MLflow.
 DIVERGED_SCORE = 1e6
+
+
+def metric_mode(metric: str) -> Literal["min", "max"]:
+    """Losses are minimised, probe scores (accuracy, mAP) maximised."""
+    return "max" if metric.startswith(T.PROBE_PREFIX) else "min"
+
+
+def better(score: float, than: float, metric: str) -> bool:
+    """Whether `score` beats `than` on `metric` (NaN never does)."""
+    return score > than if metric_mode(metric) == "max" else score < than
 
 
 @dataclass
@@ -53,7 +64,8 @@ class EpochReport:
             HOSTNAME: self.hostname,
         }
         if self.diverged:
-            result.update({metric: DIVERGED_SCORE, T.DIVERGED_AT_STEP: self.diverged_at_step})
+            worst = DIVERGED_SCORE if metric_mode(metric) == "min" else -DIVERGED_SCORE
+            result.update({metric: worst, T.DIVERGED_AT_STEP: self.diverged_at_step})
         if self.first_step_at is not None:
             result[FIRST_STEP_AT] = self.first_step_at
         return result
@@ -64,14 +76,15 @@ class EpochReport:
         diverged = bool(result.get(DIVERGED))
         train = {k: v for k, v in result.items() if k.startswith("train/")}
         val = {k: v for k, v in result.items() if k.startswith("val/")}
+        probe = {k: v for k, v in result.items() if k.startswith(T.PROBE_PREFIX)}
         if diverged:  # the scores of a diverged epoch are the sentinel, not measurements
-            train, val = {}, {}
+            train, val, probe = {}, {}, {}
         return cls(
             epoch=int(result.get(T.EPOCH, 0)),
             steps=int(result.get(STEPS, 0)),
             train=train,
             val=val,
-            probe={k: v for k, v in result.items() if k.startswith(T.PROBE_PREFIX)},
+            probe=probe,
             history=list(result.get(HISTORY) or []),
             train_s=float(result.get(T.TRAIN_SECONDS, 0.0)),
             n_broken=int(result.get(T.N_BROKEN, 0)),

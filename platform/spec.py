@@ -22,12 +22,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from avmae.models import AVMAEConfig, resolve_config  # the config side of avmae.models: no torch
 from avmae.platform.data import DataConfig
-from avmae.platform.tracking import SEED_PARAM, cell_key
+from avmae.platform.reports import metric_mode
+from avmae.platform.tracking import PROBE_PREFIX, SEED_PARAM, cell_key
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Searchable training hyperparameters; every other name must be an `AVMAEConfig` field.
 TRAIN_PARAMS = ("lr", "weight_decay", "warmup_epochs")
 PROBE_MODALITIES = ("av", "audio", "video")
+# The study metric: a loss, or a probe score (`acc`, or `map` for multi-label data such as AudioSet).
+METRIC_PATTERN = r"^(train/loss|val/loss|probe/(av|audio|video)_(acc|map))$"
 # A trial's repeat index in its Tune config: set by Tune's `Repeater` around Optuna, or a grid dimension.
 REPEAT_KEY = "__trial_index__"
 Scalar = bool | int | float | str
@@ -152,13 +155,20 @@ class ResourceSpec(Strict):
 
 
 class EvalSpec(Strict):
-    """Linear probe on frozen encoder features after the last epoch (empty `probe`: none)."""
+    """Linear probe on frozen encoder features after the last epoch, and every `probe_every` epochs (empty
+    `probe`: none). Its score can be the study metric, so that the search and ASHA follow it."""
 
     probe: list[Literal["av", "audio", "video"]] = list(PROBE_MODALITIES)
+    probe_every: int | None = Field(None, ge=1)  # epochs between online probes (None: after the last only)
     train_split: str = "train"
     test_split: str = "test"
     max_clips: int | None = Field(None, ge=1)  # a fixed random subset of each split (None: all of it)
     max_iter: int = Field(200, ge=1)  # logistic regression iterations
+    baselines: bool = True  # probe a random-init encoder and the raw input too (the study's reference rows)
+
+    def probes_after(self, epoch: int, last: bool) -> bool:
+        """Whether the probe runs after `epoch` (1-based)."""
+        return bool(self.probe) and (last or (self.probe_every is not None and epoch % self.probe_every == 0))
 
 
 # A study's name is its MLflow experiment and its storage folder: no quotes, slashes or leading dots.
@@ -184,7 +194,7 @@ class StudySpec(Strict):
     trials_per_cell: int = Field(1, ge=1)  # with a grid: repeats of the grid (Tune's num_samples)
     repeats: int = Field(1, ge=1)  # every configuration runs with seeds seed+0..seed+repeats-1, paired
     train: TrainSpec
-    metric: Literal["train/loss", "val/loss"] = "train/loss"
+    metric: str = Field("train/loss", pattern=METRIC_PATTERN)  # a loss (min) or a probe score (max)
     scheduler: SchedulerSpec = SchedulerSpec()
     optuna: OptunaSpec = OptunaSpec()
     resources: ResourceSpec = ResourceSpec()
@@ -200,10 +210,19 @@ class StudySpec(Strict):
                 raise ValueError(f"axis {name!r} repeats a value: {values}")
         return axes
 
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        return metric_mode(self.metric)
+
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
         if self.metric == "val/loss" and self.data.val_split is None:
             raise ValueError("metric: val/loss needs data.val_split")
+        if self.metric.startswith(PROBE_PREFIX):
+            modality = self.metric.removeprefix(PROBE_PREFIX).split("_")[0]
+            if modality not in self.evaluation.probe or self.evaluation.probe_every is None:
+                raise ValueError(f"metric: {self.metric} needs {modality!r} in evaluation.probe and "
+                                 "evaluation.probe_every (ASHA compares trials at every epoch it stops at)")
         clash = set(self.axes) & set(self.search)
         if clash:
             raise ValueError(f"{sorted(clash)} are both axes and searched; pick one")

@@ -35,6 +35,7 @@ from avmae.platform.ray_compat import interrupted_fit
 from avmae.platform.resources import ResourceError, check_fits, local_nodes, ray_nodes
 from avmae.platform.spec import REPEAT_KEY, StudySpec
 from avmae.platform.trial import run_trial
+from avmae.platform.uris import redact
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Repeater
@@ -124,7 +125,7 @@ def tune_config(spec: StudySpec, cell: dict[str, Any] | None = None) -> tune.Tun
         scheduler = FIFOScheduler()
     return tune.TuneConfig(
         metric=spec.metric,
-        mode="min",
+        mode=spec.mode,
         search_alg=search_alg,
         scheduler=scheduler,
         num_samples=spec.trials_per_cell * (spec.repeats if spec.searched_by_optuna else 1),
@@ -142,6 +143,38 @@ def warn_if_unplaceable(spec: StudySpec) -> None:
     except ResourceError as err:
         print(f"warning: {err}. Trials wait for the autoscaler and fail after Train's worker-group timeout "
               "if no such node comes.", flush=True)
+
+
+def start_baselines(spec: StudySpec, client: Any, study_run: str) -> ray.ObjectRef | None:
+    """The reference probe rows (random-init encoder per repeat seed, raw input), measured as a Ray task with
+    one trial worker's resources while the trials run; None when off, or already logged (a resumed study)."""
+    ev = spec.evaluation
+    if not (ev.probe and ev.baselines):
+        return None
+    logged = client.get_run(study_run).data.metrics
+    if any(name.startswith(T.BASELINE_PREFIX) for name in logged):
+        return None
+    seeds = [spec.train.seed + k for k in range(spec.repeats)]
+    res = spec.resources
+    task = ray.remote(_baseline_scores).options(num_cpus=res.cpus_per_worker,
+                                                num_gpus=min(res.gpus_per_worker, 1))
+    return task.remote(spec, seeds)
+
+
+def _baseline_scores(spec: StudySpec, seeds: list[int]) -> dict[str, dict[int, dict[str, float]]]:
+    from avmae.platform.probe import baseline_scores  # torch and the data pipeline: in the task alone
+
+    return baseline_scores(spec, seeds)
+
+
+def log_baselines(client: Any, study_run: str, pending: ray.ObjectRef | None) -> None:
+    """Wait for the reference rows and log them on the study run: `baseline/<kind>/probe/...`, step k."""
+    if pending is None:
+        return
+    for kind, per_seed in ray.get(pending).items():
+        for k, scores in per_seed.items():
+            metrics = {T.baseline_metric(kind, name): value for name, value in scores.items()}
+            T.log_metrics(client, study_run, metrics, step=k)
 
 
 def cell_dirname(cell: dict[str, Any]) -> str:
@@ -249,7 +282,7 @@ def study_record(launch: Launch, spec: StudySpec, write: bool = True) -> None:
     a fresh one (not before its data is ready: a study whose data failed can be fixed and run again)."""
     fs, folder = pyarrow.fs.FileSystem.from_uri(launch.storage)
     path = f"{folder}/{STUDY_FILE}"
-    record = {"spec": spec.model_dump(mode="json"), "tracking_uri": launch.tracking_uri}
+    record = {"spec": spec.model_dump(mode="json"), "tracking_uri": redact(launch.tracking_uri)}
     exists = fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
     if not launch.resume and exists:
         raise StudyExistsError(
@@ -284,14 +317,16 @@ def run_study(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 Tune prints nothing: CellProgress does
     if launch.address is None:  # refused in seconds, before anything is recorded
         check_fits(spec, local_nodes(), "this machine")
+    # The driver's callbacks find the URI here after a restore: what Tune pickles of them is redacted.
+    os.environ["MLFLOW_TRACKING_URI"] = launch.tracking_uri
     client = MlflowClient(launch.tracking_uri)
     if launch.restart:
         for line in archive_study(launch, client):
             print(f"Archived {line}", flush=True)
     if not launch.resume and client.get_experiment_by_name(launch.name) is not None:
         raise StudyExistsError(
-            f"MLflow at {launch.tracking_uri} already has a study {launch.name!r}: pass --resume to continue "
-            "it, --restart to archive it and start afresh, or --name to start another"
+            f"MLflow at {redact(launch.tracking_uri)} already has a study {launch.name!r}: pass --resume to "
+            "continue it, --restart to archive it and start afresh, or --name to start another"
         )
     study_record(launch, spec, write=False)
     try:
@@ -306,6 +341,7 @@ def run_study(
             warn_if_unplaceable(spec)
         study_run = T.start_study_run(client, launch.name, spec.model_dump(mode="json"), spec_path)
         trials = MlflowTrials(launch.tracking_uri, study_run, spec)
+        baselines = start_baselines(spec, client, study_run)
         sigint = signal.getsignal(signal.SIGINT)
         began = time.monotonic()
         try:
@@ -328,5 +364,6 @@ def run_study(
         except BaseException:
             T.end_study_run(client, study_run, "FAILED")
             raise
+        log_baselines(client, study_run, baselines)
         T.end_study_run(client, study_run)
     return summaries

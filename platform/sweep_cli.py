@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import click
+from avmae.platform.uris import redact
 
 DEFAULT_STORAGE = "avmae_runs"
 
@@ -63,12 +64,13 @@ def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storag
     except (SpecError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     tracking_uri = tracking_uri or default_tracking_uri()
+    shown_uri = redact(tracking_uri)  # printed and stored without credentials
     resume_args = ["avmae", "sweep", str(spec_file), "--resume", "--name", name, "--storage", storage,
-                   "--tracking-uri", tracking_uri, *(["--address", address] if address else []),
+                   "--tracking-uri", shown_uri, *(["--address", address] if address else []),
                    *(["--speech", speech] if speech else [])]
     storage = study_storage(storage, name)
     if dry_run:
-        click.echo(describe(spec.model_copy(update={"name": name}), storage, tracking_uri, address))
+        click.echo(describe(spec.model_copy(update={"name": name}), storage, shown_uri, address))
     try:  # a local runtime that can never place a trial: refused now, not after every trial timed out
         if address is None:
             check_fits(spec, local_nodes(), "this machine")
@@ -99,11 +101,11 @@ def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storag
             signum = received[0] if received else signal.SIGINT
             where = f" ({err})" if str(err) else ""
             click.echo(f"\nInterrupted by {signal.Signals(signum).name}{where}. Everything logged so far is "
-                       f"kept: MLflow {tracking_uri}, checkpoints {storage}.\n"
+                       f"kept: MLflow {shown_uri}, checkpoints {storage}.\n"
                        f"Continue with: {shlex.join(resume_args)}", err=True)
             sys.exit(128 + signum)
     click.echo("\n" + summary_table(summaries, spec.metric) + "\n")
-    click.echo(f"MLflow:      {tracking_uri}  (experiment {name!r}: mlflow ui --backend-store-uri URI)")
+    click.echo(f"MLflow:      {shown_uri}  (experiment {name!r}: mlflow ui --backend-store-uri URI)")
     click.echo(f"Checkpoints: {storage}")
     try:
         from avmae.dashboards import build_study_dashboard

@@ -1,5 +1,6 @@
 """What every Ray Train worker runs for one trial (through trial.train_loop_per_worker): model + loader, the
-paper's recipe, one report per epoch, and a linear probe of the frozen encoder after the last epoch.
+paper's recipe, one report per epoch, and a linear probe of the frozen encoder (every `probe_every` epochs
+and after the last).
 
 `setup` builds a rank's state in the order that makes the recipe right for any number of workers: the model,
 then this rank's loader (a seeded `DistributedSampler`, also for one worker), then the schedule from the steps
@@ -31,10 +32,11 @@ from avmae import models
 from avmae.models.recipe import StepMetrics
 from avmae.platform import tracking as T
 from avmae.platform.data import ClipGeometry, build_loader
+from avmae.platform.probe import encoder_features, eval_loader, probe_scores
 from avmae.platform.ray_compat import train_context_logger
 from avmae.platform.reports import EpochReport
 from avmae.platform.spec import StudySpec, TrialConfig, rank_seed
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler
 
 CHECKPOINT_FILE = "checkpoint.pt"  # {"config", "state_dict", ...}: loads with AVClassifier.from_pretrained
 
@@ -153,7 +155,8 @@ def setup(config: dict[str, Any]) -> Worker:
     scheduler = models.warmup_cosine(
         optimizer, round(trial.warmup_epochs * steps_per_epoch), spec.train.epochs * steps_per_epoch
     )
-    val_loader = _loader(spec, spec.data.val_split, geometry) if spec.data.val_split and rank == 0 else None
+    val_split = spec.data.val_split if rank == 0 else None  # rank 0 validates alone
+    val_loader = eval_loader(spec, val_split, geometry) if val_split else None
     # DDP only pays for a search of unused parameters where the objective leaves some unused.
     wrapped = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": trial.model.unused_parameters}
@@ -207,13 +210,13 @@ def train_epoch(worker: Worker, epoch: int) -> EpochReport:
 
 
 def finish_epoch(worker: Worker, report: EpochReport, last: bool) -> None:
-    """Rank 0 adds the validation loss (and, after the last epoch, the probe) and attaches the checkpoint;
-    every rank reports (Train's report is a collective)."""
+    """Rank 0 adds the validation loss (and the probe every `probe_every` epochs and after the last) and
+    attaches the checkpoint; every rank reports (Train's report is a collective)."""
     w = worker
     if w.rank == 0 and w.val_loader is not None:
         report.val = _validation_loss(w.evaluator, w.val_loader, w.device)
-    if w.rank == 0 and last and w.spec.evaluation.probe:
-        report.probe = _probe(w.model, w.spec, w.geometry)
+    if w.rank == 0 and w.spec.evaluation.probes_after(report.epoch, last):
+        report.probe = probe_scores(encoder_features(w.model), w.spec, w.geometry)
     result = report.to_result(w.spec.metric)
     if w.rank != 0:
         ray.train.report(result)
@@ -238,15 +241,6 @@ def _finite(metrics: dict[str, float]) -> bool:
     return math.isfinite(metrics[T.TRAIN_LOSS]) and math.isfinite(metrics[T.TRAIN_GRAD_NORM])
 
 
-def _loader(spec: StudySpec, split: str, geometry: ClipGeometry, max_clips: int | None = None) -> DataLoader:
-    """An evaluation loader (fixed order, no augmentation)."""
-    dataset = spec.data.dataset(split, geometry, train=False)
-    if max_clips is not None and len(dataset) > max_clips:  # the same subset in every trial
-        keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_clips]
-        dataset = Subset(dataset, keep.tolist())
-    return build_loader(dataset, spec.train.batch_size, train=False, num_workers=spec.data.loader_workers)
-
-
 @torch.no_grad()
 def _validation_loss(evaluator: models.TrainStep, loader: DataLoader, device: torch.device) -> dict:
     """Reconstruction loss on the validation split with fixed masks (seed 0): the paper's pretraining eval."""
@@ -261,22 +255,3 @@ def _validation_loss(evaluator: models.TrainStep, loader: DataLoader, device: to
         raise RuntimeError("no validation clip could be read (every one broken?): see the broken-clip log")
     loss, audio, video = (sums / count).tolist()
     return {T.VAL_LOSS: loss, T.VAL_LOSS_AUDIO: audio, T.VAL_LOSS_VIDEO: video}
-
-
-def _probe(model: torch.nn.Module, spec: StudySpec, geometry: ClipGeometry) -> dict[str, float]:
-    """Linear probe on frozen mean-pooled features, per input modality: `probe/{av,audio,video}_{acc,map}`."""
-    ev = spec.evaluation
-    splits = (ev.train_split, ev.test_split)
-    train, test = (_loader(spec, split, geometry, max_clips=ev.max_clips) for split in splits)
-    multilabel = train.collate_fn.multi_label  # build_loader's AVCollate knows the dataset's label format
-    # All modalities' features from one pass per split: each split's clips are read and decoded once, not
-    # once per modality (VGGSound's train split alone is 180k clips).
-    train_x, train_y = models.extract_features(model, train, ev.probe, return_labels=True)
-    test_x, test_y = models.extract_features(model, test, ev.probe, return_labels=True)
-    scores = {}
-    for modality in ev.probe:
-        result = models.linear_probe(train_x[modality], train_y, test_x[modality], test_y, multilabel,
-                                     max_iter=ev.max_iter)
-        name, value = ("map", result["mAP"]) if multilabel else ("acc", result["accuracy"])
-        scores[T.probe_metric(modality, name)] = value
-    return scores

@@ -11,6 +11,7 @@ from typing import Any
 
 import ray.train
 from avmae.platform.ray_compat import TorchTrainer
+from avmae.platform.reports import metric_mode
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -41,7 +42,8 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], storage: str) -> Non
             name=tune.get_context().get_trial_id(),  # deterministic, so a restored trial finds its checkpoint
             storage_path=storage,
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=spec["metric"], checkpoint_score_order="min"
+                num_to_keep=2, checkpoint_score_attribute=spec["metric"],
+                checkpoint_score_order=metric_mode(spec["metric"]),
             ),
             # A worker error fails the trial (Tune records it); a worker group that cannot start: 2 retries.
             failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=2),

@@ -195,3 +195,13 @@ def test_the_summary_shows_the_best_trial_per_cell():
     assert summary.counts == {"finished": 1, "diverged": 1, "failed": 1}
     table = summary_table([summary], T.VAL_LOSS)
     assert "objective=joint" in table and "0.9" in table and "probe/av_acc" in table
+
+
+def test_what_tune_stores_of_the_callback_holds_no_credentials(monkeypatch: pytest.MonkeyPatch):
+    secret = "postgresql+psycopg2://mlflow:s3cret@db:5432/mlflow"
+    stored = pickle.dumps(MlflowTrials(secret, "run", SPEC))
+    assert b"s3cret" not in stored
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", secret)  # what the sweep's driver sets for itself
+    assert pickle.loads(stored).tracking_uri == secret
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///other.db")
+    assert "s3cret" not in pickle.loads(stored).tracking_uri  # never someone else's store
