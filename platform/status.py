@@ -8,6 +8,7 @@ fixed tag values, then matched here.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -64,11 +65,15 @@ class Trials:
 
 
 def expected_trials(params: dict[str, str]) -> int | None:
-    """How many trials the study file asks for (cells x trials per cell x grid points), from the resolved
-    config the study run logged as params; None where they are missing."""
+    """How many trials the study file asks for (cells not excluded x trials per cell x grid points x
+    repeats), from the resolved config the study run logged as params; None where they are missing."""
     try:
-        per_cell = int(params["trials_per_cell"])
-        cells = math.prod(len(json.loads(v)) for k, v in params.items() if k.startswith("axes."))
+        per_cell = int(params["trials_per_cell"]) * int(params.get("repeats", "1"))
+        axes = {k.removeprefix("axes."): json.loads(v) for k, v in params.items() if k.startswith("axes.")}
+        exclude = json.loads(params.get("exclude", "[]"))
+        combos = (dict(zip(axes, c, strict=True)) for c in itertools.product(*axes.values()))
+        cells = sum(not any(all(str(cell.get(a)) == str(v) for a, v in e.items()) for e in exclude)
+                    for cell in combos)
         grids = {k.split(".")[1] for k, v in params.items() if k.startswith("search.") and v == "grid"}
         grid = math.prod(len(json.loads(params[f"search.{name}.values"])) for name in grids)
     except (KeyError, ValueError, TypeError):

@@ -115,6 +115,8 @@ def test_the_study_size_comes_from_its_logged_config():
     assert expected_trials(params) == 2 * 3 * 3  # cells x trials per cell x grid points
     assert expected_trials(T.flatten(CONFIG)) == 6
     assert expected_trials({}) is None
+    repeated = T.flatten({**CONFIG, "repeats": 2, "exclude": [{"fusion": "early"}]})
+    assert expected_trials(repeated) == 1 * 3 * 2  # the cell left out, each configuration twice
 
 
 def test_the_eta_extrapolates_the_rate_trials_ended_at():
