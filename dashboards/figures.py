@@ -377,13 +377,15 @@ def _ablation_rows(cells: pd.DataFrame, scores: dict[str, str], baselines: dict[
 
 
 def masking_ratios(data: StudyData) -> go.Figure:
-    """Which audio/video masking ratios work? Each trial at (audio ratio, video ratio), coloured by its probe
-    score, one panel per objective; trials without a score are grey symbols by status."""
+    """Which audio/video masking ratios work? Each configuration at (audio ratio, video ratio), coloured by
+    its probe score (the mean over its seeds), one panel per objective; trials without a score are grey
+    symbols by status."""
     title = "Masking ratios"
     trials = data.trials
     axes = ("mask_ratio_audio", "mask_ratio_video")
     if any(a not in trials or not pd.api.types.is_numeric_dtype(trials[a]) for a in axes) or trials.empty:
         return _empty(title, "the trials log no numeric mask_ratio_audio / mask_ratio_video")
+    trials = trials.assign(**{CONFIG: configurations(data)})
     score = primary_score(trials)
     objectives = axis_values(trials["objective"], "objective")
     fig = make_subplots(rows=1, cols=len(objectives), subplot_titles=[f"objective={o}" for o in objectives],
@@ -392,15 +394,19 @@ def masking_ratios(data: StudyData) -> go.Figure:
         group = trials[trials["objective"] == objective]
         scored = group[(group["status"] == FINISHED) & group[score].notna()] if score else group[:0]
         if len(scored):
+            configs = [(runs.iloc[0], mean_ci(runs[score]), runs)
+                       for _, runs in scored.groupby(CONFIG, sort=False)]
             fig.add_trace(go.Scatter(
-                x=scored[axes[0]], y=scored[axes[1]], mode="markers", name="finished (colour = score)",
-                marker={"color": scored[score], "coloraxis": "coloraxis", "size": 13,
+                x=[first[axes[0]] for first, _, _ in configs], y=[first[axes[1]] for first, _, _ in configs],
+                mode="markers", name="finished (colour = mean score over seeds)",
+                marker={"color": [ci.mean for _, ci, _ in configs], "coloraxis": "coloraxis", "size": 13,
                         "line": {"width": 1, "color": "#333"}},
-                customdata=np.stack([scored["trial_id"].astype(str), scored["cell"].astype(str)], axis=-1),
+                customdata=[[", ".join(runs["trial_id"].astype(str)), first["cell"], ci.text()]
+                            for first, ci, runs in configs],
                 showlegend=_once(fig, "scored"), legendgroup="scored",
                 meta={"role": "scored", "objective": objective},
-                hovertemplate="trial %{customdata[0]}<br>%{customdata[1]}<br>audio mask=%{x:.2f}"
-                              "<br>video mask=%{y:.2f}<br>" + score + "=%{marker.color:.3f}<extra></extra>",
+                hovertemplate="trial(s) %{customdata[0]}<br>%{customdata[1]}<br>audio mask=%{x:.2f}"
+                              "<br>video mask=%{y:.2f}<br>" + score + "=%{customdata[2]}<extra></extra>",
             ), row=1, col=c)
         unscored = group.drop(scored.index)
         for status, points in unscored.groupby("status", sort=False):

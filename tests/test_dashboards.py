@@ -534,6 +534,15 @@ def test_lr_stability_states_the_planted_verdict_and_draws_one_marker_per_config
     assert early.startswith("stable over 1e-4 to 4e-4 (2 octaves, 3/9 diverged, 3 grad-norm spikes; best ")
 
 
+def test_masking_ratios_draw_one_marker_per_configuration_coloured_by_its_mean(repeated: StudyData) -> None:
+    fig = figures.masking_ratios(repeated)
+    marks = traces(fig, "scored", objective="joint")[0]
+    assert len(marks.x) == 2 * len(REPEAT_LRS)  # 2 cells x 3 lrs, not 18 trials
+    for ids, color in zip((row[0] for row in marks.customdata), marks.marker.color, strict=True):
+        seeds = [next(t for t in REPEATED if t.id == i) for i in ids.split(", ")]
+        assert len(seeds) == REPEATS and color == pytest.approx(np.mean([t.score("av") for t in seeds]))
+
+
 def test_a_study_without_repeats_says_it_has_no_intervals(sweep: StudyData) -> None:
     table = traces(figures.ablation_table(sweep), "ablation_rows")[0]
     assert "0.732 (n = 1: no interval)" in list(table.cells.values[2])
