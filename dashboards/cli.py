@@ -22,12 +22,13 @@ def dashboard(study: str, tracking_uri: str | None, out: Path | None, open_brows
     """Build STUDY's HTML dashboard from its MLflow runs."""
     import mlflow  # imported here so `avmae --help` stays fast
     from avmae.dashboards import StudyNotFound, build_study_dashboard
+    from avmae.dashboards.verdicts import BadSetting
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri or mlflow.get_tracking_uri()
     try:
         page = build_study_dashboard(study, uri, out=out, log_to_mlflow=log_to_mlflow)
-    except (StudyNotFound, MlflowException) as error:
+    except (StudyNotFound, BadSetting, MlflowException) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"dashboard for {study}: {page}")
     if open_browser:

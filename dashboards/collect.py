@@ -46,7 +46,8 @@ class StudyNotFound(LookupError):
 class StudyData:
     """A study as frames. `trials`: one row per trial; `curves`: one row per (trial, step) of the
     step-wise metrics; `epochs`: one row per (trial, epoch) of the validation metrics; `baselines`: one row
-    per (baseline, probe score, repeat) of the reference rows logged on the study run."""
+    per (baseline, probe score, repeat) of the reference rows logged on the study run; `settings`: the study
+    file as the study run recorded it (flattened, string values)."""
 
     name: str
     parent_run_id: str
@@ -56,6 +57,7 @@ class StudyData:
     curves: pd.DataFrame
     epochs: pd.DataFrame
     baselines: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=BASELINE_COLUMNS))
+    settings: dict[str, str] = field(default_factory=dict)  # the study run's params: its flattened config
 
     @property
     def interrupted(self) -> bool:
@@ -148,6 +150,7 @@ def collect_study(client: MlflowClient, study: str) -> StudyData:
         curves=_curve_frame(runs, histories, STEP_METRICS, "step"),
         epochs=_curve_frame(runs, histories, EPOCH_METRICS, "epoch"),
         baselines=_baselines(client, parent),
+        settings=dict(parent.data.params),
     )
 
 

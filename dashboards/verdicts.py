@@ -5,6 +5,8 @@ state, so every sentence on the page comes from one tested place.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 from avmae.dashboards import stats
 from avmae.dashboards.collect import StudyData, axis_values, in_axis_order, score_columns
@@ -13,6 +15,27 @@ from avmae.platform.tracking import BASELINES, TRAIN_GRAD_NORM, TrialStatus
 
 BASELINE_LABEL = {"random_init": "random-init encoder", "raw_input": "raw input"}
 ENDED = (TrialStatus.FINISHED.value, TrialStatus.PRUNED.value, TrialStatus.DIVERGED.value)
+TOLERANCE_SETTING = "lr_tolerance"  # the study file's key (top level) for the stable window's tolerance
+
+
+class BadSetting(ValueError):
+    """A study setting the dashboards read is unusable; the message names it and says what to write."""
+
+
+def lr_tolerance(data: StudyData) -> float:
+    """The study's `lr_tolerance` as its run recorded it, else stats.LR_TOLERANCE (5%)."""
+    raw = data.settings.get(TOLERANCE_SETTING)
+    if raw is None:
+        return stats.LR_TOLERANCE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise BadSetting(f"study {data.name!r}: {TOLERANCE_SETTING} = {raw!r} is not a fraction in (0, 1); "
+                         f"set it in the study file, e.g. `{TOLERANCE_SETTING}: 0.05` (within 5% of the best "
+                         "LR)")
+    return value
 
 
 def best_cells(data: StudyData, cells: pd.DataFrame | None = None) -> dict[str, stats.Best]:
@@ -39,12 +62,12 @@ def baseline_rows(data: StudyData) -> dict[str, dict[str, stats.Interval]]:
     return rows
 
 
-def lr_verdicts(data: StudyData, tolerance: float = stats.LR_TOLERANCE, by: str = "objective"
-                ) -> list[stats.LrVerdict]:
+def lr_verdicts(data: StudyData, by: str = "objective") -> list[stats.LrVerdict]:
     """The LR-stability verdict per objective (`by="objective"`, pooled over its cells) or per cell
-    (`by="cell"`), on the primary probe score, else the final loss. Trials that failed or still run are
-    left out: they say nothing about stability."""
+    (`by="cell"`), on the primary probe score, else the final loss, with the study's `lr_tolerance`.
+    Trials that failed or still run are left out: they say nothing about stability."""
     trials = data.trials
+    tolerance = lr_tolerance(data)
     metric, higher = ranking(trials)
     numeric_lr = "lr" in trials and pd.api.types.is_numeric_dtype(trials["lr"])
     if trials.empty or metric is None or not numeric_lr:

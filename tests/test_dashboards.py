@@ -4,6 +4,7 @@ platform's own tracking code, read back, and every figure's traces are compared 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from avmae.dashboards.cli import dashboard
 from avmae.dashboards.collect import StudyData, best_col, collect_study
 from avmae.dashboards.importance import NotEnoughTrials, param_importances
 from avmae.dashboards.summary import cell_summary, configurations
+from avmae.dashboards.verdicts import BadSetting, lr_verdicts
 from avmae.platform import tracking as T
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -541,6 +543,16 @@ def test_masking_ratios_draw_one_marker_per_configuration_coloured_by_its_mean(r
     for ids, color in zip((row[0] for row in marks.customdata), marks.marker.color, strict=True):
         seeds = [next(t for t in REPEATED if t.id == i) for i in ids.split(", ")]
         assert len(seeds) == REPEATS and color == pytest.approx(np.mean([t.score("av") for t in seeds]))
+
+
+def test_the_studys_lr_tolerance_sets_the_window_and_a_bad_one_is_named(repeated: StudyData) -> None:
+    """The study file's `lr_tolerance` reaches the dashboard through the study run's params."""
+    strict = dataclasses.replace(repeated, settings={**repeated.settings, "lr_tolerance": "0.005"})
+    joint = lr_verdicts(strict)[0]
+    assert joint.window[0] == pytest.approx(1e-4) and joint.window[1] < 1.6e-3  # 0.5%: narrower than 5%
+    bad = dataclasses.replace(repeated, settings={"lr_tolerance": "five percent"})
+    with pytest.raises(BadSetting, match=r"lr_tolerance = 'five percent' is not a fraction in \(0, 1\); set"):
+        lr_verdicts(bad)
 
 
 def test_a_study_without_repeats_says_it_has_no_intervals(sweep: StudyData) -> None:
