@@ -15,9 +15,12 @@ through. Ray's `prepare_data_loader` can therefore rebuild it with a Distributed
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,17 +62,28 @@ def _unwrap(dataset: Dataset) -> tuple[CachedAVDataset, list[int] | None]:
     return dataset, mapping
 
 
+@functools.cache
+def _openmp_runtimes() -> tuple[ctypes.CDLL, ...]:
+    """The OpenMP runtimes mapped into this process (GNU, LLVM or Intel; wheels rename and bundle their own,
+    so torch's may sit beside another package's)."""
+    maps = Path("/proc/self/maps")
+    lines = maps.read_text().splitlines() if maps.exists() else []
+    paths = dict.fromkeys(p for p in (line.split()[-1] for line in lines if "/" in line)
+                          if re.match(r"lib(gomp|omp|iomp5)\b", Path(p).name))
+    return tuple(ctypes.CDLL(path) for path in paths)
+
+
 def _one_intraop_thread() -> None:
     """Reader-thread initializer: this thread's torch ops use one OpenMP thread.
 
     torch gives every new thread its process-wide intra-op count, so 16 readers on a 16-core machine could
     each start a 16-thread OpenMP team. `torch.set_num_threads` would change the training thread's count as
-    well; `omp_set_num_threads` sets only the calling thread's. Without GNU OpenMP this does nothing."""
+    well; `omp_set_num_threads` sets only the calling thread's, in the runtime torch reports it from."""
     torch.get_num_threads()  # torch's lazy per-thread set-up first, so it cannot undo the call below
-    try:
-        ctypes.CDLL("libgomp.so.1").omp_set_num_threads(1)
-    except (OSError, AttributeError):
-        pass
+    for runtime in _openmp_runtimes():
+        runtime.omp_set_num_threads(1)
+        if torch.get_num_threads() == 1:
+            return
 
 
 class CachedBatches(Dataset):
