@@ -158,20 +158,28 @@ def start_baselines(spec: StudySpec, client: Any, study_run: str) -> ray.ObjectR
     res = spec.resources
     task = ray.remote(_baseline_scores).options(num_cpus=res.cpus_per_worker,
                                                 num_gpus=min(res.gpus_per_worker, 1))
-    return task.remote(spec, seeds)
+    return task.remote(spec.model_dump(mode="json"), seeds)
 
 
-def _baseline_scores(spec: StudySpec, seeds: list[int]) -> dict[str, dict[int, dict[str, float]]]:
+def _baseline_scores(spec: dict[str, Any], seeds: list[int]) -> dict[str, dict[int, dict[str, float]]]:
     from avmae.platform.probe import baseline_scores  # torch and the data pipeline: in the task alone
 
-    return baseline_scores(spec, seeds)
+    return baseline_scores(StudySpec.model_validate(spec), seeds)
 
 
 def log_baselines(client: Any, study_run: str, pending: ray.ObjectRef | None) -> None:
-    """Wait for the reference rows and log them on the study run: `baseline/<kind>/probe/...`, step k."""
+    """Wait for the reference rows and log them on the study run: `baseline/<kind>/probe/...`, step k. A
+    failure is told and tagged, never the end of a study whose trials are all done."""
     if pending is None:
         return
-    for kind, per_seed in ray.get(pending).items():
+    try:
+        rows = ray.get(pending)
+    except Exception as err:  # noqa: BLE001 (any error of the task: the trials' results stand)
+        reason = str(err).strip().splitlines()[-1][:500] if str(err).strip() else type(err).__name__
+        print(f"warning: the reference probe rows failed: {reason}", flush=True)
+        client.set_tag(study_run, T.ERROR_TAG, f"baselines: {reason}")
+        return
+    for kind, per_seed in rows.items():
         for k, scores in per_seed.items():
             metrics = {T.baseline_metric(kind, name): value for name, value in scores.items()}
             T.log_metrics(client, study_run, metrics, step=k)
