@@ -50,16 +50,19 @@ def describe(spec: StudySpec, storage: str, tracking_uri: str, address: str | No
     )
     lines.append(f"Training: {tr.epochs} epochs of {steps}, batch {tr.batch_size} per worker, "
                  f"lr = base ({base}) x global batch / 256, AdamW(0.9, 0.95) wd {wd}, warmup {warmup} "
-                 f"epochs + cosine; metric {spec.metric} (min)")
+                 f"epochs + cosine; metric {spec.metric} ({spec.mode})")
     sch = spec.scheduler
     if sch.name == "asha":
         lines.append(f"Scheduler: ASHA on {spec.metric}, grace {sch.grace_period} epoch(s), "
                      f"reduction {sch.reduction_factor:g}")
     else:
         lines.append("Scheduler: none (every trial runs all epochs)")
-    probe = ", ".join(spec.evaluation.probe)
-    lines.append(f"Evaluation: linear probe ({probe}) trained on {spec.evaluation.train_split!r}, scored on "
-                 f"{spec.evaluation.test_split!r}" if probe else "Evaluation: none")
+    ev = spec.evaluation
+    probe = ", ".join(ev.probe)
+    when = f"every {ev.probe_every} epoch(s) and after the last" if ev.probe_every else "after the last epoch"
+    refs = "; reference rows: a random-init encoder and the raw input" if ev.baselines else ""
+    lines.append(f"Evaluation: linear probe ({probe}) {when}, trained on {ev.train_split!r}, scored on "
+                 f"{ev.test_split!r}{refs}" if probe else "Evaluation: none")
 
     total = len(cells) * spec.trials_in_cell
     per_trial = {"CPU": res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}

@@ -126,6 +126,8 @@ def test_quickstart_asks_the_three_questions_on_av_digits():
     assert set(spec.axes) == {"fusion", "objective"}
     assert {"lr", "mask_ratio_audio", "mask_ratio_video"} <= set(spec.search)
     assert spec.searched_by_optuna and spec.evaluation.probe == ["av", "audio", "video"]
+    # Answers with error bars: paired seeds, a probe score for every trial (pruned too), reference rows.
+    assert spec.repeats >= 2 and spec.evaluation.probe_every == 1 and spec.evaluation.baselines
 
 
 def test_cells_are_the_product_of_the_axes_in_file_order():

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from avmae.platform import tracking as T
 from avmae.platform.prepare import absolute
+from avmae.platform.reports import DIVERGED_SCORE
 from avmae.platform.spec import load_spec
 from avmae.platform.study import Launch, StudyExistsError, run_study
 from conftest import run_cli
@@ -54,6 +55,10 @@ def test_a_study_runs_every_cell_and_lands_in_mlflow(tmp_path: Path, tiny_av_dig
     (study,) = client.search_runs([experiment.experiment_id], f"tags.`{T.ROLE_TAG}` = 'study'")
     assert study.info.status == "FINISHED" and study.data.tags[T.STUDY_TAG] == "cells"
     assert "cells.yaml" in {a.path for a in client.list_artifacts(study.info.run_id)}
+    for kind in T.BASELINES:  # the reference rows, measured beside the trials with the same probe
+        for modality in ("av", "audio", "video"):
+            name = T.baseline_metric(kind, T.probe_metric(modality, "acc"))
+            assert 0.0 <= study.data.metrics[name] <= 1.0, name
     trials = client.search_runs([experiment.experiment_id], f"tags.`{T.ROLE_TAG}` = 'trial'")
     assert len(trials) == 4
     assert {r.data.tags[T.PARENT_TAG] for r in trials} == {study.info.run_id}
@@ -64,9 +69,11 @@ def test_a_study_runs_every_cell_and_lands_in_mlflow(tmp_path: Path, tiny_av_dig
         assert params["objective"] == tags[T.CELL_TAG].split("=")[1]
         assert params["preset"] == "tiny" and params["epochs"] == "2"
         assert tags[T.NODE_TAG] and tags[T.HOST_TAG]
+        assert tags[T.REPEAT_TAG] == "0" and params[T.SEED_PARAM] == "0"
         if float(params["lr"]) == HUGE_LR:
             assert tags[T.STATUS_TAG] == "diverged", tags
             assert run.data.metrics[T.DIVERGED_AT_STEP] >= 1
+            assert DIVERGED_SCORE not in run.data.metrics.values()  # never the sentinel score
             continue
         assert tags[T.STATUS_TAG] == "finished" and run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run_id, T.TRAIN_LOSS)] == [1, 2, 3, 4]
