@@ -24,6 +24,7 @@ from avmae.dashboards.stats import Best, Interval, lr_verdict, mean_ci, stabilit
 from avmae.dashboards.summary import (
     CONFIG,
     STATUSES,
+    cell_axes,
     cell_summary,
     configurations,
     searched_params,
@@ -426,6 +427,53 @@ def masking_ratios(data: StudyData) -> go.Figure:
                       coloraxis={"colorscale": SCORE_SCALE, "colorbar": {"title": {"text": score}}},
                       height=460, legend={"orientation": "h", "y": -0.2}, template=TEMPLATE)
     return fig
+
+
+def parallel_coordinates(data: StudyData) -> go.Figure:
+    """How do the searched parameters go with the study's metric and the probe scores? One line per finished
+    configuration (means over its seeds) across the cell axes, the searched parameters (log scale where
+    they span a decade, like lr), the metric the search optimised and every probe score; colour = the
+    primary score. Dragging along an axis filters the lines."""
+    title = "Searched parameters vs the study metric and the probes"
+    trials = data.trials
+    finished = trials[trials["status"] == FINISHED] if len(trials) else trials
+    if finished.empty:
+        return _empty(title, "no finished trial yet")
+    finished = finished.assign(**{CONFIG: configurations(data)[finished.index]})
+    metric = data.settings.get("metric", "")
+    metric = metric if metric in finished and finished[metric].notna().any() else loss_metric(trials)
+    outcomes = list(dict.fromkeys([metric, *score_columns(trials).values()]))
+    outcomes = [c for c in outcomes if c in finished and finished[c].notna().any()]
+    axes = [a for a in cell_axes(data) if a in finished and finished[a].nunique() > 1]
+    inputs = axes + searched_params(data)
+    configs = finished.groupby(CONFIG, sort=False)
+    firsts, means = configs[inputs].first(), configs[outcomes].mean()
+    dimensions = [_dimension(name, firsts[name]) for name in inputs]
+    dimensions += [{"label": f"{c} (mean)", "values": means[c].tolist()} for c in outcomes]
+    if len(dimensions) < 2:
+        return _empty(title, "fewer than two things vary across the finished configurations")
+    color = next((c for c in (primary_score(trials), metric) if c in means), None)
+    line = {} if color is None else {"color": means[color].tolist(), "colorscale": SCORE_SCALE,
+                                     "showscale": True, "colorbar": {"title": {"text": color}}}
+    fig = go.Figure(go.Parcoords(dimensions=dimensions, line=line,
+                                 meta={"role": "parallel", "configs": list(means.index)}))
+    fig.update_layout(title=f"{title}: {len(means)} finished configuration(s), colour = {color or 'none'}",
+                      height=480, margin={"l": 90, "r": 90, "t": 110}, template=TEMPLATE)
+    return fig
+
+
+def _dimension(name: str, values: pd.Series) -> dict:
+    """A parcoords axis: numbers as they are (log10 where they span a decade), anything else as categories."""
+    if pd.api.types.is_numeric_dtype(values):
+        low, high = float(values.min()), float(values.max())
+        if low > 0 and high / low >= 10:
+            ticks = [t for t in LOG_TICKS if low <= t <= high] or [low, high]
+            return {"label": f"{name} (log)", "values": np.log10(values).tolist(),
+                    "tickvals": np.log10(ticks).tolist(), "ticktext": [f"{t:g}" for t in ticks]}
+        return {"label": name, "values": values.tolist()}
+    categories = axis_values(values, name)
+    return {"label": name, "values": [categories.index(str(v)) for v in values],
+            "tickvals": list(range(len(categories))), "ticktext": categories}
 
 
 def importances(data: StudyData) -> go.Figure:

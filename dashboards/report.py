@@ -39,6 +39,8 @@ SECTIONS = (
     Section("ablation", "Which fusion × decoder works best, for each objective?", figures.ablation_table),
     Section("masking", "Which audio / video masking ratios work?", figures.masking_ratios),
     Section("importance", "Which searched parameter mattered?", figures.importances),
+    Section("parallel", "How do the searched parameters go with the study metric and the probes?",
+            figures.parallel_coordinates),
 )
 
 

@@ -555,6 +555,28 @@ def test_the_studys_lr_tolerance_sets_the_window_and_a_bad_one_is_named(repeated
         lr_verdicts(bad)
 
 
+def test_parallel_coordinates_one_line_per_configuration_across_searched_params_metric_and_probes(
+        repeated: StudyData, sweep: StudyData) -> None:
+    fig = figures.parallel_coordinates(repeated)
+    lines = traces(fig, "parallel")[0]
+    dims = {d.label: d for d in lines.dimensions}
+    assert list(dims) == ["fusion", "objective", "lr (log)", "val/loss (mean)", "probe/av_acc (mean)",
+                          "probe/audio_acc (mean)", "probe/video_acc (mean)"]  # decoder is constant: left out
+    finished = {(t.cell, t.lr) for t in REPEATED if t.fate == FINISHED}
+    assert len(lines.meta["configs"]) == len(finished) == 10
+    configs = configurations(repeated)
+    for i, config in enumerate(lines.meta["configs"]):
+        seeds = [by for by in REPEATED if by.id in set(repeated.trials.loc[configs == config, "trial_id"])]
+        assert len(seeds) == REPEATS
+        assert dims["probe/av_acc (mean)"].values[i] == pytest.approx(np.mean([t.score("av") for t in seeds]))
+        assert dims["lr (log)"].values[i] == pytest.approx(math.log10(seeds[0].lr))
+        assert lines.line.color[i] == pytest.approx(dims["probe/av_acc (mean)"].values[i])
+    assert list(dims["fusion"].ticktext) == ["early", "mid", "shared"]
+    # The study's own metric (here val/loss, from the study file) is an axis; searched mask ratios too.
+    sweep_dims = [d.label for d in traces(figures.parallel_coordinates(sweep), "parallel")[0].dimensions]
+    assert {"mask_ratio_audio", "mask_ratio_video", "val/loss (mean)"} <= set(sweep_dims)
+
+
 def test_a_study_without_repeats_says_it_has_no_intervals(sweep: StudyData) -> None:
     table = traces(figures.ablation_table(sweep), "ablation_rows")[0]
     assert "0.732 (n = 1: no interval)" in list(table.cells.values[2])
@@ -570,7 +592,7 @@ def test_thin_studies_render_every_figure_and_say_why_panels_are_empty(store: st
     built = {name: build(data) for name, build in [
         ("overview", figures.overview), ("curves", figures.learning_curves), ("lr", figures.lr_stability),
         ("ablation", figures.ablation_table), ("masking", figures.masking_ratios),
-        ("importance", figures.importances)]}
+        ("importance", figures.importances), ("parallel", figures.parallel_coordinates)]}
     assert all(isinstance(f, go.Figure) for f in built.values())
     assert data.partial == (study in STILL_OPEN)
     if study == "one-trial":
@@ -582,6 +604,7 @@ def test_thin_studies_render_every_figure_and_say_why_panels_are_empty(store: st
         texts = [x for t in traces(built["ablation"], "cell_text") for x in t.text]
         assert "no finished trial (1 diverged)<br>1 trials (0 finished)" in texts
         assert built["importance"].layout.meta["empty"] == "no probe score logged yet"
+        assert built["parallel"].layout.meta["empty"] == "no finished trial yet"
         assert len(traces(built["lr"], DIVERGED)) == 1  # loss row only: nothing to score
     if study == "still-running":
         assert "partial: study still running" in built["overview"].layout.title.text
@@ -610,7 +633,8 @@ def test_dashboard_is_one_offline_html_and_is_logged_to_the_study_run(store: str
     page = out.read_text()
     assert page.count("plotly.js v") == 1  # plotly.js embedded exactly once
     assert "<script src" not in page and "<link" not in page  # nothing to fetch
-    for name in ("overview", "learning_curves", "lr_stability", "ablation", "masking", "importance"):
+    for name in ("overview", "learning_curves", "lr_stability", "ablation", "masking", "importance",
+                 "parallel"):
         assert f'id="fig-{name}"' in page
     client = MlflowClient(tracking_uri=store)
     parent = collect_study(client, "sweep").parent_run_id
@@ -698,7 +722,7 @@ def test_dashboard_renders_offline_in_headless_chromium(store: str, repeated: St
             browser.close()
     for study in ("sweep", "repeats"):
         assert names[study] == ["overview", "learning_curves", "lr_stability", "ablation", "masking",
-                                "importance"]
+                                "importance", "parallel"]
         assert (tmp_path / f"{study}.png").stat().st_size > 50_000
     assert attempted == [] and errors == []
     ablation, stability = text["repeats"]["ablation"], text["repeats"]["lr_stability"]
