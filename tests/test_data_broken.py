@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 GEOMETRY = ClipGeometry(audio_frames=100, num_frames=4, img_size=32, frame_stride=2)
 EXPECTED = {  # youtube_id -> reason
-    "missing": "missing", "zerolen": "empty", "cut": "truncated", "silent": "no_audio",
+    "missing": "missing", "zerolen": "empty", "cut": "truncated", "silent": "no_audio", "hush": "short_audio",
     "blind": "no_video", "garbage": "undecodable", "corrupt": "undecodable",
 }
 
@@ -39,6 +39,7 @@ def messy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / name("zerolen")).touch()
     (root / name("cut")).write_bytes(whole[: len(whole) // 2])
     write_mp4(root / name("silent"), frames, 16, None)
+    write_mp4(root / name("hush"), frames, 16, audio[:3200])  # 0.2 s of sound for 1 s of pictures
     write_mp4(root / name("blind"), None, 16, audio)
     (root / name("garbage")).write_bytes(np.random.default_rng(1).bytes(4096))
     mdat = whole.index(b"mdat") + 64  # valid container, H.264 payload overwritten with noise
@@ -60,8 +61,8 @@ def test_every_broken_kind_is_skipped_counted_and_explained(messy: Path):
     assert reasons == EXPECTED
     log = BrokenLog()
     log.update(batch)
-    assert log.total == 7 and log.counts["undecodable"] == 2 and log.counts["missing"] == 1
-    assert log.metrics()["data/n_broken"] == 7 and log.metrics()["data/n_broken/truncated"] == 1
+    assert log.total == 8 and log.counts["undecodable"] == 2 and log.counts["missing"] == 1
+    assert log.metrics()["data/n_broken"] == 8 and log.metrics()["data/n_broken/truncated"] == 1
     assert "missing_000000.mp4" in log.summary()
 
 
@@ -76,8 +77,8 @@ def test_broken_counts_survive_worker_processes(messy: Path):
         for batch in loader:
             log.update(batch)
             clips += len(batch["label"]) + batch["n_broken"]
-        assert clips == 6  # drop_last in train: 8 clips -> two batches of 3
-    assert log.total <= 12 and set(log.counts) <= set(REASONS)
+        assert clips == 9  # drop_last in train: 9 clips -> three batches of 3
+    assert log.total <= 16 and set(log.counts) <= set(REASONS)
 
 
 def test_each_broken_file_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture):
@@ -85,7 +86,8 @@ def test_each_broken_file_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptu
     dataset = build_dataset("vggsound", tmp_path, None, "train", GEOMETRY, False, max_broken_fraction=None)
     with caplog.at_level(logging.WARNING, logger="avmae.platform.data.broken"):
         assert dataset[0]["broken"][1] == dataset[0]["broken"][1] == "missing"
-    expected = f"skipping broken clip {tmp_path}/ghost_000000.mp4: missing"
+    expected = (f"skipping broken clip {tmp_path}/ghost_000000.mp4: missing "
+                f"(listed at {tmp_path}/vggsound.csv:1)")
     assert [r.getMessage() for r in caplog.records] == [expected]
 
 
@@ -93,8 +95,10 @@ def test_preflight_refuses_mostly_broken_data(messy: Path):
     with pytest.raises(TooManyBrokenError) as err:
         build_dataset("vggsound", messy, messy / "vggsound.csv", "train", GEOMETRY, train=True)
     message = str(err.value)
-    assert "7 of 8 clips broken (87.5%)" in message and "more than 5.0%" in message
+    assert "8 of 9 clips broken (88.9%)" in message and "more than 5.0%" in message
     assert "undecodable: 2, e.g." in message and "garbage_000000.mp4" in message
+    assert f"garbage_000000.mp4 ({messy}/vggsound.csv:7" in message  # the index line to fix or drop
+    assert "short_audio: 1, e.g." in message and "audio covers 0.2" in message
 
 
 def test_preflight_tolerates_a_few_broken(messy: Path, tmp_path: Path):

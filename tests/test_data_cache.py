@@ -11,6 +11,7 @@ import pytest
 import torch
 from avmae.platform.data import AVCollate, DataConfig
 from avmae.platform.data.avdigits import audio_stats, build_av_digits
+from avmae.platform.data.broken import BrokenRecord
 from avmae.platform.data.cache import CachedAVDataset, write_cache
 from avmae.platform.data.cli import data
 from avmae.platform.data.dataset import AVDataset
@@ -94,7 +95,7 @@ def test_cache_keeps_broken_clips_counted(digits: Path, tmp_path: Path):
     clips = load_index("av-digits", digits, None, "val").clips + [Clip(tmp_path / "gone.mp4", 3)]
     write_cache(clips, tmp_path / "cache", GEOMETRY, 10, progress=False)
     dataset = CachedAVDataset(tmp_path / "cache", GEOMETRY, train=False)
-    assert dataset.broken == [(str(tmp_path / "gone.mp4"), "missing")]
+    assert dataset.broken == [BrokenRecord(str(tmp_path / "gone.mp4"), "missing", source="", detail="")]
     batch = next(iter(build_loader(dataset, batch_size=len(dataset), train=False)))
     assert batch["n_broken"] == 1 and len(batch["label"]) == len(clips) - 1
     with pytest.raises(TooManyBrokenError, match="missing: 1"):
@@ -117,7 +118,7 @@ def test_real_720p_clip_cached_at_paper_geometry(clips_dir: Path, tmp_path: Path
     assert cached["audio"].shape == (1000, 128) and cached["video"].shape == (3, 16, 224, 224)
     assert torch.equal(cached["video"], raw["video"])
     torch.testing.assert_close(cached["audio"], raw["audio"], atol=5e-3, rtol=0)
-    assert (tmp_path / "shard_00000.frames").stat().st_size == 75 * 256 * 455 * 3  # every 4th of 300 frames
+    assert (tmp_path / "shard_00000.frames").stat().st_size == 76 * 256 * 455 * 3  # 4th of 302 on the grid
 
 
 def test_collate_formats_multi_label_and_broken():

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
-REASONS = ("missing", "empty", "truncated", "no_audio", "no_video", "undecodable")
+REASONS = ("missing", "empty", "truncated", "no_audio", "short_audio", "no_video", "undecodable")
 
 _already_logged: set[tuple[str, str]] = set()  # per process: each broken file is logged once
 
@@ -25,11 +27,31 @@ class BrokenClip(Exception):
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
-def log_broken_once(err: BrokenClip) -> None:
+class BrokenRecord(NamedTuple):
+    """One skipped clip in a report: the file, why, and the index line that lists it (to fix or drop)."""
+
+    path: str
+    reason: str
+    source: str = ""  # "index.csv:12"
+    detail: str = ""
+
+
+def write_broken_csv(path: str | Path, records: Iterable[BrokenRecord]) -> Path:
+    """Every broken clip, one row each (index line, file, reason, detail): the list to fix the index from."""
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index_line", "path", "reason", "detail"])
+        writer.writerows((r.source, r.path, r.reason, r.detail) for r in records)
+    return path
+
+
+def log_broken_once(err: BrokenClip, source: str = "") -> None:
+    """Warn once per file and reason; `source` ("index.csv:12") says which index line to fix or drop."""
     key = (err.path, err.reason)
     if key not in _already_logged:
         _already_logged.add(key)
-        log.warning("skipping broken clip %s", err)
+        log.warning("skipping broken clip %s%s", err, f" (listed at {source})" if source else "")
 
 
 @dataclass

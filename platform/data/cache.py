@@ -1,8 +1,9 @@
 """Decoded cache: decode each clip once into memory-mapped shards, then train from them with cheap crops.
 
-Per clip the cache keeps every `frame_stride`-th frame of the whole clip as uint8 at the resize short side
-(so any window of any length can still be drawn) and the float16 log-mel of the whole clip. Shards are written
-to temporary names and renamed, their JSON last, so an interrupted run resumes by skipping finished shards.
+Per clip the cache keeps every `frame_stride`-th frame of the clip's even time grid (`decode.FrameGrid`) as
+uint8 at the resize short side (so any window of any length can still be drawn) and the float16 log-mel of the
+whole clip. Shards are written to temporary names and renamed, their JSON last, so an interrupted run resumes
+by skipping finished shards. `broken.csv` lists the clips it skipped, each with its index line.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .broken import BrokenClip
+from .broken import BrokenClip, BrokenRecord, write_broken_csv
 from .dataset import broken_item, label_tensor
 from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
 from .indexes import Clip
 from .pool import process_pool
-from .window import audio_tensor, choose_window, fit_frames, frame_positions, video_tensor
+from .window import Window, audio_tensor, choose_window, fit_frames, frame_positions, video_tensor
 
-VERSION = 1
+VERSION = 2  # 2: frames on an even time grid, audio_seconds per clip, short audio broken
+BROKEN_REPORT = "broken.csv"  # in the cache directory: every clip caching skipped, with its index line
 
 
 def _layout(geometry: ClipGeometry) -> dict[str, int]:
@@ -40,20 +42,23 @@ def _layout(geometry: ClipGeometry) -> dict[str, int]:
     }
 
 
-def decode_whole(clip: Clip, geometry: ClipGeometry) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """(float16 log-mel [R, mel], uint8 stride-frames [N, H, W, 3], clip frame count, fps) of a whole clip."""
+def decode_whole(clip: Clip, geometry: ClipGeometry) -> tuple[np.ndarray, np.ndarray, int, float, float]:
+    """(float16 log-mel [R, mel], uint8 stride-frames [N, H, W, 3], clip frame count, frame rate of its time
+    grid, seconds of audio) of a whole clip."""
     from . import decode  # here, not at the top: reading the cache needs no decoder libraries
 
     info = decode.probe(clip.path)
     reader = decode.video_reader(clip.path, info, geometry.short_side)
-    indices = decode.clip_frames(reader, clip.start, clip.end)
-    if len(indices) == 0:
+    grid = decode.clip_frames(reader, clip.start, clip.end)
+    if len(grid.indices) == 0:
         raise BrokenClip(str(clip.path), "truncated", f"no video frames in [{clip.start}, {clip.end}) s")
-    frames = decode.read_frames(reader, indices[:: geometry.frame_stride], clip.path)
     seconds = None if clip.end is None else clip.end - clip.start
     wave = decode.read_audio(clip.path, clip.start, seconds, geometry.sample_rate)
+    audio_seconds = len(wave) / geometry.sample_rate
+    decode.check_audio_cover(clip.path, audio_seconds, grid.seconds)
+    frames = decode.read_frames(reader, grid.indices[:: geometry.frame_stride], clip.path)
     fbank = decode.log_mel(wave, geometry).numpy().astype(np.float16)
-    return fbank, frames, len(indices), float(reader.get_avg_fps())
+    return fbank, frames, len(grid.indices), 1 / grid.step, audio_seconds
 
 
 def _write_shard(out: Path, shard: int, clips: Sequence[tuple[int, Clip]], geometry: ClipGeometry) -> int:
@@ -66,15 +71,16 @@ def _write_shard(out: Path, shard: int, clips: Sequence[tuple[int, Clip]], geome
         for i, clip in clips:
             entry: dict[str, Any] = {"i": i, "path": str(clip.path), "source": clip.source}
             try:
-                fbank, frames, n_frames, fps = decode_whole(clip, geometry)
+                fbank, frames, n_frames, fps, audio_seconds = decode_whole(clip, geometry)
             except BrokenClip as err:
-                entries.append({**entry, "broken": [err.path, err.reason]})
+                entries.append({**entry, "broken": [err.path, err.reason], "detail": err.detail})
                 continue
             entry.update(
                 frames=[frames_f.tell(), *frames.shape],
                 fbank=[fbank_f.tell() // fbank.itemsize, *fbank.shape],
                 n_frames=n_frames,
                 fps=fps,
+                audio_seconds=audio_seconds,
             )
             frames_f.write(frames.tobytes())
             fbank_f.write(fbank.tobytes())
@@ -121,7 +127,13 @@ def write_cache(
     )
     header_path = out / "cache.json"
     if header_path.exists():
-        if json.loads(header_path.read_text()) != json.loads(json.dumps(asdict(header))):
+        found = json.loads(header_path.read_text())
+        if found.get("version") != VERSION:
+            raise ValueError(
+                f"{out} holds a cache of format {found.get('version')}, this avmae writes {VERSION}; "
+                "delete it or use a new directory"
+            )
+        if found != json.loads(json.dumps(asdict(header))):
             raise ValueError(f"{out} holds a cache made from other clips or geometry; use a new directory")
     else:
         header_path.write_text(json.dumps(asdict(header)))
@@ -150,7 +162,35 @@ def write_cache(
                 for future in as_completed(futures):
                     future.result()
                     bar.update(futures[future])
+    write_broken_csv(out / BROKEN_REPORT, _broken(_entries(out, len(clips), shard_size)))
     return out
+
+
+def _entries(cache_dir: Path, num_clips: int, shard_size: int) -> list[dict[str, Any]]:
+    """Every clip's entry, from the shard JSONs, each with its shard number."""
+    entries: list[dict[str, Any]] = [{} for _ in range(num_clips)]
+    for s in range(0, num_clips, shard_size):
+        shard_json = cache_dir / f"shard_{s // shard_size:05d}.json"
+        if not shard_json.exists():
+            raise FileNotFoundError(
+                f"cache {cache_dir} is incomplete ({shard_json.name} missing); rerun caching"
+            )
+        for entry in json.loads(shard_json.read_text()):
+            entries[entry["i"]] = {**entry, "shard": s // shard_size}
+    return entries
+
+
+def _broken(entries: Sequence[dict[str, Any]]) -> list[BrokenRecord]:
+    return [
+        BrokenRecord(*e["broken"], source=e["source"], detail=e["detail"]) for e in entries if "broken" in e
+    ]
+
+
+def cache_window(entry: dict[str, Any], geometry: ClipGeometry, train: bool) -> Window:
+    """The window of a cached clip, drawn as the raw dataset draws it (the audio within the clip's track)."""
+    return choose_window(
+        entry["n_frames"], entry["n_frames"] / entry["fps"], geometry, train, entry["audio_seconds"]
+    )
 
 
 class CachedAVDataset(Dataset):
@@ -170,26 +210,22 @@ class CachedAVDataset(Dataset):
             audio_stats,
         )
         header = CacheHeader(**json.loads((self.cache_dir / "cache.json").read_text()))
+        if header.version != VERSION:
+            raise ValueError(
+                f"cache {cache_dir} has format {header.version}; this avmae reads {VERSION}: rebuild it"
+            )
         if header.layout != _layout(geometry):
             raise ValueError(f"cache {cache_dir} was made for {header.layout}, not {_layout(geometry)}")
         self.header = header
-        self.entries: list[dict[str, Any]] = [{} for _ in range(header.num_clips)]
-        for s in range(0, header.num_clips, header.shard_size):
-            shard_json = self.cache_dir / f"shard_{s // header.shard_size:05d}.json"
-            if not shard_json.exists():
-                raise FileNotFoundError(
-                    f"cache {cache_dir} is incomplete ({shard_json.name} missing); rerun caching"
-                )
-            for entry in json.loads(shard_json.read_text()):
-                self.entries[entry["i"]] = {**entry, "shard": s // header.shard_size}
+        self.entries = _entries(self.cache_dir, header.num_clips, header.shard_size)
         self._maps: dict[tuple[int, str], np.memmap] = {}  # opened lazily, per worker process
 
     def __len__(self) -> int:
         return self.header.num_clips
 
     @property
-    def broken(self) -> list[tuple[str, str]]:
-        return [tuple(e["broken"]) for e in self.entries if "broken" in e]
+    def broken(self) -> list[BrokenRecord]:
+        return _broken(self.entries)
 
     def _map(self, shard: int, kind: str) -> np.memmap:
         key = (shard, kind)
@@ -204,13 +240,13 @@ class CachedAVDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry, g = self.entries[index], self.geometry
         if "broken" in entry:
-            return broken_item(index, BrokenClip(*entry["broken"]))
+            return broken_item(index, BrokenClip(*entry["broken"], entry["detail"]), entry["source"])
         offset, stored, height, width, _ = entry["frames"]
         frames = self._map(entry["shard"], "frames")[offset : offset + stored * height * width * 3]
         frames = frames.reshape(stored, height, width, 3)
         start, rows, mel = entry["fbank"]
         fbank = self._map(entry["shard"], "fbank")[start : start + rows * mel].reshape(rows, mel)
-        window = choose_window(entry["n_frames"], entry["n_frames"] / entry["fps"], g, self.train)
+        window = cache_window(entry, g, self.train)
         picked = frames[frame_positions(window, entry["n_frames"], g) // g.frame_stride]
         audio = torch.from_numpy(
             fbank[window.audio_frame : window.audio_frame + g.audio_frames].astype(np.float32)

@@ -10,12 +10,12 @@ from pathlib import Path
 import click
 
 from .avdigits import build_av_digits, read_manifest
-from .cache import write_cache
+from .cache import BROKEN_REPORT, CachedAVDataset, write_cache
 from .config import DEFAULT_MAX_BROKEN, KINDS
 from .geometry import ClipGeometry
 from .indexes import Index, IndexFormatError
 from .loader import cache_path, load_index
-from .scan import TooManyBrokenError, scan_clips
+from .scan import ScanReport, TooManyBrokenError, scan_clips
 
 
 @click.group("data")
@@ -128,8 +128,15 @@ def cache(
     table = _load(kind, root, index, split, pattern, labels, target)
     geometry = ClipGeometry(audio_frames=1, num_frames=1, img_size=img_size, frame_stride=frame_stride)
     path = cache_path(out, split, geometry)
-    write_cache(table.clips, path, geometry, len(table.classes), table.multi_label, workers, shard_size)
-    click.echo(f"cached {len(table.clips)} clips in {path}")
+    try:
+        write_cache(table.clips, path, geometry, len(table.classes), table.multi_label, workers, shard_size)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    report = ScanReport(len(table.clips), CachedAVDataset(path, geometry, train=False).broken)
+    click.echo(f"cached {len(table.clips) - len(report.broken)} of {len(table.clips)} clips in {path}")
+    if report.broken:
+        click.echo(f"skipped {report.describe()}")
+        click.echo(f"every skipped clip, with its index line: {path / BROKEN_REPORT}")
 
 
 @data.command("scan")

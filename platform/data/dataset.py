@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .broken import BrokenClip, log_broken_once
-from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
+from .geometry import AUDIOSET_STATS, HOP_SECONDS, AudioStats, ClipGeometry
 from .indexes import Clip
 from .window import audio_tensor, choose_window, fit_frames, frame_positions, video_tensor
 
@@ -24,8 +24,8 @@ def label_tensor(label: int | tuple[int, ...], num_classes: int, multi_label: bo
     return hot
 
 
-def broken_item(index: int, err: BrokenClip) -> dict[str, Any]:
-    log_broken_once(err)
+def broken_item(index: int, err: BrokenClip, source: str = "") -> dict[str, Any]:
+    log_broken_once(err, source)
     return {"index": index, "broken": (err.path, err.reason)}
 
 
@@ -56,7 +56,7 @@ class AVDataset(Dataset):
         try:
             fbank, frames = self.decode(clip)
         except BrokenClip as err:
-            return broken_item(index, err)
+            return broken_item(index, err, clip.source)
         return {
             "audio": audio_tensor(fbank, self.audio_stats),
             "video": video_tensor(frames, self.geometry, self.train),
@@ -71,15 +71,19 @@ class AVDataset(Dataset):
         g = self.geometry
         info = decode.probe(clip.path)
         reader = decode.video_reader(clip.path, info, g.short_side)
-        indices = decode.clip_frames(reader, clip.start, clip.end)
-        if len(indices) == 0:
+        grid = decode.clip_frames(reader, clip.start, clip.end)
+        if len(grid.indices) == 0:
             raise BrokenClip(str(clip.path), "truncated", f"no video frames in [{clip.start}, {clip.end}) s")
-        duration = len(indices) / reader.get_avg_fps()
-        window = choose_window(len(indices), duration, g, self.train)
-        frames = decode.read_frames(reader, indices[frame_positions(window, len(indices), g)], clip.path)
-        start = clip.start + window.audio_frame / 100
-        seconds = g.audio_samples / g.sample_rate
+        # The clip's audio, as far as a window can reach: the video's span, or one window when that is longer.
+        seconds = max(grid.seconds, g.audio_samples / g.sample_rate)
         if clip.end is not None:  # a segment of a longer file: its audio stops where the segment does
-            seconds = min(seconds, clip.end - start)
-        wave = decode.read_audio(clip.path, start, seconds, g.sample_rate)
+            seconds = min(seconds, clip.end - clip.start)
+        wave = decode.read_audio(clip.path, clip.start, seconds, g.sample_rate)
+        audio_seconds = len(wave) / g.sample_rate
+        decode.check_audio_cover(clip.path, audio_seconds, grid.seconds)
+        window = choose_window(len(grid.indices), grid.seconds, g, self.train, audio_seconds)
+        positions = frame_positions(window, len(grid.indices), g)
+        frames = decode.read_frames(reader, grid.indices[positions], clip.path)
+        first = window.audio_frame * round(g.sample_rate * HOP_SECONDS)
+        wave = wave[first : first + g.audio_samples]
         return fit_frames(decode.log_mel(wave, g), g.audio_frames), frames

@@ -17,11 +17,12 @@ import torch
 import torchaudio
 
 from .broken import BrokenClip
-from .geometry import ClipGeometry
+from .geometry import WINDOW_SECONDS, ClipGeometry
 
 decord.logging.set_level(decord.logging.QUIET)  # broken files are reported once, as BrokenClip, not by libav
 
 SEEK_MARGIN = 2.0  # seconds decoded before a seek target, so codec warm-up never lands in the window
+MIN_AUDIO_COVER = 0.5  # a clip whose audio track covers less of its video than this has no usable audio
 MP4_TOP_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
 
 
@@ -86,17 +87,33 @@ def probe(path: str | Path) -> MediaInfo:
         raise BrokenClip(str(path), "undecodable", str(exc)) from exc
 
 
-def decode_first_frames(path: str | Path) -> float:
-    """Decode the first video and audio frame (a cheap health check); returns the container duration in s."""
+def decode_first_frames(path: str | Path) -> tuple[float | None, float | None]:
+    """Decode the first video and audio frame (a cheap health check); returns where the video and the audio
+    track end, in seconds, as the container states them (None where it does not)."""
     try:
         with av.open(str(path)) as container:
             for kind in ("video", "audio"):
                 if next(container.decode(**{kind: 0}), None) is None:
                     raise BrokenClip(str(path), "undecodable", f"no decodable {kind} frame")
                 container.seek(0)
-            return (container.duration or 0) / 1e6
+            return _track_end(container.streams.video[0]), _track_end(container.streams.audio[0])
     except av.FFmpegError as exc:
         raise BrokenClip(str(path), "undecodable", str(exc)) from exc
+
+
+def _track_end(stream: av.stream.Stream) -> float | None:
+    if stream.duration is None or stream.time_base is None:
+        return None
+    return float((stream.start_time or 0) * stream.time_base) + float(stream.duration * stream.time_base)
+
+
+def check_audio_cover(path: str | Path, audio_seconds: float, video_seconds: float) -> None:
+    """Raise BrokenClip("short_audio") when the audio track covers under MIN_AUDIO_COVER of the clip's video:
+    its samples would be mostly (or only) zero padding, and a window there would pair no sound with the
+    pictures."""
+    if audio_seconds < MIN_AUDIO_COVER * video_seconds or audio_seconds < WINDOW_SECONDS:
+        detail = f"audio covers {audio_seconds:.2f} s of the clip's {video_seconds:.2f} s"
+        raise BrokenClip(str(path), "short_audio", detail)
 
 
 def resized(info: MediaInfo, short_side: int) -> tuple[int, int]:
@@ -114,18 +131,42 @@ def video_reader(path: str | Path, info: MediaInfo, short_side: int) -> decord.V
         raise BrokenClip(str(path), "undecodable", str(exc).splitlines()[0]) from exc
 
 
-def clip_frames(reader: decord.VideoReader, start: float, end: float | None) -> np.ndarray:
-    """Source frame indices presented in [start, end), by timestamp.
+@dataclass(frozen=True)
+class FrameGrid:
+    """A clip's frames on an even time grid at the stream's average frame rate: `indices[j]` is the source
+    frame on show `j * step` seconds after the clip's first frame. At a constant frame rate the grid is the
+    frames themselves; with a variable one (or a gap) it is what a constant-rate copy would hold, so a window
+    of frames is even in time."""
+
+    indices: np.ndarray
+    step: float  # seconds between grid points
+
+    @property
+    def seconds(self) -> float:
+        """Span of video the grid covers."""
+        return len(self.indices) * self.step
+
+
+def clip_frames(reader: decord.VideoReader, start: float, end: float | None) -> FrameGrid:
+    """The frames presented in [start, end), by timestamp, on an even time grid (see FrameGrid).
 
     Timestamps, not indices, because real files carry edit lists (frames before t=0 that must not be
     shown) and variable frame rates; EPIC segments are cut from long videos by time too.
     """
     times = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
-    half_frame = 0.5 / max(reader.get_avg_fps(), 1e-6)
-    keep = times >= start - half_frame
+    step = 1 / max(reader.get_avg_fps(), 1e-6)
+    keep = times >= start - step / 2
     if end is not None:
-        keep &= times < end - half_frame
-    return np.flatnonzero(keep)
+        keep &= times < end - step / 2
+    inside = np.flatnonzero(keep)
+    if len(inside) < 2:
+        return FrameGrid(inside, step)
+    inside = inside[np.argsort(times[inside], kind="stable")]
+    shown = times[inside]
+    grid = shown[0] + step * np.arange(round(float(shown[-1] - shown[0]) / step) + 1)
+    after = np.clip(np.searchsorted(shown, grid), 1, len(shown) - 1)  # the nearest is this frame or the last
+    nearest = np.where(grid - shown[after - 1] <= shown[after] - grid, after - 1, after)
+    return FrameGrid(inside[nearest], step)
 
 
 def read_frames(reader: decord.VideoReader, indices: np.ndarray, path: str | Path) -> np.ndarray:

@@ -7,7 +7,9 @@ a split with no clips) names the file alone.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +47,38 @@ class Index:
 
 
 def _rows(path: Path, skip_comments: bool = False) -> Iterator[tuple[int, list[str]]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        for line, row in enumerate(csv.reader(f, skipinitialspace=True), start=1):
-            if not row or (skip_comments and row[0].lstrip().startswith("#")):
-                continue
-            yield line, [cell.strip() for cell in row]
+    """(line number, stripped cells) of each non-blank row. A UTF-8 BOM (spreadsheet exports write one) is
+    dropped; a file that is not UTF-8 CSV text raises IndexFormatError naming it."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, skipinitialspace=True)
+        try:
+            for row in reader:
+                if not row or (skip_comments and row[0].lstrip().startswith("#")):
+                    continue
+                if any("\0" in cell for cell in row):
+                    raise IndexFormatError(path, reader.line_num, "binary data (NUL bytes), not a CSV index")
+                yield reader.line_num, [cell.strip() for cell in row]
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
+        except csv.Error as exc:
+            raise IndexFormatError(path, reader.line_num + 1, f"not CSV: {exc}") from None
+
+
+def _not_utf8(path: Path) -> IndexFormatError:
+    """The error for an index that is not UTF-8: where the first bad byte is, and what to do."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return IndexFormatError(path, None, "UTF-16 text; save the index as UTF-8")
+    body = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        body.decode("utf-8")
+        offset = 0  # the file changed since it was read
+    except UnicodeDecodeError as exc:
+        offset = len(data) - len(body) + exc.start
+    line = data.count(b"\n", 0, offset) + 1
+    return IndexFormatError(
+        path, line, f"not UTF-8 text (byte 0x{data[offset]:02x}); is this the index file? save it as UTF-8"
+    )
 
 
 def _file(root: Path, pattern: str, index: Path, line: int, **fields: object) -> Path:
@@ -129,6 +158,8 @@ def read_audioset_labels(path: str | Path) -> list[str]:
         if len(row) < 2:
             raise IndexFormatError(path, line, f"expected index,mid,display_name; got {row}")
         mids[int(_number(row[0], path, line, "index", int))] = row[1]
+    if not mids:
+        raise IndexFormatError(path, None, "no classes; expected index,mid,display_name rows")
     if sorted(mids) != list(range(len(mids))):
         raise IndexFormatError(path, 1, "class indices are not 0..N-1")
     return [mids[i] for i in range(len(mids))]
@@ -166,16 +197,24 @@ def read_audioset(
             raise IndexFormatError(index, line, f"unknown label(s) {unknown or positive!r}")
         path = _file(root, pattern, index, line, ytid=ytid, start=start, end=end)
         clips.append(Clip(path, tuple(sorted({lookup[m] for m in found})), source=f"{index}:{line}"))
+    if not clips:
+        raise IndexFormatError(
+            index, None, "no segments; expected `YTID, start_seconds, end_seconds, positive_labels` rows"
+        )
     return Index(clips, mids, multi_label=True)
 
 
+_TIMESTAMP = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d*)?)")
+
+
 def parse_timestamp(text: str) -> float:
-    """EPIC `HH:MM:SS.ff` -> seconds."""
-    hours, minutes, seconds = text.split(":")
-    value = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    if int(minutes) >= 60 or float(seconds) >= 60 or value < 0:
-        raise ValueError(text)
-    return value
+    """EPIC `HH:MM:SS.ff` -> seconds. Anything else, a sign included, is a ValueError: `-00:00:01.00` once
+    read as 1 s, because int("-00") has no sign to lose."""
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not HH:MM:SS.ff (unsigned)")
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def read_epic(
@@ -206,12 +245,8 @@ def read_epic(
         try:
             start = parse_timestamp(row[columns["start_timestamp"]])
             stop = parse_timestamp(row[columns["stop_timestamp"]])
-        except ValueError:
-            raise IndexFormatError(
-                index,
-                line,
-                f"bad timestamp {row[columns['start_timestamp']]!r}/{row[columns['stop_timestamp']]!r}",
-            ) from None
+        except ValueError as exc:
+            raise IndexFormatError(index, line, f"bad timestamp: {exc}") from None
         if stop <= start:
             raise IndexFormatError(index, line, "stop_timestamp is not after start_timestamp")
         label = int(_number(row[columns[f"{target}_class"]], index, line, f"{target}_class", int))
@@ -220,5 +255,9 @@ def read_epic(
         video_id, participant = row[columns["video_id"]], row[columns["participant_id"]]
         path = _file(root, pattern, index, line, video_id=video_id, participant_id=participant)
         clips.append(Clip(path, label, start, stop, source=f"{index}:{line}"))
+    if columns is None:
+        raise IndexFormatError(index, None, "empty file; expected the EPIC-KITCHENS-100 header and segments")
+    if not clips:
+        raise IndexFormatError(index, None, "no segments after the header")
     names = [f"{target}_{i}" for i in range(num_classes)]
     return Index(clips, names)

@@ -16,8 +16,10 @@ def write_mp4(
     audio: np.ndarray | None = None,
     sample_rate: int = 16000,
     crf: int = 23,
+    frame_times: np.ndarray | None = None,
 ) -> None:
-    """frames: uint8 [T, H, W, 3] (H, W even), None for audio only; audio: float [n] or [C, n] in [-1, 1].
+    """frames: uint8 [T, H, W, 3] (H, W even), None for audio only; audio: float [n] or [C, n] in [-1, 1];
+    frame_times: when each frame is shown, in s from 0, for a variable frame rate (None: frame i at i / fps).
 
     Frames and audio carry explicit pts from 0, so the muxer writes an edit list that hides the AAC encoder's
     priming samples and the decoded audio lines up with the video.
@@ -40,10 +42,12 @@ def write_mp4(
             sound.layout = "mono" if audio.shape[0] == 1 else "stereo"
             sound.options = {"aac_coder": "fast"}  # half the CPU of the default two-loop search
         if video is not None:
-            time_base = 1 / rate
-            for i, image in enumerate(frames):
+            time_base = 1 / rate if frame_times is None else Fraction(1, 90000)  # MPEG's clock: any time fits
+            video.codec_context.time_base = time_base
+            pts = range(len(frames)) if frame_times is None else np.round(np.asarray(frame_times) * 90000)
+            for image, stamp in zip(frames, pts, strict=True):
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-                frame.pts, frame.time_base = i, time_base
+                frame.pts, frame.time_base = int(stamp), time_base
                 container.mux(video.encode(frame))
             container.mux(video.encode())
         if sound is not None:

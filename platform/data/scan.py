@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from . import decode
-from .broken import BrokenClip
+from .broken import BrokenClip, BrokenRecord
 from .config import DEFAULT_MAX_BROKEN
 from .indexes import Clip
 from .pool import process_pool
@@ -22,11 +22,11 @@ class TooManyBrokenError(RuntimeError):
 @dataclass
 class ScanReport:
     total: int
-    broken: list[tuple[str, str]]  # (path, reason)
+    broken: list[BrokenRecord]
 
     @property
     def counts(self) -> Counter:
-        return Counter(reason for _, reason in self.broken)
+        return Counter(record.reason for record in self.broken)
 
     @property
     def fraction(self) -> float:
@@ -35,8 +35,8 @@ class ScanReport:
     def describe(self, examples: int = 3) -> str:
         lines = [f"{len(self.broken)} of {self.total} clips broken ({self.fraction:.1%})"]
         for reason, n in self.counts.most_common():
-            paths = [p for p, r in self.broken if r == reason][:examples]
-            lines.append(f"  {reason}: {n}, e.g. {', '.join(paths)}")
+            shown = [_example(r) for r in self.broken if r.reason == reason][:examples]
+            lines.append(f"  {reason}: {n}, e.g. {', '.join(shown)}")
         return "\n".join(lines)
 
     def check(self, max_fraction: float = DEFAULT_MAX_BROKEN) -> ScanReport:
@@ -49,17 +49,27 @@ class ScanReport:
         return self
 
 
-def probe_clip(clip: Clip) -> tuple[str, str] | None:
-    """(path, reason) if the clip is broken, else None: container, both streams, first frames, span."""
+def _example(record: BrokenRecord) -> str:
+    """`path (index.csv:12: detail)`: the file, and where the index lists it."""
+    about = ": ".join(part for part in (record.source, record.detail) if part)
+    return f"{record.path} ({about})" if about else record.path
+
+
+def probe_clip(clip: Clip) -> BrokenRecord | None:
+    """Why the clip is broken, or None: container, both streams, first frames, span, audio cover."""
     try:
         decode.probe(clip.path)
-        duration = decode.decode_first_frames(clip.path)
-        if duration and clip.start >= duration:
+        video_end, audio_end = decode.decode_first_frames(clip.path)
+        if video_end is not None and clip.start >= video_end:
             raise BrokenClip(
-                str(clip.path), "truncated", f"segment starts at {clip.start} s, file lasts {duration} s"
+                str(clip.path), "truncated", f"segment starts at {clip.start} s, video ends at {video_end} s"
             )
+        if video_end is not None and audio_end is not None:
+            end = video_end if clip.end is None else min(clip.end, video_end)
+            audio = (audio_end if clip.end is None else min(clip.end, audio_end)) - clip.start
+            decode.check_audio_cover(clip.path, max(audio, 0.0), end - clip.start)
     except BrokenClip as err:
-        return err.path, err.reason
+        return BrokenRecord(err.path, err.reason, clip.source, err.detail)
     return None
 
 

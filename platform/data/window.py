@@ -5,8 +5,9 @@ Shared by the raw and the cached dataset so both yield the same distribution of 
 Temporal choice: the video window starts at a multiple of `frame_stride` within the clip (so the cache can
 store every stride-th frame and still offer every window); audio starts at the same *relative* offset u in
 [0, 1] of its own slack (Scenic's rule), so with a 10 s audio window and a 2.56 s video window the video
-always lies inside the audio window. Stride counts source frames: 16 frames at stride 4 span 64 source
-frames, whatever the file's fps. Train draws the window at random, eval takes the middle one.
+always lies inside the audio window. Stride counts frames of the clip's even time grid (`decode.FrameGrid`:
+the file's own frames at a constant frame rate): 16 frames at stride 4 span 64 of them, whatever the file's
+fps. Train draws the window at random, eval takes the middle one.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ class Window:
     audio_frame: int  # first log-mel frame (10 ms units) from the clip start
 
 
-def choose_window(n_frames: int, duration: float, geometry: ClipGeometry, train: bool) -> Window:
-    """Pick a window for a clip of `n_frames` frames lasting `duration` seconds."""
+def choose_window(
+    n_frames: int, duration: float, geometry: ClipGeometry, train: bool, audio_seconds: float | None = None
+) -> Window:
+    """Pick a window for a clip of `n_frames` frames lasting `duration` seconds, whose audio track lasts
+    `audio_seconds` (None: as long as the video). The audio window is placed within the audio track: placed by
+    the video's duration, a track shorter than the video gave windows of pure zero padding."""
     stride = geometry.frame_stride
     positions = max(n_frames - geometry.video_span, 0) // stride + 1
     if positions > 1:
@@ -34,7 +39,8 @@ def choose_window(n_frames: int, duration: float, geometry: ClipGeometry, train:
         u = w / (positions - 1)
     else:
         w, u = 0, float(torch.rand(())) if train else 0.5
-    audio_slack = max(round(duration * 100) - geometry.audio_frames, 0)
+    audio = duration if audio_seconds is None else min(duration, audio_seconds)
+    audio_slack = max(round(audio * 100) - geometry.audio_frames, 0)
     return Window(first=w * stride, audio_frame=round(u * audio_slack))
 
 
