@@ -15,6 +15,7 @@ Choices, and why:
   5), so it can never find a difference below 6 seeds. Where every seed gives the same difference the t
   statistic is undefined; the exact sign test decides then (p = 2 / 2**n), so two identical seeds of a
   coarse accuracy are not called certain.
+- Between studies (`avmae dashboard A B`), whose seeds need not share data or init: Welch's unpaired t-test.
 - Multiple comparisons: Holm's step-down correction over all pairwise comparisons of a family (the cells
   of one objective): it keeps the family-wise error rate at alpha, and is never weaker than Bonferroni.
 """
@@ -145,6 +146,32 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], name_a: st
     return Comparison(name_a, name_b, Interval(mean, lo, hi, n, "t"), p, "paired t")
 
 
+def welch_difference(a: Sequence[float], b: Sequence[float], name_a: str = "a", name_b: str = "b",
+                     confidence: float = CONFIDENCE) -> Comparison:
+    """mean(a) - mean(b) for groups that are not paired (two studies: their seeds need not share data,
+    init or masks): Welch's t-test and interval, which do not assume equal variances."""
+    x, y = (np.asarray(v, dtype=float) for v in (a, b))
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    n = min(len(x), len(y))
+    mean = float(x.mean() - y.mean()) if n else math.nan
+    if n < 2:
+        return Comparison(name_a, name_b, Interval(mean, math.nan, math.nan, n, "none"), math.nan, "none")
+    if x.std() == 0 and y.std() == 0:  # no spread at all: Welch's t is undefined
+        p = 1.0 if mean == 0 else math.nan
+        return Comparison(name_a, name_b, Interval(mean, mean, mean, n, "t"), p, "none")
+    result = sps.ttest_ind(x, y, equal_var=False)
+    low, high = result.confidence_interval(confidence)
+    return Comparison(name_a, name_b, Interval(mean, float(low), float(high), n, "t"), float(result.pvalue),
+                      "Welch t")
+
+
+def with_holm(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The same comparisons with Holm-adjusted p-values over them as one family."""
+    adjusted = holm([c.p for c in comparisons])
+    return [Comparison(c.a, c.b, c.diff, c.p, c.test, float(q))
+            for c, q in zip(comparisons, adjusted, strict=True)]
+
+
 def holm(p_values: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (NaN stays NaN and does not count towards the family size)."""
     p = np.asarray(p_values, dtype=float)
@@ -161,9 +188,7 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 def compare_all(groups: Mapping[str, Mapping[int, float]]) -> list[Comparison]:
     """Every pair of groups (in the given order), paired by repeat, with Holm-adjusted p-values over the
     whole family."""
-    pairs = [paired_difference(groups[a], groups[b], a, b) for a, b in combinations(groups, 2)]
-    adjusted = holm([c.p for c in pairs])
-    return [Comparison(c.a, c.b, c.diff, c.p, c.test, float(q)) for c, q in zip(pairs, adjusted, strict=True)]
+    return with_holm([paired_difference(groups[a], groups[b], a, b) for a, b in combinations(groups, 2)])
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,21 @@ def test_identical_differences_use_the_sign_test_not_an_infinite_t() -> None:
     assert (single.test, single.n, math.isnan(single.p)) == ("none", 1, True)
 
 
+def test_welch_difference_is_scipys_and_finds_a_planted_difference_between_unpaired_groups() -> None:
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(0.85, 0.02, 4), rng.normal(0.75, 0.03, 3)
+    c = stats.welch_difference(a, b)
+    reference = stats.sps.ttest_ind(a, b, equal_var=False)
+    assert (c.test, c.p, c.n) == ("Welch t", pytest.approx(reference.pvalue), 3)
+    assert (c.diff.lo, c.diff.hi) == pytest.approx(tuple(reference.confidence_interval(0.95)))
+    assert c.p < stats.ALPHA and c.diff.lo > 0
+    false = sum(stats.welch_difference(rng.normal(0.8, 0.02, 3), rng.normal(0.8, 0.02, 3)).p < stats.ALPHA
+                for _ in range(DRAWS))
+    assert false / DRAWS < stats.ALPHA + binomial_band(stats.ALPHA, DRAWS)
+    assert stats.welch_difference([0.8], [0.7, 0.75]).test == "none"  # one value: no test
+    assert stats.welch_difference([0.8, 0.8], [0.8, 0.8]).p == 1.0
+
+
 # --- multiple comparisons --------------------------------------------------------------------------------
 
 def test_holm_matches_the_step_down_by_hand() -> None:
