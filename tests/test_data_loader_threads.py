@@ -8,6 +8,7 @@ import pickle
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from avmae.platform.data.avdigits import build_av_digits
@@ -17,6 +18,7 @@ from avmae.platform.data.collate import AVCollate
 from avmae.platform.data.geometry import ClipGeometry
 from avmae.platform.data.indexes import Clip
 from avmae.platform.data.loader import build_loader, load_index
+from avmae.platform.data.mp4 import write_mp4
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 
 GEOMETRY = ClipGeometry(audio_frames=150, num_frames=4, img_size=32, frame_stride=4)
@@ -89,6 +91,22 @@ def test_same_batches_as_the_item_loader(cache: Path, geometry: ClipGeometry, tr
     if train:  # the random draws happened: another seed gives other crops
         torch.manual_seed(8)
         assert not torch.equal(threaded(dataset, ORDER, threads)[0]["video"], video)
+
+
+def test_audio_shorter_than_the_video_is_windowed_as_the_dataset_does(tmp_path: Path):
+    """3 s of pictures, 2 s of sound: the audio window lies within the track (cache format 2), drawn alike."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (48, 48, 48, 3), np.uint8)
+    write_mp4(tmp_path / "clip.mp4", frames, 16, 0.1 * rng.standard_normal(32000))
+    geometry = ClipGeometry(audio_frames=100, num_frames=4, img_size=32, frame_stride=4)
+    write_cache([Clip(tmp_path / "clip.mp4", 0)], tmp_path / "cache", geometry, 1, progress=False)
+    dataset = CachedAVDataset(tmp_path / "cache", geometry, train=True)
+    assert dataset.entries[0]["audio_seconds"] < dataset.entries[0]["n_frames"] / dataset.entries[0]["fps"]
+    order = [0] * 24
+    torch.manual_seed(3)
+    expected = reference(dataset, order, batch_size=8)
+    torch.manual_seed(3)
+    assert_same_batches(expected, threaded(dataset, order, threads=2, batch_size=8))
 
 
 def test_build_loader_reads_the_cache_with_threads_and_keeps_its_batches(cache: Path):

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .cache import CachedAVDataset
+from .cache import CachedAVDataset, cache_window
 from .collate import Collated
 from .dataset import label_tensor
-from .window import choose_window, frame_positions
+from .window import frame_positions
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class CachedBatches(Dataset):
         frames = self._map(entry["shard"], "frames")[offset : offset + stored * height * width * 3]
         start, rows, mel = entry["fbank"]
         fbank = self._map(entry["shard"], "fbank")[start : start + rows * mel]
-        window = choose_window(entry["n_frames"], entry["n_frames"] / entry["fps"], g, train)
+        window = cache_window(entry, g, train)
         size = g.img_size
         if train:
             top = int(torch.randint(height - size + 1, ()))
