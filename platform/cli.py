@@ -40,7 +40,7 @@ def main() -> None:
     \b
     Typical use:
       avmae sweep experiments/quickstart.yaml      a small study on AV-Digits
-      avmae sweep experiments/paper/lr_stability.yaml --dry-run
+      avmae sweep experiments/paper/lr_stability.yaml --dry-run --address auto
       avmae dashboard quickstart                   rebuild a study's dashboard
       avmae status [quickstart]                    studies in MLflow; a study's progress per cell
 
