@@ -113,7 +113,7 @@ def register_winner(client: MlflowClient, study_run_id: str, metric: str, study_
     tags = {
         CELL: winner.data.tags.get(T.CELL_TAG, ""),
         SEED: winner.data.params.get(T.SEED_PARAM, ""),
-        CONFIG: json.dumps(winner.data.params, sort_keys=True)[:8000],
+        CONFIG: json.dumps(winner.data.params, sort_keys=True),  # the registry takes 100k characters
         GIT_COMMIT: client.get_run(study_run_id).data.tags.get(T.GIT_TAG, "unknown"),
         "metric": metric,
         metric: str(_score(client, winner, metric)),
