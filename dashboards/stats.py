@@ -278,7 +278,8 @@ class LrVerdict:
         octaves = round(self.octaves, 1)
         span = f"{octaves:g} octave{'' if octaves == 1 else 's'}"
         score = self.best.score
-        best = f"best {self.metric} {score.text()} at {lr_text(self.best.lr)}, n = {score.n}"
+        n = f", n = {score.n}" if score.has_interval else ""  # else the text already says n = 1
+        best = f"best {self.metric} {score.text()} at {lr_text(self.best.lr)}{n}"
         return f"{self.label}: {where} ({span}, {counts}; {best})"
 
 

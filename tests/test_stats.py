@@ -253,7 +253,7 @@ def test_lr_window_is_contiguous_and_a_loss_is_minimised() -> None:
     assert worst.sentence() == "x: no stable learning rate (4/4 diverged, 0 grad-norm spikes)"
     one = stats.lr_verdict("x", "m", [3e-4], [0.8], [False])
     assert one.sentence() == "x: stable only at 3e-4 (0 octaves, 0/1 diverged, 0 grad-norm spikes; " \
-                             "best m 0.800 (n = 1: no interval) at 3e-4, n = 1)"
+                             "best m 0.800 (n = 1: no interval) at 3e-4)"
 
 
 def test_continuous_lrs_are_binned_by_quarter_decade() -> None:
