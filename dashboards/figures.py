@@ -462,6 +462,31 @@ def parallel_coordinates(data: StudyData) -> go.Figure:
     return fig
 
 
+def machine_load(data: StudyData) -> go.Figure:
+    """Was a slow trial slow or starved? Each trial's last throughput (clips/s) against the CPU its rank-0
+    process tree used (100% = one core) and, where logged, its GPU's utilisation: low throughput at low use
+    means the trial waited (on data, on a shared machine), at high use a slow step."""
+    title = "Machine load per trial (rank 0, last log window)"
+    trials = data.trials
+    use = [c for c in (T.SYSTEM_PROCESS_CPU, T.SYSTEM_GPU_UTILIZATION)
+           if c in trials and trials[c].notna().any()]
+    if T.TRAIN_CLIPS_PER_S not in trials or not use:
+        return _empty(title, "no system metrics logged (studies before system metrics, or no step yet)")
+    fig = make_subplots(rows=1, cols=len(use), horizontal_spacing=0.12)
+    for col, column in enumerate(use, 1):
+        for status, group in trials.groupby("status", sort=False):
+            fig.add_trace(go.Scatter(
+                x=group[column], y=group[T.TRAIN_CLIPS_PER_S], mode="markers", name=status,
+                marker={"color": STATUS_COLOR.get(status, "#444"), "size": 9}, customdata=group["trial_id"],
+                text=group["cell"], hovertemplate="%{text}<br>trial %{customdata}<br>%{x:.0f}%: %{y:.1f}/s",
+                showlegend=_once(fig, f"load-{status}"), legendgroup=status,
+                meta={"role": "load", "use": column}), row=1, col=col)
+        fig.update_xaxes(title_text=f"{column} (%)", row=1, col=col)
+    fig.update_yaxes(title_text="train/clips_per_s", row=1, col=1)
+    fig.update_layout(title=title, height=PANEL_HEIGHT + 80, template=TEMPLATE)
+    return fig
+
+
 def _dimension(name: str, values: pd.Series) -> dict:
     """A parcoords axis: numbers as they are (log10 where they span a decade), anything else as categories."""
     if pd.api.types.is_numeric_dtype(values):

@@ -41,6 +41,7 @@ SECTIONS = (
     Section("importance", "Which searched parameter mattered?", figures.importances),
     Section("parallel", "How do the searched parameters go with the study metric and the probes?",
             figures.parallel_coordinates),
+    Section("load", "Was a slow trial slow, or starved of data or CPU?", figures.machine_load),
 )
 
 

@@ -9,7 +9,8 @@ from avmae.platform.spec import Grid, Range, StudySpec
 from avmae.platform.tracking import cell_key
 
 
-def describe(spec: StudySpec, storage: str, tracking_uri: str, address: str | None) -> str:
+def describe(spec: StudySpec, storage: str, tracking_uri: str, address: str | None,
+             cluster_gpus: int | None = None) -> str:
     cells, res, tr = spec.cells(), spec.resources, spec.train
     lines = [f"Study {spec.name}" + (f": {spec.description.strip()}" if spec.description.strip() else "")]
     data = spec.data
@@ -67,10 +68,16 @@ def describe(spec: StudySpec, storage: str, tracking_uri: str, address: str | No
     total = len(cells) * spec.trials_in_cell
     per_trial = {"CPU": res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}
     peak = {k: v * res.max_concurrent_trials for k, v in per_trial.items()}
+    per_cell = f", at most {res.max_concurrent_per_cell} per cell" if res.max_concurrent_per_cell else ""
     lines.append(f"Trials: {total} ({len(cells)} cells x {spec.trials_in_cell}), at most "
-                 f"{res.max_concurrent_trials} at a time, cells one after another")
+                 f"{res.max_concurrent_trials} at a time from every cell, dealt round-robin{per_cell}")
+    budget = [f"{v:g} {k.replace('_', ' ')}" for k, v in spec.budget.model_dump().items() if v]
+    if budget:
+        lines.append(f"Budget: {' and '.join(budget)}; then no new trial starts (--resume with more goes on)")
     lines.append(f"Per trial: {res.workers} worker(s) x {{CPU: {res.cpus_per_worker:g}, GPU: "
                  f"{res.gpus_per_worker:g}}} = {_resources(per_trial)}; at peak {_resources(peak)}")
+    if cluster_gpus:
+        lines.append(cluster_plan(spec, cluster_gpus))
     if address:
         lines.append(f"Ray: the cluster at {address}")
     else:
@@ -82,6 +89,24 @@ def describe(spec: StudySpec, storage: str, tracking_uri: str, address: str | No
     lines.append(f"Storage: {storage}")
     lines.append(f"MLflow: {tracking_uri}")
     return "\n".join(lines)
+
+
+def cluster_plan(spec: StudySpec, gpus: int) -> str:
+    """What `gpus` GPUs make of the study: how many trials run at once, and in about how many waves (every
+    trial run to the end: ASHA's early stops make it fewer)."""
+    res, cells = spec.resources, len(spec.cells())
+    per_trial = res.workers * res.gpus_per_worker
+    if not per_trial:
+        return f"On {gpus} GPUs: the trials use no GPU"
+    concurrent = min(math.floor(gpus / per_trial), res.max_concurrent_trials,
+                     cells * (res.max_concurrent_per_cell or spec.trials_in_cell))
+    total = cells * spec.trials_in_cell
+    if concurrent < 1:
+        return f"On {gpus} GPUs: no trial fits ({per_trial:g} GPUs a trial)"
+    return (f"On {gpus} GPUs: {cells} cells x {spec.trials_in_cell} trials of {per_trial:g} GPUs: "
+            f"{concurrent} concurrent trials, ~{math.ceil(total / concurrent)} waves"
+            + ("" if concurrent * per_trial >= gpus or concurrent == total
+               else f" (max_concurrent_trials leaves {gpus - concurrent * per_trial:g} GPUs idle)"))
 
 
 def _resources(amounts: dict[str, float]) -> str:

@@ -50,25 +50,45 @@ class CellSummary:
         return summary
 
 
-class CellProgress(tune.Callback):
-    """A tqdm bar for one cell: trials finished of the cell's total, how they ended, the best loss, ETA.
+class StudyProgress(tune.Callback):
+    """The whole study in place: a bar of trials ended of the study's total (with its ETA), and under it one
+    bar per cell with how its trials ended and its best score so far. Counts are recomputed from Tune's
+    trial list on every event, so a restored study shows the right numbers."""
 
-    Counts are recomputed from Tune's trial list on every event, so a restored cell shows the right numbers.
-    """
-
-    def __init__(self, label: str, total: int, metric: str, epochs: int) -> None:
-        self.label, self.total, self.metric, self.epochs = label, total, metric, epochs
-        self._bar: tqdm | None = None
+    def __init__(self, cells: list[str], per_cell: int, metric: str, epochs: int, axes: list[str]) -> None:
+        self.cells, self.per_cell, self.metric, self.epochs, self.axes = cells, per_cell, metric, epochs, axes
+        self._bars: dict[str, tqdm] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_bar": None}
+        return {**self.__dict__, "_bars": None}
 
     def setup(self, **info: Any) -> None:
-        self._bar = tqdm(total=self.total, desc=self.label, unit="trial", dynamic_ncols=True)
+        total = len(self.cells) * self.per_cell
+        self._bars = {"": tqdm(total=total, desc="study", unit="trial", dynamic_ncols=True, position=0)}
+        width = max(len(cell) for cell in self.cells)
+        for i, cell in enumerate(self.cells, 1):
+            self._bars[cell] = tqdm(total=self.per_cell, desc=f"  {cell or 'all':<{width}}", unit="trial",
+                                    dynamic_ncols=True, position=i, bar_format="{desc} {n}/{total} {postfix}")
 
     def _show(self, trials: list[Trial]) -> None:
-        if self._bar is None:  # restored with the experiment: setup() ran in the original process
+        if self._bars is None:  # restored with the experiment: setup() ran in the original process
             self.setup()
+        by_cell: dict[str, list[Trial]] = {cell: [] for cell in self.cells}
+        for trial in trials:
+            by_cell.setdefault(T.cell_key({a: trial.config.get(a) for a in self.axes}), []).append(trial)
+        ended = 0
+        for cell, group in by_cell.items():
+            counts, best = self._counts(group)
+            done = sum(n for status, n in counts.items() if status != T.TrialStatus.RUNNING.value)
+            ended += done
+            parts = [f"{status} {counts[status]}" for status in STATUSES if counts[status]]
+            parts.append(f"best {self.metric} {best:.4g}" if math.isfinite(best) else "best -")
+            if cell in self._bars:
+                self._bars[cell].set_postfix_str(", ".join(parts), refresh=False)
+                self._bars[cell].update(done - self._bars[cell].n)
+        self._bars[""].update(ended - self._bars[""].n)
+
+    def _counts(self, trials: list[Trial]) -> tuple[Counter, float]:
         counts: Counter = Counter()
         best = math.nan
         for trial in trials:
@@ -81,11 +101,7 @@ class CellProgress(tune.Callback):
             score = trial.last_result.get(self.metric, math.nan)
             if not trial.last_result.get(DIVERGED) and (math.isnan(best) or better(score, best, self.metric)):
                 best = score
-        done = sum(n for status, n in counts.items() if status != T.TrialStatus.RUNNING.value)
-        parts = [f"{status} {counts[status]}" for status in STATUSES if counts[status]]
-        parts.append(f"best {self.metric} {best:.4g}" if math.isfinite(best) else "best -")
-        self._bar.set_postfix_str(", ".join(parts), refresh=False)
-        self._bar.update(done - self._bar.n)
+        return counts, best
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._show(trials)
@@ -103,8 +119,9 @@ class CellProgress(tune.Callback):
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self._show(trials)
-        self._bar.close()
-        self._bar = None
+        for bar in self._bars.values():
+            bar.close()
+        self._bars = None
 
 
 def summary_table(summaries: list[CellSummary], metric: str) -> str:

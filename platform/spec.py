@@ -144,7 +144,8 @@ class ResourceSpec(Strict):
     workers: int = Field(1, ge=1)  # DDP workers per trial
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)  # fractional: several trials share a GPU
-    max_concurrent_trials: int = Field(2, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)  # for the whole study: every cell's trials together
+    max_concurrent_per_cell: int | None = Field(None, ge=1)  # optional cap on one cell's running trials
 
     @field_validator("gpus_per_worker")
     @classmethod
@@ -152,6 +153,14 @@ class ResourceSpec(Strict):
         if value > 1 and not float(value).is_integer():
             raise ValueError(f"a worker takes a fraction of one GPU or whole GPUs, not {value}")
         return value
+
+
+class BudgetSpec(Strict):
+    """A study-wide budget: once spent, no new trial starts, the running ones finish, and the study run says
+    why; `--resume` with a larger budget continues. A trial's time is Tune's `time_total_s`."""
+
+    gpu_hours: float | None = Field(None, gt=0)  # trial hours x workers x GPUs per worker
+    trial_hours: float | None = Field(None, gt=0)  # trial hours, summed over trials
 
 
 class EvalSpec(Strict):
@@ -164,6 +173,7 @@ class EvalSpec(Strict):
     test_split: str = "test"
     max_clips: int | None = Field(None, ge=1)  # a fixed random subset of each split (None: all of it)
     max_iter: int = Field(200, ge=1)  # logistic regression iterations
+    log_models: Literal["best_per_cell", "all", "none"] = "best_per_cell"  # trained encoders into MLflow
     baselines: bool = True  # probe a random-init encoder and the raw input too (the study's reference rows)
 
     def probes_after(self, epoch: int, last: bool) -> bool:
@@ -195,9 +205,11 @@ class StudySpec(Strict):
     repeats: int = Field(1, ge=1)  # every configuration runs with seeds seed+0..seed+repeats-1, paired
     train: TrainSpec
     metric: str = Field("train/loss", pattern=METRIC_PATTERN)  # a loss (min) or a probe score (max)
+    lr_tolerance: float = Field(0.05, gt=0, lt=1)  # the LR-stability window: within 5% of the best score
     scheduler: SchedulerSpec = SchedulerSpec()
     optuna: OptunaSpec = OptunaSpec()
     resources: ResourceSpec = ResourceSpec()
+    budget: BudgetSpec = BudgetSpec()
     evaluation: EvalSpec = EvalSpec()
 
     @field_validator("axes")

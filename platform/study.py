@@ -27,19 +27,17 @@ import pyarrow.fs
 import ray
 from avmae.platform import tracking as T
 from avmae.platform.callbacks import MlflowTrials
+from avmae.platform.cells import BudgetStopper, StudySearch, cell_of, read_budget, spent, study_scheduler
 from avmae.platform.data.indexes import IndexFormatError
 from avmae.platform.data.scan import TooManyBrokenError
 from avmae.platform.prepare import prepare_data
-from avmae.platform.progress import CellProgress, CellSummary
+from avmae.platform.progress import CellSummary, StudyProgress
 from avmae.platform.ray_compat import interrupted_fit
 from avmae.platform.resources import ResourceError, check_fits, local_nodes, ray_nodes
-from avmae.platform.spec import REPEAT_KEY, StudySpec
+from avmae.platform.spec import StudySpec
 from avmae.platform.trial import run_trial
 from avmae.platform.uris import redact
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import Repeater
-from ray.tune.search.optuna import OptunaSearch
 
 # The trial's function only waits on its Train run: it reserves a little memory, the workers reserve cores.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 128 * 1024**2}
@@ -51,6 +49,7 @@ RUNTIME_ENV_VARS = {
 # Only on the runtime started for the job: one machine has no preemptible nodes to watch.
 LOCAL_RUNTIME_ENV_VARS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 STUDY_FILE = "study.json"  # in the study folder: the spec and tracking URI it started with
+TUNE_DIR = "tune"  # in the study folder: the study's one Tune experiment
 
 
 class StudyExistsError(RuntimeError):
@@ -78,21 +77,6 @@ class Launch:
     restart: bool = False  # archive what a study of this name left (MLflow and storage), then start afresh
 
 
-def param_space(spec: StudySpec, cell: dict[str, Any]) -> dict[str, Any]:
-    """The cell's fixed axis values plus the searched dimensions as Tune domains; without Optuna, the repeat
-    index as one more grid dimension (with Optuna, `Repeater` sets it)."""
-    domains = {
-        "uniform": lambda d: tune.uniform(d.low, d.high),
-        "loguniform": lambda d: tune.loguniform(d.low, d.high),
-        "choice": lambda d: tune.choice(d.values),
-        "grid": lambda d: tune.grid_search(d.values),
-    }
-    space = {**cell, **{name: domains[dim.dist](dim) for name, dim in spec.search.items()}}
-    if spec.repeats > 1 and not spec.searched_by_optuna:
-        space[REPEAT_KEY] = tune.grid_search(list(range(spec.repeats)))
-    return space
-
-
 def cell_seed(seed: int, cell: dict[str, Any]) -> int:
     """The cell's sampler seed: derived from the study seed and the cell's key, the same in every run and on
     resume (a hash of the text, not Python's per-process `hash()`), and different from cell to cell, so that
@@ -101,34 +85,21 @@ def cell_seed(seed: int, cell: dict[str, Any]) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def tune_config(spec: StudySpec, cell: dict[str, Any] | None = None) -> tune.TuneConfig:
-    """Optuna TPE inside the cell (Tune's grid/random generator when the space has a grid); ASHA or FIFO.
-    `cell`: the cell's axis values, which seed its sampler (None: the study without axes)."""
-    search_alg = None
-    if spec.searched_by_optuna:
-        import optuna
+def study_search(spec: StudySpec, record: str | None = None) -> StudySearch:
+    """Every cell's search in one searcher: each cell's sampler seeded by `cell_seed`."""
+    seeds = {T.cell_key(cell): cell_seed(spec.train.seed, cell) for cell in spec.cells()}
+    return StudySearch(spec, seeds, record)
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per cell otherwise
-        kwargs = {"n_startup_trials": spec.optuna.startup_trials} if spec.optuna.startup_trials else {}
-        sampler = optuna.samplers.TPESampler(seed=cell_seed(spec.train.seed, cell or {}), **kwargs)
-        search_alg = OptunaSearch(sampler=sampler)
-        if spec.repeats > 1:  # each sampled point runs with every seed; Optuna learns from their mean
-            search_alg = Repeater(search_alg, repeat=spec.repeats, set_index=True)
-    if spec.scheduler.name == "asha":
-        scheduler = ASHAScheduler(
-            time_attr=T.EPOCH,
-            max_t=spec.train.epochs,
-            grace_period=min(spec.scheduler.grace_period, spec.train.epochs),
-            reduction_factor=spec.scheduler.reduction_factor,
-        )
-    else:
-        scheduler = FIFOScheduler()
+
+def tune_config(spec: StudySpec, search: StudySearch) -> tune.TuneConfig:
+    """One experiment for the whole study: the cells' searches dealt round-robin, ASHA per cell (or FIFO),
+    at most `max_concurrent_trials` trials of any cells at once."""
     return tune.TuneConfig(
         metric=spec.metric,
         mode=spec.mode,
-        search_alg=search_alg,
-        scheduler=scheduler,
-        num_samples=spec.trials_per_cell * (spec.repeats if spec.searched_by_optuna else 1),
+        search_alg=search,
+        scheduler=study_scheduler(spec),
+        num_samples=len(spec.cells()) * spec.trials_in_cell,
         max_concurrent_trials=spec.resources.max_concurrent_trials,
         # A finished trial's process runs the next one (no new process, no re-imports). Not with ASHA: a
         # stopped trial's process is still inside TorchTrainer.fit(), so Tune could not reset it for reuse.
@@ -185,30 +156,50 @@ def log_baselines(client: Any, study_run: str, pending: ray.ObjectRef | None) ->
             T.log_metrics(client, study_run, metrics, step=k)
 
 
-def cell_dirname(cell: dict[str, Any]) -> str:
-    """`fusion-mid_objective-joint`: a cell's experiment folder (`all` for a study without axes)."""
-    return "_".join(f"{k}-{cell[k]}" for k in sorted(cell)) or "all"
+def record_provenance(client: Any, study_run: str, spec: StudySpec, resume: bool) -> None:
+    """Packages, runtime, code and data of this run on the study run; a resumed study warns of what
+    changed since it started (a new index file, other code, another torch)."""
+    from avmae.platform import provenance
+
+    now = provenance.record(client, study_run, spec)
+    for line in provenance.changes_since(client, study_run, spec, now) if resume else []:
+        print(f"warning: {line}", flush=True)
 
 
-def cell_tuner(
-    spec: StudySpec, cell: dict[str, Any], launch: Launch, callbacks: list[tune.Callback]
-) -> tune.Tuner:
-    """A new Tuner for the cell, or, with `resume`, the cell's Tuner restored from storage."""
+def log_encoders(client: Any, study_run: str, spec: StudySpec, study: str) -> None:
+    """The trained encoders `evaluation.log_models` keeps, as MLflow models; the study's winner registered
+    under the study's name. A failure is told and tagged: the study's results stand without it."""
+    from avmae.platform import model_export
+
+    policy = spec.evaluation.log_models
+    try:
+        model_export.log_study_models(client, study_run, spec.metric, policy)
+        if policy != "none":
+            model_export.register_winner(client, study_run, spec.metric, study)
+    except Exception as err:  # noqa: BLE001 (any failure to log models: the trials' results stand)
+        reason = str(err).strip().splitlines()[-1][:500] if str(err).strip() else type(err).__name__
+        print(f"warning: the trained encoders could not be logged to MLflow: {reason}", flush=True)
+        client.set_tag(study_run, T.ERROR_TAG, f"log_models: {reason}")
+
+
+def study_tuner(spec: StudySpec, launch: Launch, callbacks: list[tune.Callback]) -> tune.Tuner:
+    """A new Tuner for the whole study, or, with `resume`, the study's Tuner restored from storage."""
     spec_dict, trials = spec.model_dump(mode="json"), f"{launch.storage}/trials"
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec_dict, storage=trials), TRIAL_DRIVER_RESOURCES
     )
-    path = f"{launch.storage}/{cell_dirname(cell)}"
+    path = f"{launch.storage}/{TUNE_DIR}"
     if launch.resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable, resume_errored=True)
+    search = study_search(spec, f"{launch.storage}/{STUDY_FILE}")
     return tune.Tuner(
         trainable,
-        param_space=param_space(spec, cell),
-        tune_config=tune_config(spec, cell),
+        tune_config=tune_config(spec, search),
         run_config=tune.RunConfig(
-            name=cell_dirname(cell),
+            name=TUNE_DIR,
             storage_path=launch.storage,
             callbacks=callbacks,
+            stop=BudgetStopper(search),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
         ),
@@ -300,14 +291,18 @@ def study_record(launch: Launch, spec: StudySpec, write: bool = True) -> None:
     if launch.resume and exists:
         with fs.open_input_stream(path) as f:
             old = json.loads(f.read())
-        for key, what in (("spec", "study file"), ("tracking_uri", "tracking URI")):
-            if old[key] != record[key]:
-                raise StudyExistsError(f"--resume needs the {what} the study started with ({key} differs)")
-        return
+        if old["tracking_uri"] != record["tracking_uri"]:
+            raise StudyExistsError("--resume needs the tracking URI the study started with")
+        # The budget may grow on resume (that is how a study that spent it goes on); nothing else may.
+        before, now = old["spec"], record["spec"]
+        changed = sorted(k for k in {**before, **now} if k != "budget" and before.get(k) != now.get(k))
+        if changed:
+            raise StudyExistsError(
+                f"--resume needs the study file the study started with ({', '.join(changed)} changed)")
     if not write:
         return
     fs.create_dir(folder)
-    with fs.open_output_stream(path) as f:
+    with fs.open_output_stream(path) as f:  # a resumed study's budget is read from here by its searcher
         f.write(json.dumps(record, indent=2).encode())
 
 
@@ -322,7 +317,7 @@ def run_study(
     `callbacks` are added to every cell's Tuner (bench/trial_overhead.py times trials with one)."""
     from mlflow.tracking import MlflowClient
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 Tune prints nothing: CellProgress does
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 Tune prints nothing: StudyProgress does
     if launch.address is None:  # refused in seconds, before anything is recorded
         check_fits(spec, local_nodes(), "this machine")
     # The driver's callbacks find the URI here after a restore: what Tune pickles of them is redacted.
@@ -343,28 +338,29 @@ def run_study(
         raise StudyDataError(str(err)) from err
     study_record(launch, spec)
     cells = spec.cells()
-    summaries: list[CellSummary] = []
     with ray_runtime(launch.address):
         if launch.address is not None:
             warn_if_unplaceable(spec)
         study_run = T.start_study_run(client, launch.name, spec.model_dump(mode="json"), spec_path)
+        record_provenance(client, study_run, spec, launch.resume)
         trials = MlflowTrials(launch.tracking_uri, study_run, spec)
         baselines = start_baselines(spec, client, study_run)
         sigint = signal.getsignal(signal.SIGINT)
-        began = time.monotonic()
+        keys = [T.cell_key(cell) for cell in cells]
+        progress = StudyProgress(keys, spec.trials_in_cell, spec.metric, spec.train.epochs, list(spec.axes))
         try:
-            for i, cell in enumerate(cells, 1):
-                label = f"cell {i}/{len(cells)} {T.cell_key(cell) or 'all'}"
-                progress = CellProgress(label, spec.trials_in_cell, spec.metric, spec.train.epochs)
-                grid = cell_tuner(spec, cell, launch, [trials, progress, *callbacks]).fit()
-                if interrupted_fit(sigint):  # Tune saved the cell's state and returned: stop, don't go on
-                    raise StudyInterrupted(label)
-                summaries.append(CellSummary.from_results(
-                    T.cell_key(cell), grid, spec.metric, spec.train.epochs, list(spec.search)
-                ))
-                left = (time.monotonic() - began) / i * (len(cells) - i)
-                if i < len(cells):
-                    print(f"{label} done; about {left / 60:.1f} min left for the other cells", flush=True)
+            grid = study_tuner(spec, launch, [trials, progress, *callbacks]).fit()
+            if interrupted_fit(sigint):  # Tune saved the study's state and returned: say so, don't go on
+                raise StudyInterrupted("")
+            results = list(grid)
+            summaries = [CellSummary.from_results(key, [r for r in results if cell_of(spec, r.config) == key],
+                                                  spec.metric, spec.train.epochs, list(spec.search))
+                         for key in keys]
+            stopped = spent(read_budget(f"{launch.storage}/{STUDY_FILE}", spec), spec.resources,
+                            sum(r.metrics.get("time_total_s", 0.0) for r in results if r.metrics) / 3600)
+            if stopped and sum(sum(s.counts.values()) for s in summaries) < len(keys) * spec.trials_in_cell:
+                print(f"Stopped early: {stopped}. --resume with a larger budget continues.", flush=True)
+                client.set_tag(study_run, T.STOPPED_TAG, stopped)
         except (StudyInterrupted, KeyboardInterrupt):
             T.interrupt_trial_runs(client, study_run)
             T.end_study_run(client, study_run, "KILLED")
@@ -373,5 +369,6 @@ def run_study(
             T.end_study_run(client, study_run, "FAILED")
             raise
         log_baselines(client, study_run, baselines)
+        log_encoders(client, study_run, spec, launch.name)
         T.end_study_run(client, study_run)
     return summaries

@@ -42,10 +42,12 @@ def default_tracking_uri() -> str:
               help="Archive what an earlier run of this study left (its MLflow experiment is renamed "
                    "NAME.archived-TIME, its storage folder likewise) and start it afresh.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the cells, search space and resource plan.")
+@click.option("--cluster-gpus", type=click.IntRange(min=1),
+              help="With --dry-run: the trials so many GPUs run at once, and in how many waves.")
 @click.option("--speech", type=click.Path(exists=True, file_okay=False),
               help="AV-Digits: FSDD recordings for real spoken digits (default: DTMF tones).")
 def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storage: str, name: str | None,
-          resume: bool, restart: bool, dry_run: bool, speech: str | None) -> None:
+          resume: bool, restart: bool, dry_run: bool, cluster_gpus: int | None, speech: str | None) -> None:
     """Run the study in SPEC_FILE: every cell of its ablation axes, searched, trained and probed.
 
     Ctrl-C, SIGTERM and SIGHUP stop it cleanly (exit 130, 143, 129): everything logged is kept and the
@@ -70,7 +72,8 @@ def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storag
                    *(["--speech", speech] if speech else [])]
     storage = study_storage(storage, name)
     if dry_run:
-        click.echo(describe(spec.model_copy(update={"name": name}), storage, shown_uri, address))
+        named = spec.model_copy(update={"name": name})
+        click.echo(describe(named, storage, shown_uri, address, cluster_gpus))
     try:  # a local runtime that can never place a trial: refused now, not after every trial timed out
         if address is None:
             check_fits(spec, local_nodes(), "this machine")

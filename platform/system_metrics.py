@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 
 import torch
+from avmae.platform import tracking as T
 
 CPU = "system/cpu_utilization_percentage"
 MEMORY_MB = "system/system_memory_usage_megabytes"
 MEMORY_PERCENT = "system/system_memory_usage_percentage"
-PROCESS_CPU = "system/process_cpu_utilization_percentage"
+PROCESS_CPU = T.SYSTEM_PROCESS_CPU
 PROCESS_RSS_MB = "system/process_memory_rss_megabytes"
 MB = 1e6  # MLflow's megabytes
 

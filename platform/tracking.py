@@ -30,6 +30,7 @@ STATUS_TAG = "avmae.status"  # a TrialStatus value
 CHECKPOINT_TAG = "avmae.checkpoint"  # URI/path of the trial's best checkpoint (Ray Train storage)
 NODE_TAG, HOST_TAG = "avmae.node_id", "avmae.hostname"  # where the trial's rank-0 worker ran
 ERROR_TAG = "avmae.error"  # first line of a failed trial's exception
+STOPPED_TAG = "avmae.stopped"  # on the study run: why it ended before every trial ran (a spent budget)
 REPEAT_TAG = "avmae.repeat"  # k = 0..repeats-1: trials of one configuration with seed k; paired across cells
 PARENT_TAG = "mlflow.parentRunId"
 GIT_TAG = "mlflow.source.git.commit"
@@ -42,6 +43,9 @@ EPOCH = "epoch"
 DIVERGED_AT_STEP = "diverged_at_step"
 N_BROKEN = "data/n_broken"
 TRAIN_SECONDS = "time/train_s"
+# Rank 0's machine load per log window (platform/system_metrics.py; MLflow's own system-metric names).
+SYSTEM_PROCESS_CPU = "system/process_cpu_utilization_percentage"  # 100 = one core
+SYSTEM_GPU_UTILIZATION = "system/gpu_0_utilization_percentage"
 PROBE_PREFIX = "probe/"  # probe/av_acc, probe/audio_acc, probe/video_acc (or *_map for multi-label)
 SEED_PARAM = "seed"  # a trial's effective seed (the study seed + its repeat index): init, data order, masks
 # Reference probe scores on the study run, step = repeat index k: `baseline/random_init/probe/audio_acc`

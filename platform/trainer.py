@@ -36,6 +36,7 @@ from avmae.platform.probe import encoder_features, eval_loader, probe_scores
 from avmae.platform.ray_compat import train_context_logger
 from avmae.platform.reports import EpochReport
 from avmae.platform.spec import StudySpec, TrialConfig, rank_seed
+from avmae.platform.system_metrics import SystemSampler
 from torch.utils.data import DataLoader, DistributedSampler
 
 CHECKPOINT_FILE = "checkpoint.pt"  # {"config", "state_dict", ...}: loads with AVClassifier.from_pretrained
@@ -94,6 +95,7 @@ class Worker:
     geometry: ClipGeometry
     val_loader: DataLoader | None
     where: dict[str, str]  # node id and host name
+    system: SystemSampler | None = None  # rank 0's machine load, logged with each history record
     start_epoch: int = 0
     step: int = 0
     train_s: float = 0.0
@@ -168,6 +170,7 @@ def setup(config: dict[str, Any]) -> Worker:
         loader=loader, sampler=sampler, steps_per_epoch=steps_per_epoch, optimizer=optimizer,
         scheduler=scheduler, geometry=geometry, val_loader=val_loader,
         where={"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()},
+        system=SystemSampler(device) if rank == 0 else None,
     )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restored trial: Train hands back its latest checkpoint
@@ -198,6 +201,8 @@ def train_epoch(worker: Worker, epoch: int) -> EpochReport:
         if w.step % log_every and i != w.steps_per_epoch - 1:
             continue
         record = {"step": w.step, **window.read(), T.TRAIN_LR: w.scheduler.get_last_lr()[0]}
+        if w.system is not None:  # CPU, memory, GPU: a starved loader is told from a slow model
+            record.update(w.system.read())
         if not _finite(record):  # the same on every rank: the window was summed over all of them
             return EpochReport(epoch=epoch + 1, steps=w.step, history=history, diverged_at_step=w.step,
                                n_broken=n_broken, **w.where)

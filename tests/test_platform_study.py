@@ -16,19 +16,17 @@ from avmae.platform.study import (
     Launch,
     archive_study,
     cell_seed,
-    param_space,
     runtime_env,
     study_record,
-    tune_config,
+    study_search,
 )
 from conftest import TINY_STUDY
 from mlflow.tracking import MlflowClient
 
 
 def first_points(spec, cell, n=3):
-    """The first `n` points the cell's search algorithm suggests, as the Tuner would ask for them."""
-    search = tune_config(spec, cell).search_alg
-    search.set_search_properties(spec.metric, "min", param_space(spec, cell))
+    """The first `n` points the cell's search suggests, as the study's searcher would ask for them."""
+    search = study_search(spec).searches[T.cell_key(cell)]
     return [search.suggest(f"trial_{i}") for i in range(n)]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from avmae.platform.spec import REPEAT_KEY, Grid, Range, SpecError, load_spec, parse_spec, rank_seed
-from avmae.platform.study import param_space, tune_config
+from avmae.platform.study import study_search, tune_config
 from avmae.platform.sweep_cli import sweep
 from click.testing import CliRunner
 from conftest import REPO, TINY_STUDY
@@ -100,10 +100,13 @@ def test_repeats_multiply_the_trials_and_pair_seeds_across_cells():
     b = spec.resolve_trial({"fusion": "mid", "objective": "inpainting", "lr": 5e-4, REPEAT_KEY: 2})
     assert (a.seed, a.repeat) == (b.seed, b.repeat) == (12, 2)
     assert a.cell == {"fusion": "early", "objective": "joint"} and a.sampled == {"lr": 1e-3}
-    assert tune_config(spec, {"fusion": "early"}).num_samples == 9  # Repeater: 3 points x 3 seeds
+    assert tune_config(spec, study_search(spec)).num_samples == 4 * 9  # 4 cells x 3 points x 3 seeds
     lr_grid = {"lr": {"dist": "grid", "values": [1e-3, 1e-2]}}
     grid = parse_spec({**TINY_STUDY, "repeats": 2, "search": lr_grid})
-    assert param_space(grid, {})[REPEAT_KEY] == tune.grid_search([0, 1]) and grid.trials_in_cell == 2 * 3 * 2
+    cell_search = study_search(grid).searches["fusion=early,objective=joint"]
+    points = [cell_search.suggest(str(i)) for i in range(12)]
+    assert [(p["lr"], p[REPEAT_KEY]) for p in points[:4]] == [(1e-3, 0), (1e-3, 1), (1e-2, 0), (1e-2, 1)]
+    assert len(points) == grid.trials_in_cell == 2 * 3 * 2
 
 
 def test_rank_seeds_differ_by_rank_and_epoch_and_never_change():
@@ -194,23 +197,25 @@ def test_speech_is_only_for_av_digits(tmp_path: Path):
     assert result.exit_code != 0 and "--speech is for AV-Digits" in result.output
 
 
-def test_search_space_becomes_tune_domains_and_optuna_only_without_grid():
-    from avmae.platform.study import param_space, tune_config
-    from ray import tune
+def test_one_experiment_holds_every_cell_with_optuna_only_without_grid():
+    from avmae.platform.cells import CellScheduler, GridPoints, search_space
+    from avmae.platform.study import study_search, tune_config
     from ray.tune.search.optuna import OptunaSearch
 
     spec = parse_spec(TINY_STUDY)
-    space = param_space(spec, {"fusion": "mid", "objective": "joint"})
-    assert space["fusion"] == "mid" and isinstance(space["lr"], tune.search.sample.Float)
-    config = tune_config(spec)
-    assert isinstance(config.search_alg, OptunaSearch) and config.num_samples == 3
+    assert isinstance(search_space(spec)["lr"], tune.search.sample.Float)
+    search = study_search(spec)
+    config = tune_config(spec, search)
+    assert all(isinstance(s, OptunaSearch) for s in search.searches.values()) and len(search.searches) == 4
+    assert config.num_samples == 4 * 3 and isinstance(config.scheduler, CellScheduler)
     assert config.metric == "train/loss" and config.mode == "min" and not config.reuse_actors  # ASHA
 
     grid = parse_spec(with_(search={"lr": {"dist": "grid", "values": [1e-4, 1e-3]}}, trials_per_cell=2))
-    assert param_space(grid, {})["lr"] == {"grid_search": [1e-4, 1e-3]}
-    assert tune_config(grid).search_alg is None and grid.trials_in_cell == 4
+    assert all(isinstance(s, GridPoints) for s in study_search(grid).searches.values())
+    assert grid.trials_in_cell == 4
     fifo = parse_spec(with_(scheduler={"name": "fifo"}))
-    assert tune_config(fifo).reuse_actors and type(tune_config(fifo).scheduler).__name__ == "FIFOScheduler"
+    fifo_config = tune_config(fifo, study_search(fifo))
+    assert fifo_config.reuse_actors and type(fifo_config.scheduler).__name__ == "FIFOScheduler"
 
 
 def test_reading_a_study_does_not_import_torch():

@@ -41,17 +41,30 @@ def study_file(folder: Path, data: Path, name: str, **changes: object) -> Path:
 @pytest.mark.ray
 @pytest.mark.timeout(900)
 def test_a_study_runs_every_cell_and_lands_in_mlflow(tmp_path: Path, tiny_av_digits: Path):
+    """One run whose budget (a few seconds of trial time) is spent by the first two trials, one from each
+    cell, running side by side; then `--resume` with a larger budget runs the rest."""
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [str(study_file(tmp_path, tiny_av_digits, "cells")), "--storage", str(tmp_path / "runs"),
-            "--tracking-uri", tracking]
+    path = study_file(tmp_path, tiny_av_digits, "cells", budget={"trial_hours": 1e-6})
+    args = [str(path), "--storage", str(tmp_path / "runs"), "--tracking-uri", tracking]
     out = run_cli(["sweep", *args], timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-6000:]
-    assert "objective=joint" in out.stdout and "objective=inpainting" in out.stdout  # the summary table
+    assert "Stopped early: budget spent" in out.stdout and "--resume with a larger budget" in out.stdout
     assert "MLflow:" in out.stdout and tracking in out.stdout
     assert (tmp_path / "cells-dashboard.html").is_file()  # avmae.dashboards, called at the end
-
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name("cells")
+    (study,) = client.search_runs([experiment.experiment_id], f"tags.`{T.ROLE_TAG}` = 'study'")
+    assert study.data.tags[T.STOPPED_TAG].startswith("budget spent")
+    first = client.search_runs([experiment.experiment_id], f"tags.`{T.ROLE_TAG}` = 'trial'")
+    assert sorted(r.data.tags[T.CELL_TAG] for r in first) == ["objective=inpainting", "objective=joint"]
+    a, b = (r.info for r in first)  # the two cells' trials ran at the same time
+    assert a.start_time < b.end_time and b.start_time < a.end_time
+
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "budget": {"trial_hours": 10.0}}))
+    resumed = run_cli(["sweep", *args, "--resume"], timeout=600, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-6000:]
+    assert "objective=joint" in resumed.stdout and "objective=inpainting" in resumed.stdout  # summary table
     (study,) = client.search_runs([experiment.experiment_id], f"tags.`{T.ROLE_TAG}` = 'study'")
     assert study.info.status == "FINISHED" and study.data.tags[T.STUDY_TAG] == "cells"
     assert "cells.yaml" in {a.path for a in client.list_artifacts(study.info.run_id)}
@@ -85,15 +98,13 @@ def test_a_study_runs_every_cell_and_lands_in_mlflow(tmp_path: Path, tiny_av_dig
             assert 0.0 <= run.data.metrics[T.probe_metric(modality, "acc")] <= 1.0
         assert Path(tags[T.CHECKPOINT_TAG], "checkpoint.pt").is_file()
 
-    # A fresh run of the same study is refused before anything starts; --resume restores the finished
-    # cells and adds no runs.
+    # The resume added the other trials and nothing twice; a fresh run of the same study is refused before
+    # anything starts.
+    runs = client.search_runs([experiment.experiment_id], "")
+    assert len(runs) == 5 and sum(r.data.tags[T.ROLE_TAG] == "study" for r in runs) == 1
     spec = absolute(load_spec(tmp_path / "cells.yaml"))
     with pytest.raises(StudyExistsError, match="--resume"):
         run_study(spec, None, Launch("cells", str(tmp_path / "runs" / "cells"), tracking))
-    resumed = run_cli(["sweep", *args, "--resume"], timeout=600, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stdout[-6000:]
-    runs = client.search_runs([experiment.experiment_id], "")
-    assert len(runs) == 5 and sum(r.data.tags[T.ROLE_TAG] == "study" for r in runs) == 1
 
 
 def test_a_study_whose_data_is_unusable_fails_cleanly_and_can_be_fixed(tmp_path: Path, tiny_av_digits: Path):

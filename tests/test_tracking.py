@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from avmae.platform import tracking as T
 from avmae.platform.callbacks import MlflowTrials, trial_status
-from avmae.platform.progress import CellProgress, CellSummary, summary_table
+from avmae.platform.progress import CellSummary, StudyProgress, summary_table
 from avmae.platform.reports import (
     CHECKPOINT_PATH,
     DIVERGED,
@@ -167,20 +167,23 @@ def test_a_trial_that_raises_is_failed_with_its_reason(tmp_path, client: MlflowC
     assert run.data.tags[T.ERROR_TAG] == "RuntimeError: CUDA out of memory at lr 0.1"
 
 
-def test_progress_counts_trials_by_outcome(capsys: pytest.CaptureFixture):
-    progress = CellProgress("cell 1/1", total=4, metric=T.VAL_LOSS, epochs=2)
+def test_progress_shows_every_cell_by_outcome_in_one_view(capsys: pytest.CaptureFixture):
+    progress = StudyProgress(["objective=joint", "objective=inpainting"], per_cell=4, metric=T.VAL_LOSS,
+                             epochs=2, axes=["objective"])
+    joint, inpainting = {"objective": "joint"}, {"objective": "inpainting"}
     trials = [
-        fake_trial("a", {}, {T.EPOCH: 2, T.VAL_LOSS: 0.5}),
-        fake_trial("b", {}, {T.EPOCH: 1, T.VAL_LOSS: 0.7}),
-        fake_trial("c", {}, {T.EPOCH: 1, T.VAL_LOSS: 1e6, DIVERGED: 1}),
-        fake_trial("d", {}, {T.EPOCH: 1, T.VAL_LOSS: 0.4}, status="RUNNING"),
+        fake_trial("a", joint, {T.EPOCH: 2, T.VAL_LOSS: 0.5}),
+        fake_trial("b", joint, {T.EPOCH: 1, T.VAL_LOSS: 0.7}),
+        fake_trial("c", inpainting, {T.EPOCH: 1, T.VAL_LOSS: 1e6, DIVERGED: 1}),
+        fake_trial("d", inpainting, {T.EPOCH: 1, T.VAL_LOSS: 0.4}, status="RUNNING"),
     ]
     progress.on_trial_complete(0, trials, trials[0])
-    assert progress._bar.n == 3
+    assert progress._bars[""].n == 3 and progress._bars["objective=joint"].n == 2
+    assert progress._bars["objective=inpainting"].n == 1
     progress.on_experiment_end(trials)
     err = capsys.readouterr().err
-    assert "finished 1" in err and "pruned 1" in err and "diverged 1" in err and "running 1" in err
-    assert "best val/loss 0.4" in err
+    assert "finished 1, pruned 1, best val/loss 0.5" in err
+    assert "running 1, diverged 1, best val/loss 0.4" in err
 
 
 def test_the_summary_shows_the_best_trial_per_cell():

@@ -1,0 +1,97 @@
+"""Every cell in one Tune experiment (platform/cells.py), without a Ray runtime: trials dealt round-robin
+from a search per cell, a per-cell cap, Optuna's history kept per cell, ASHA comparing a trial with its own
+cell only, and the study's budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from avmae.platform import tracking as T
+from avmae.platform.cells import BudgetStopper, CellScheduler, cell_of
+from avmae.platform.spec import parse_spec
+from avmae.platform.study import study_search
+from conftest import TINY_STUDY
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+CELLS = ["fusion=early,objective=joint", "fusion=early,objective=inpainting", "fusion=mid,objective=joint",
+         "fusion=mid,objective=inpainting"]
+
+
+def deal(search, n: int, start: int = 0) -> list[dict]:
+    return [search.suggest(f"t{i}") for i in range(start, start + n)]
+
+
+def test_trials_are_dealt_round_robin_so_every_cell_is_covered_early():
+    spec = parse_spec(TINY_STUDY)  # 4 cells x 3 trials
+    search = study_search(spec)
+    configs = deal(search, 12)
+    assert [cell_of(spec, c) for c in configs] == CELLS * 3
+    assert search.suggest("t12") == search.FINISHED  # every cell has had its trials
+
+
+def test_a_per_cell_cap_holds_back_only_that_cell():
+    spec = parse_spec({**TINY_STUDY, "resources": {"max_concurrent_per_cell": 1, "max_concurrent_trials": 8}})
+    search = study_search(spec)
+    assert [cell_of(spec, c) for c in deal(search, 4)] == CELLS
+    assert search.suggest("t4") is None  # every cell has its one trial running
+    search.on_trial_complete("t1", {T.TRAIN_LOSS: 0.5, "time_total_s": 1.0})
+    assert cell_of(spec, search.suggest("t5")) == CELLS[1]  # only the cell whose trial ended
+
+
+def test_each_cells_optuna_history_holds_only_its_own_trials():
+    spec = parse_spec(TINY_STUDY)
+    search = study_search(spec)
+    for i, config in enumerate(deal(search, 8)):
+        search.on_trial_complete(f"t{i}", {T.TRAIN_LOSS: config["lr"], "time_total_s": 1.0})
+    for key, cell_search in search.searches.items():
+        mine = {trial for trial, cell in search.trial_cell.items() if cell == key}
+        # Optuna's own record of what this cell's TPE learns from (OptunaSearch keeps it per Tune trial id)
+        assert set(cell_search._ot_trials) == mine and len(cell_search._ot_study.trials) == 2
+        assert all(t.state.name == "COMPLETE" for t in cell_search._ot_study.trials)
+
+
+def test_a_cells_asha_never_stops_a_trial_for_another_cells_results():
+    spec = parse_spec({**TINY_STUDY, "metric": "train/loss", "trials_per_cell": 4,
+                       "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}})
+    scheduler = CellScheduler(spec)
+    shared = ASHAScheduler(time_attr=T.EPOCH, metric="train/loss", mode="min", max_t=2, grace_period=1,
+                           reduction_factor=2)  # what one scheduler for the whole study would do
+    good = [SimpleNamespace(trial_id=f"g{i}", config={"fusion": "early", "objective": "joint"},
+                            evaluated_params={}) for i in range(3)]
+    bad = SimpleNamespace(trial_id="b", config={"fusion": "mid", "objective": "joint"}, evaluated_params={})
+    decisions = {}
+    for name, sched in (("per cell", scheduler), ("shared", shared)):
+        for trial in [*good, bad]:
+            sched.on_trial_add(None, trial)
+        for i, trial in enumerate(good):
+            sched.on_trial_result(None, trial, {T.EPOCH: 1, "train/loss": 0.1 * (i + 1)})
+        decisions[name] = sched.on_trial_result(None, bad, {T.EPOCH: 1, "train/loss": 5.0})
+    assert decisions == {"per cell": TrialScheduler.CONTINUE, "shared": TrialScheduler.STOP}
+    assert set(scheduler.cells) == {"fusion=early,objective=joint", "fusion=mid,objective=joint"}
+
+
+def test_a_spent_budget_starts_no_trial_and_a_larger_one_goes_on(tmp_path: Path):
+    spec = parse_spec({**TINY_STUDY, "budget": {"trial_hours": 1.0}})
+    record = tmp_path / "study.json"
+    record.write_text(json.dumps({"spec": spec.model_dump(mode="json")}))
+    search = study_search(spec, str(record))
+    stopper = BudgetStopper(search)
+    deal(search, 2)
+    search.on_trial_result("t0", {"time_total_s": 3000.0})
+    search.on_trial_result("t1", {"time_total_s": 700.0})  # 3,700 s: past the hour
+    assert search.suggest("t2") is None and search.stopped == "budget spent: 1.03 of 1 trial hours"
+    assert not stopper.stop_all()  # two trials still running: they finish
+    search.on_trial_complete("t0", {"time_total_s": 3000.0})
+    search.on_trial_complete("t1", {"time_total_s": 700.0})
+    assert stopper.stop_all()
+
+    saved = tmp_path / "search.pkl"
+    search.save(str(saved))
+    raised = spec.model_copy(update={"budget": spec.budget.model_copy(update={"trial_hours": 2.0})})
+    record.write_text(json.dumps({"spec": raised.model_dump(mode="json")}))  # what --resume writes
+    resumed = study_search(spec, str(record))
+    resumed.restore(str(saved))
+    assert cell_of(spec, resumed.suggest("t2")) == CELLS[2]  # goes on where it stopped, round-robin
+    assert not BudgetStopper(resumed).stop_all()
