@@ -14,7 +14,7 @@ import itertools
 import json
 import pickle
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow.fs
@@ -93,6 +93,10 @@ class StudySearch(Searcher):
     """Deals every cell's trials round-robin (a study stopped halfway has covered every cell alike), each from
     its cell's own search; at most `max_concurrent_per_cell` running in one cell; none after the budget."""
 
+    # The searcher Tune is using, by study record: Tune pickles its stopper apart from its searcher (and
+    # restores them apart), so `BudgetStopper` finds the live one here.
+    live: ClassVar[dict[str | None, StudySearch]] = {}
+
     def __init__(self, spec: StudySpec, seeds: dict[str, int], record: str | None = None) -> None:
         """`seeds`: each cell's sampler seed by cell key; `record`: the study's `study.json`, whose budget is
         read again on restore (`--resume` may raise it)."""
@@ -107,6 +111,7 @@ class StudySearch(Searcher):
         self.finished_cells: set[str] = set()
         self.turn = 0
         self.stopped: str | None = None  # why no new trial starts (a spent budget), once it happened
+        StudySearch.live[record] = self
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # the study's metric and mode, fixed at construction; the cells' spaces are their own
@@ -166,19 +171,21 @@ class StudySearch(Searcher):
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
         self.stopped = None  # a raised budget is read at the next suggestion
+        StudySearch.live[self.record] = self
 
 
 class BudgetStopper(tune.Stopper):
     """Ends the experiment once the budget is spent and the trials that were running have finished."""
 
-    def __init__(self, search: StudySearch) -> None:
-        self.search = search
+    def __init__(self, record: str | None) -> None:
+        self.record = record  # the live searcher's key in `StudySearch.live`
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return bool(self.search.stopped) and not self.search.running()
+        search = StudySearch.live.get(self.record)
+        return search is not None and bool(search.stopped) and not search.running()
 
 
 def spent(budget: BudgetSpec, resources: ResourceSpec, trial_hours: float) -> str | None:

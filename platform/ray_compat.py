@@ -5,6 +5,8 @@ loudly when a Ray upgrade moves one of them). Checked against ray 2.60.
 - The placement-group cleaner says at WARNING, once per trial, that the Train controller it watched is dead.
 - The stock `TorchTrainer` starts a `DatasetManager` actor for every run, Ray Dataset or not.
 - Tune answers the first Ctrl-C of a `Tuner.fit()` by saving, stopping the trials and returning as if done.
+- Tune marks an experiment's search finished when a stopper ends it, in the search state it saves
+  (`search_gen_state-*.json`, a cloudpickled dict), so a restored experiment would start no new trial.
 
 Importing this module imports nothing of Ray: every Ray worker process runs `ray_logging.setup_worker`, which
 reads the names below, and importing Ray Train costs seconds. `TorchTrainer` is built on first use (PEP 562).
@@ -54,6 +56,34 @@ def __getattr__(name: str) -> Any:
         globals()[name] = cls = _torch_trainer()
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+SEARCH_STATE = "search_gen_state-*.json"  # SearchGenerator.CKPT_FILE_TMPL
+
+
+def reopen_search(experiment: str) -> bool:
+    """Clear the `finished` mark of the newest saved search state of the Tune experiment at `experiment` (a
+    path or URI), so that a restored experiment asks its searcher for trials again (a study whose budget a
+    stopper enforced, resumed with a larger one). Returns whether there was a mark to clear."""
+    import fnmatch
+
+    import pyarrow.fs
+    import ray.cloudpickle as cloudpickle
+
+    fs, folder = pyarrow.fs.FileSystem.from_uri(experiment)
+    files = [f.path for f in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+             if fnmatch.fnmatch(f.base_name, SEARCH_STATE)]
+    if not files:
+        return False
+    newest = max(files)
+    with fs.open_input_stream(newest) as f:
+        state = cloudpickle.loads(f.read())
+    if not state.get("finished"):
+        return False
+    state["finished"] = False
+    with fs.open_output_stream(newest) as f:
+        f.write(cloudpickle.dumps(state))
+    return True
 
 
 def interrupted_fit(handler: Any) -> bool:

@@ -32,7 +32,7 @@ from avmae.platform.data.indexes import IndexFormatError
 from avmae.platform.data.scan import TooManyBrokenError
 from avmae.platform.prepare import prepare_data
 from avmae.platform.progress import CellSummary, StudyProgress
-from avmae.platform.ray_compat import interrupted_fit
+from avmae.platform.ray_compat import interrupted_fit, reopen_search
 from avmae.platform.resources import ResourceError, check_fits, local_nodes, ray_nodes
 from avmae.platform.spec import StudySpec
 from avmae.platform.trial import run_trial
@@ -190,6 +190,7 @@ def study_tuner(spec: StudySpec, launch: Launch, callbacks: list[tune.Callback])
     )
     path = f"{launch.storage}/{TUNE_DIR}"
     if launch.resume and tune.Tuner.can_restore(path):
+        reopen_search(path)  # a study its budget stopped goes on with the (larger) budget it has now
         return tune.Tuner.restore(path, trainable, resume_errored=True)
     search = study_search(spec, f"{launch.storage}/{STUDY_FILE}")
     return tune.Tuner(
@@ -199,7 +200,7 @@ def study_tuner(spec: StudySpec, launch: Launch, callbacks: list[tune.Callback])
             name=TUNE_DIR,
             storage_path=launch.storage,
             callbacks=callbacks,
-            stop=BudgetStopper(search),
+            stop=BudgetStopper(search.record),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
         ),

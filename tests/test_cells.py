@@ -77,7 +77,7 @@ def test_a_spent_budget_starts_no_trial_and_a_larger_one_goes_on(tmp_path: Path)
     record = tmp_path / "study.json"
     record.write_text(json.dumps({"spec": spec.model_dump(mode="json")}))
     search = study_search(spec, str(record))
-    stopper = BudgetStopper(search)
+    stopper = BudgetStopper(str(record))
     deal(search, 2)
     search.on_trial_result("t0", {"time_total_s": 3000.0})
     search.on_trial_result("t1", {"time_total_s": 700.0})  # 3,700 s: past the hour
@@ -94,4 +94,4 @@ def test_a_spent_budget_starts_no_trial_and_a_larger_one_goes_on(tmp_path: Path)
     resumed = study_search(spec, str(record))
     resumed.restore(str(saved))
     assert cell_of(spec, resumed.suggest("t2")) == CELLS[2]  # goes on where it stopped, round-robin
-    assert not BudgetStopper(resumed).stop_all()
+    assert not stopper.stop_all()  # the stopper Tune restores apart finds the live searcher

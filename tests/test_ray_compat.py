@@ -38,3 +38,28 @@ def test_the_worker_setup_hook_imports_no_ray_train():
     code = "import sys, avmae.platform.ray_logging as m; m.setup_worker(); print(sorted(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "'ray.train" not in loaded and "'torch'" not in loaded
+
+
+def test_a_saved_search_state_can_be_reopened(tmp_path: Path):
+    """The format `reopen_search` edits is Tune's own: the file SearchGenerator saves, the key it reads."""
+    from ray.tune.search import Searcher, SearchGenerator
+
+    assert ray_compat.SEARCH_STATE == SearchGenerator.CKPT_FILE_TMPL.format("*")
+
+    class Nothing(Searcher):
+        def suggest(self, trial_id: str) -> None:
+            return None
+
+        def save(self, checkpoint_path: str) -> None:
+            Path(checkpoint_path).write_bytes(b"")
+
+        def restore(self, checkpoint_path: str) -> None:
+            pass
+
+    generator = SearchGenerator(Nothing())
+    generator.set_finished()
+    generator.save_to_dir(str(tmp_path), session_str="2026")
+    assert ray_compat.reopen_search(str(tmp_path)) and not ray_compat.reopen_search(str(tmp_path))
+    restored = SearchGenerator(Nothing())
+    restored.restore_from_dir(str(tmp_path))
+    assert restored.get_state()["finished"] is False
