@@ -10,8 +10,11 @@ import math
 import os
 import re
 import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -683,13 +686,14 @@ def chromium() -> Path:
 
 
 @pytest.mark.browser
-def test_dashboard_renders_offline_in_headless_chromium(store: str, repeated: StudyData, tmp_path: Path
-                                                        ) -> None:
-    """Both pages draw every figure offline and without errors; the page of the study with repeats shows
-    its intervals, the baseline rows and the stability sentence as rendered text."""
+@contextmanager
+def offline_pages(tmp_path: Path) -> Iterator[tuple[Callable[[], Any], list[str], list[str]]]:
+    """Headless Chromium that may load `file:` URLs only: yields (new page, URLs it tried to fetch, console
+    and page errors), each page reporting its errors."""
     executable = chromium()
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) is not installed")
-    attempted, errors, names, text = [], [], {}, {}
+    attempted: list[str] = []
+    errors: list[str] = []
 
     def offline(route) -> None:
         if route.request.url.startswith("file:"):
@@ -704,25 +708,38 @@ def test_dashboard_renders_offline_in_headless_chromium(store: str, repeated: St
             viewport={"width": 1400, "height": 900})
         try:
             browser.route("**/*", offline)
-            for study in ("sweep", "repeats"):
-                page_path = build_study_dashboard(study, store, out=tmp_path / f"{study}.html",
-                                                  log_to_mlflow=False)
+
+            def new_page() -> Any:
                 page = browser.new_page()
                 page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
                 page.on("pageerror", lambda e: errors.append(str(e)))
-                page.goto(page_path.resolve().as_uri())
-                names[study] = page.eval_on_selector_all(".figure", "els => els.map(e => e.dataset.figure)")
-                page.wait_for_function(
-                    "names => names.every(n => document.querySelector(`#fig-${n} .main-svg`))",
-                    arg=names[study], timeout=60_000)
-                text[study] = {n: page.eval_on_selector(f"#fig-{n}", "e => e.textContent")
-                               for n in names[study]}
-                page.screenshot(path=str(tmp_path / f"{study}.png"), full_page=True)
+                return page
+
+            yield new_page, attempted, errors
         finally:
             browser.close()
+
+
+def test_dashboard_renders_offline_in_headless_chromium(store: str, repeated: StudyData, tmp_path: Path
+                                                        ) -> None:
+    """Both pages draw every figure offline and without errors; the page of the study with repeats shows
+    its intervals, the baseline rows and the stability sentence as rendered text."""
+    names, text = {}, {}
+    with offline_pages(tmp_path) as (new_page, attempted, errors):
+        for study in ("sweep", "repeats"):
+            out = tmp_path / f"{study}.html"
+            page_path = build_study_dashboard(study, store, out=out, log_to_mlflow=False)
+            page = new_page()
+            page.goto(page_path.resolve().as_uri())
+            names[study] = page.eval_on_selector_all(".figure", "els => els.map(e => e.dataset.figure)")
+            page.wait_for_function(
+                "names => names.every(n => document.querySelector(`#fig-${n} .main-svg`))",
+                arg=names[study], timeout=60_000)
+            text[study] = {n: page.eval_on_selector(f"#fig-{n}", "e => e.textContent") for n in names[study]}
+            page.screenshot(path=str(tmp_path / f"{study}.png"), full_page=True)
     for study in ("sweep", "repeats"):
         assert names[study] == ["overview", "learning_curves", "lr_stability", "ablation", "masking",
-                                "importance", "parallel"]
+                                "importance", "parallel", "load"]
         assert (tmp_path / f"{study}.png").stat().st_size > 50_000
     assert attempted == [] and errors == []
     ablation, stability = text["repeats"]["ablation"], text["repeats"]["lr_stability"]
@@ -771,3 +788,15 @@ def test_an_interrupted_study_says_so_and_how_to_continue(tmp_path: Path) -> Non
     assert traces(curves, "curve", trial_id="1", metric=T.TRAIN_LOSS)[0].line.dash == "longdash"
     page = build_study_dashboard("stopped", store, out=tmp_path / "d.html", log_to_mlflow=False).read_text()
     assert "study interrupted" in page and "--resume" in page and "still running" not in page
+
+
+def test_machine_load_shows_each_trials_throughput_against_its_cpu(repeated: StudyData) -> None:
+    assert figures.machine_load(repeated).layout.meta["empty"].startswith("no system metrics")
+    n = len(repeated.trials)
+    loaded = dataclasses.replace(repeated, trials=repeated.trials.assign(**{
+        T.SYSTEM_PROCESS_CPU: np.linspace(20, 100, n), T.TRAIN_CLIPS_PER_S: np.linspace(5, 50, n)}))
+    points = [t for t in figures.machine_load(loaded).data if t.meta["role"] == "load"]
+    assert sum(len(t.x) for t in points) == n and {t.meta["use"] for t in points} == {T.SYSTEM_PROCESS_CPU}
+    by_trial = {tid: (x, y) for t in points for tid, x, y in zip(t.customdata, t.x, t.y, strict=True)}
+    first = loaded.trials.iloc[0]
+    assert by_trial[first["trial_id"]] == (first[T.SYSTEM_PROCESS_CPU], first[T.TRAIN_CLIPS_PER_S])

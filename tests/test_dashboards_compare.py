@@ -18,12 +18,11 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from test_dashboards import (
     BASELINE_SCORES,
-    CHROMIUM_ARGS,
     FINISHED,
     REPEATED,
     REPEATS,
     Trial,
-    chromium,
+    offline_pages,
     traces,
     write_study,
 )
@@ -110,34 +109,14 @@ def test_cli_builds_the_comparison_page_and_names_a_missing_study(store: str, tm
 
 @pytest.mark.browser
 def test_comparison_page_renders_offline_in_headless_chromium(store: str, tmp_path: Path) -> None:
-    executable = chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) is not installed")
     page_path = build_comparison_dashboard(["base", "variant"], store, out=tmp_path / "compare.html")
-    attempted, errors = [], []
-
-    def offline(route) -> None:
-        if route.request.url.startswith("file:"):
-            route.continue_()
-        else:
-            attempted.append(route.request.url)
-            route.abort()
-
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(executable), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 900})
-        try:
-            browser.route("**/*", offline)
-            page = browser.new_page()
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(page_path.resolve().as_uri())
-            page.wait_for_function("['side_by_side', 'comparison', 'stability'].every("
-                                   "n => document.querySelector(`#fig-${n} .main-svg`))", timeout=60_000)
-            text = page.eval_on_selector("body", "e => e.textContent")
-            page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
-        finally:
-            browser.close()
+    with offline_pages(tmp_path) as (new_page, attempted, errors):
+        page = new_page()
+        page.goto(page_path.resolve().as_uri())
+        page.wait_for_function("['side_by_side', 'comparison', 'stability'].every("
+                               "n => document.querySelector(`#fig-${n} .main-svg`))", timeout=60_000)
+        text = page.eval_on_selector("body", "e => e.textContent")
+        page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
     assert attempted == [] and errors == []
     assert "base vs variant" in text and "★ +0.100 [" in text and "not run" in text
     assert "joint reconstruction: stable over 1e-4 to 1.6e-3" in text
