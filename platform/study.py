@@ -61,8 +61,11 @@ class StudyDataError(RuntimeError):
 
 
 class StudyInterrupted(RuntimeError):
-    """The sweep was stopped (Ctrl-C, SIGTERM, SIGHUP) before every trial of a cell ended; `--resume`
-    continues it."""
+    """The sweep was stopped (Ctrl-C, SIGTERM, SIGHUP) before every trial ended; `--resume` continues it."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum  # the signal that stopped it: the exit code says which (128 + signum)
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,8 @@ def free_port() -> int:
 def signals_as_ctrl_c() -> Iterator[list[int]]:
     """SIGTERM (what Slurm, Kubernetes and `timeout` send) and SIGHUP (a closed terminal) stop a study as
     Ctrl-C does: each is passed on as SIGINT, which Tune answers by saving and stopping the trials. Yields the
-    signals received, so the exit code can say which one it was."""
+    signals received, so the exit code can say which one it was. Enter it after `ray.init`, whose core
+    installs a SIGTERM handler of its own (it aborts the process)."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
@@ -339,7 +343,8 @@ def run_study(
         raise StudyDataError(str(err)) from err
     study_record(launch, spec)
     cells = spec.cells()
-    with ray_runtime(launch.address):
+    # The signals are taken over once Ray is up: the driver's Ray core installs its own SIGTERM handler.
+    with ray_runtime(launch.address), signals_as_ctrl_c() as received:
         if launch.address is not None:
             warn_if_unplaceable(spec)
         study_run = T.start_study_run(client, launch.name, spec.model_dump(mode="json"), spec_path)
@@ -365,7 +370,7 @@ def run_study(
         except (StudyInterrupted, KeyboardInterrupt):
             T.interrupt_trial_runs(client, study_run)
             T.end_study_run(client, study_run, "KILLED")
-            raise
+            raise StudyInterrupted(signum=received[0] if received else signal.SIGINT) from None
         except BaseException:
             T.end_study_run(client, study_run, "FAILED")
             raise

@@ -89,24 +89,21 @@ def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storag
         StudyExistsError,
         StudyInterrupted,
         run_study,
-        signals_as_ctrl_c,
     )
 
     launch = Launch(name, storage, tracking_uri, address, resume, restart)
-    with signals_as_ctrl_c() as received:
-        try:
-            summaries = run_study(spec, spec_file.resolve(), launch, speech)
-        except StudyExistsError as err:
-            raise click.ClickException(str(err)) from None
-        except StudyDataError as err:
-            raise click.ClickException(f"data: {err}") from None
-        except (StudyInterrupted, KeyboardInterrupt) as err:
-            signum = received[0] if received else signal.SIGINT
-            where = f" ({err})" if str(err) else ""
-            click.echo(f"\nInterrupted by {signal.Signals(signum).name}{where}. Everything logged so far is "
-                       f"kept: MLflow {shown_uri}, checkpoints {storage}.\n"
-                       f"Continue with: {shlex.join(resume_args)}", err=True)
-            sys.exit(128 + signum)
+    try:
+        summaries = run_study(spec, spec_file.resolve(), launch, speech)
+    except StudyExistsError as err:
+        raise click.ClickException(str(err)) from None
+    except StudyDataError as err:
+        raise click.ClickException(f"data: {err}") from None
+    except (StudyInterrupted, KeyboardInterrupt) as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        click.echo(f"\nInterrupted by {signal.Signals(signum).name}. Everything logged so far is kept: "
+                   f"MLflow {shown_uri}, checkpoints {storage}.\nContinue with: {shlex.join(resume_args)}",
+                   err=True)
+        sys.exit(128 + signum)
     click.echo("\n" + summary_table(summaries, spec.metric) + "\n")
     click.echo(f"MLflow:      {shown_uri}  (experiment {name!r}: mlflow ui --backend-store-uri URI)")
     click.echo(f"Checkpoints: {storage}")
