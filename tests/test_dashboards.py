@@ -800,3 +800,27 @@ def test_machine_load_shows_each_trials_throughput_against_its_cpu(repeated: Stu
     by_trial = {tid: (x, y) for t in points for tid, x, y in zip(t.customdata, t.x, t.y, strict=True)}
     first = loaded.trials.iloc[0]
     assert by_trial[first["trial_id"]] == (first[T.SYSTEM_PROCESS_CPU], first[T.TRAIN_CLIPS_PER_S])
+
+
+def test_watch_rebuilds_while_the_study_runs_and_stops_when_it_ends(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import avmae.dashboards.cli as cli
+
+    uri = f"sqlite:///{tmp_path / 'watch.db'}"
+    client = MlflowClient(uri)
+    study = T.start_study_run(client, "watched", {"metric": T.VAL_LOSS})
+    run = T.start_trial_run(client, study, "t0", {"objective": "joint"}, {"lr": 1e-3})
+    T.log_metrics(client, run, {T.VAL_LOSS: 0.5}, step=1)
+    sleeps = []
+
+    def sleep(seconds: float) -> None:  # the study ends during the second wait
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            T.end_study_run(client, study)
+
+    monkeypatch.setattr(cli.time, "sleep", sleep)
+    out = tmp_path / "watched.html"
+    args = ["watched", "--tracking-uri", uri, "--out", str(out), "--watch", "7", "--no-log-to-mlflow"]
+    result = CliRunner().invoke(dashboard, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("dashboard for watched") == 3 and sleeps == [7, 7] and out.is_file()
