@@ -57,6 +57,10 @@ class AVMAE(nn.Module):
 
     def __init__(self, config: AVMAEConfig) -> None:
         super().__init__()
+        # The initial weights depend on the seed alone, not on what building the other modules drew: under
+        # one seed, the tokenisers and encoder of two variants that share them (another decoder, another
+        # objective) start equal, so that cells compare pair by pair.
+        seed_state = torch.get_rng_state()
         self.config = c = config
         self.tokenizers = build_tokenizers(c)
         self.encoder = build_encoder(c.fusion, c.embed_dim, c.depth, c.num_heads, c.mlp_ratio,
@@ -65,6 +69,7 @@ class AVMAE(nn.Module):
             c.decoder, c.embed_dim, c.decoder_embed_dim, c.decoder_depth, c.decoder_num_heads, c.num_tokens,
             {m: t.patch_dim for m, t in self.tokenizers.items()}, c.mlp_ratio,
         )
+        torch.set_rng_state(seed_state)
         self.apply(init_vit_weights)
         self.decoder.zero_init_heads()
 

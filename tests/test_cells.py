@@ -95,3 +95,16 @@ def test_a_spent_budget_starts_no_trial_and_a_larger_one_goes_on(tmp_path: Path)
     resumed.restore(str(saved))
     assert cell_of(spec, resumed.suggest("t2")) == CELLS[2]  # goes on where it stopped, round-robin
     assert not stopper.stop_all()  # the stopper Tune restores apart finds the live searcher
+
+
+def test_with_a_probe_as_the_metric_asha_stops_the_trial_that_probes_worse():
+    spec = parse_spec({**TINY_STUDY, "metric": "probe/av_acc", "trials_per_cell": 2,
+                       "evaluation": {"probe_every": 1},
+                       "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}})
+    scheduler = CellScheduler(spec)
+    cell = {"fusion": "early", "objective": "joint"}
+    good, bad = (SimpleNamespace(trial_id=t, config=cell, evaluated_params={}) for t in ("good", "bad"))
+    for trial in (good, bad):
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, good, {T.EPOCH: 1, "probe/av_acc": 0.9}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, bad, {T.EPOCH: 1, "probe/av_acc": 0.2}) == TrialScheduler.STOP

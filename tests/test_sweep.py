@@ -30,7 +30,7 @@ def study_file(folder: Path, data: Path, name: str, **changes: object) -> Path:
         "metric": "val/loss",
         "scheduler": {"name": "fifo"},
         "resources": {"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 2},
-        "evaluation": {"probe": ["av", "audio", "video"]},
+        "evaluation": {"probe": ["av", "audio", "video"], "probe_every": 1},
         **changes,
     }
     path = folder / f"{name}.yaml"
@@ -94,8 +94,12 @@ def test_a_study_runs_every_cell_and_lands_in_mlflow(tmp_path: Path, tiny_av_dig
                      T.TRAIN_CLIPS_PER_S):
             assert len(client.get_metric_history(run_id, name)) == 4, name
         assert [m.step for m in client.get_metric_history(run_id, T.VAL_LOSS)] == [1, 2]
-        for modality in ("av", "audio", "video"):
+        for modality in ("av", "audio", "video"):  # probed after every epoch (probe_every: 1)
             assert 0.0 <= run.data.metrics[T.probe_metric(modality, "acc")] <= 1.0
+            probed = client.get_metric_history(run_id, T.probe_metric(modality, "acc"))
+            assert sorted(m.step for m in probed) == [1, 2]
+        # Rank 0's machine load beside its throughput, in every log window.
+        assert len(client.get_metric_history(run_id, T.SYSTEM_PROCESS_CPU)) == 4
         assert Path(tags[T.CHECKPOINT_TAG], "checkpoint.pt").is_file()
 
     # The resume added the other trials and nothing twice; a fresh run of the same study is refused before
