@@ -159,6 +159,15 @@ def log_baselines(client: Any, study_run: str, pending: ray.ObjectRef | None) ->
             T.log_metrics(client, study_run, metrics, step=k)
 
 
+def _per_cell_experiments(storage: str) -> list[str]:
+    """The Tune experiments of the earlier layout (`<storage>/<cell folder>/`, one per cell)."""
+    fs, folder = pyarrow.fs.FileSystem.from_uri(storage)
+    found = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+    names = [f.base_name for f in found
+             if f.type == pyarrow.fs.FileType.Directory and f.base_name not in (TUNE_DIR, "trials")]
+    return [name for name in names if tune.Tuner.can_restore(f"{storage}/{name}")]
+
+
 def record_provenance(client: Any, study_run: str, spec: StudySpec, resume: bool) -> None:
     """Packages, runtime, code and data of this run on the study run; a resumed study warns of what
     changed since it started (a new index file, other code, another torch)."""
@@ -192,6 +201,10 @@ def study_tuner(spec: StudySpec, launch: Launch, callbacks: list[tune.Callback])
         tune.with_parameters(run_trial, spec=spec_dict, storage=trials), TRIAL_DRIVER_RESOURCES
     )
     path = f"{launch.storage}/{TUNE_DIR}"
+    if launch.resume and not tune.Tuner.can_restore(path) and _per_cell_experiments(launch.storage):
+        raise StudyExistsError(
+            f"{launch.storage} holds a study started by an avmae that ran one Tune experiment per cell: "
+            "finish it with that version, or start it afresh with --restart (its runs are archived)")
     if launch.resume and tune.Tuner.can_restore(path):
         reopen_search(path)  # a study its budget stopped goes on with the (larger) budget it has now
         return tune.Tuner.restore(path, trainable, resume_errored=True)
