@@ -144,3 +144,9 @@ def test_trials_spread_over_two_nodes_and_log_to_an_mlflow_server(
         assert all(r.data.tags[T.STATUS_TAG] == "finished" for r in trials)
         assert len({r.data.tags[T.NODE_TAG] for r in trials}) == 2  # one trial on each 1-CPU node
         assert all(client.get_metric_history(r.info.run_id, T.TRAIN_LOSS) for r in trials)
+        # Through the server too: each trial's machine load, and the study's reproducibility record.
+        assert all(client.get_metric_history(r.info.run_id, T.SYSTEM_PROCESS_CPU) for r in trials)
+        (study,) = [r for r in runs if r.data.tags.get(T.ROLE_TAG) == "study"]
+        assert study.data.params["provenance.data_clips"] and study.data.params["provenance.torch"]
+        assert "provenance/provenance.json" in {
+            a.path for a in client.list_artifacts(study.info.run_id, "provenance")}
