@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from avmae.platform import system_metrics as S
 
@@ -64,12 +63,19 @@ def test_children_count_while_they_run_and_after_they_are_reaped():
 
 
 @needs_proc
-def test_rss_follows_memory_the_process_touches():
+def test_rss_follows_memory_the_process_tree_touches():
+    """A child that writes 200 MB (a loader worker, say): in this process the allocator may instead reuse
+    pages an earlier test left resident, and RSS would not move."""
     sampler = S.SystemSampler()
     before = sampler.read()[S.PROCESS_RSS_MB]
-    block = np.ones(200_000_000 // 8)  # 200 MB, every page written
-    after = sampler.read()[S.PROCESS_RSS_MB]
-    del block
+    code = "import numpy, time; b = numpy.ones(25_000_000); print('written', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "written"
+        after = sampler.read()[S.PROCESS_RSS_MB]
+    finally:
+        child.kill()
+        child.wait()
 
     assert after - before > 150, (before, after)
 
