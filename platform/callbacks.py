@@ -33,15 +33,24 @@ def trial_status(result: dict[str, Any], epochs: int) -> T.TrialStatus:
 
 
 def error_reason(trial: Trial) -> str | None:
-    """The last line of the exception that failed `trial`. Tune writes it to the trial's local error file
-    before it calls the callbacks; its copy on the study's storage (`Trial.get_error`) is synced later, so
-    it is read only where no local file exists."""
-    path = Path(trial.error_file) if trial.error_file else None
-    if path is not None and path.is_file():
-        text = path.read_text(errors="replace")
+    """The last line of the exception that failed `trial`, unwrapped from Ray's task error. Tune writes the
+    exception to the trial's local files before it calls the callbacks; its copy on the study's storage
+    (`Trial.get_error`) is synced later, so it is read only where no local file exists."""
+    error: BaseException | str | None = None
+    pickled = Path(trial.pickled_error_file) if trial.pickled_error_file else None
+    if pickled is not None and pickled.is_file():
+        import ray.cloudpickle as cloudpickle
+
+        error = cloudpickle.loads(pickled.read_bytes())
+        while getattr(error, "cause", None) is not None:  # RayTaskError(cause=the trial's own exception)
+            error = error.cause
+    elif trial.error_file and Path(trial.error_file).is_file():
+        error = Path(trial.error_file).read_text(errors="replace")
     else:
         error = trial.get_error()
-        text = "" if error is None else str(error)
+    if error is None:
+        return None
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Failure #")]
     return lines[-1][:5000] if lines else None
 

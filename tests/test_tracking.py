@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import pickle
+import sys
 from types import SimpleNamespace
 
 import pytest
+import ray.cloudpickle
 from avmae.platform import tracking as T
 from avmae.platform.callbacks import MlflowTrials, trial_status
 from avmae.platform.progress import CellSummary, StudyProgress, summary_table
@@ -44,7 +46,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> MlflowClient:
 def fake_trial(trial_id: str, config: dict, last_result: dict | None = None, status: str = "TERMINATED",
                error: str | None = None) -> SimpleNamespace:
     return SimpleNamespace(trial_id=trial_id, config=config, last_result=last_result or {}, status=status,
-                           get_error=lambda: error, error_file=None)
+                           get_error=lambda: error, error_file=None, pickled_error_file=None)
 
 
 def test_study_and_trial_runs_are_found_again_by_their_tags(client: MlflowClient):
@@ -147,6 +149,7 @@ def test_diverged_and_failed_trials_say_so(client: MlflowClient):
 
 
 def failing_trainable(config: dict) -> None:
+    """A trial that reports once and raises. (Shipped by value: Ray's workers cannot import tests/.)"""
     tune.report({T.EPOCH: 1, T.VAL_LOSS: 1.0})
     raise RuntimeError(f"CUDA out of memory at lr {config['lr']}")
 
@@ -158,6 +161,7 @@ def test_a_trial_that_raises_is_failed_with_its_reason(tmp_path, client: MlflowC
     it calls the callbacks (its copy on the study's storage is not synced yet then)."""
     study = T.start_study_run(client, "raises", {})
     callback = MlflowTrials(client.tracking_uri, study, SPEC)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     with ray_runtime(None):
         tune.Tuner(failing_trainable, param_space={"objective": "joint", "lr": 0.1},
                    run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), callbacks=[callback],
