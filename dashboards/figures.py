@@ -20,7 +20,7 @@ from avmae.dashboards.collect import (
     score_columns,
 )
 from avmae.dashboards.importance import NotEnoughTrials, param_importances
-from avmae.dashboards.stats import Best, Interval, lr_verdict, mean_ci, stability_sentence
+from avmae.dashboards.stats import Best, Interval, lr_verdict, mean_ci, score_bounds, stability_sentence
 from avmae.dashboards.summary import (
     CONFIG,
     STATUSES,
@@ -207,7 +207,7 @@ def _stability_panel(fig: go.Figure, group: pd.DataFrame, metric: str, diverged_
                           "diverged %{customdata[1]}/%{customdata[2]}<br>grad-norm spikes %{customdata[3]}"
                           "<extra></extra>",
         ), row=row, col=col)
-        configs = [(config, mean_ci(runs[metric]), runs)
+        configs = [(config, mean_ci(runs[metric], bounds=score_bounds(metric)), runs)
                    for config, runs in finished.groupby(CONFIG, sort=False)]
         fig.add_trace(go.Scatter(
             x=[t["lr"].iloc[0] for _, _, t in configs], y=[ci.mean for _, ci, _ in configs], mode="markers",
@@ -395,7 +395,7 @@ def masking_ratios(data: StudyData) -> go.Figure:
         group = trials[trials["objective"] == objective]
         scored = group[(group["status"] == FINISHED) & group[score].notna()] if score else group[:0]
         if len(scored):
-            configs = [(runs.iloc[0], mean_ci(runs[score]), runs)
+            configs = [(runs.iloc[0], mean_ci(runs[score], bounds=score_bounds(score)), runs)
                        for _, runs in scored.groupby(CONFIG, sort=False)]
             fig.add_trace(go.Scatter(
                 x=[first[axes[0]] for first, _, _ in configs], y=[first[axes[1]] for first, _, _ in configs],

@@ -22,6 +22,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,10 +71,24 @@ class Interval:
         return f"{self.mean:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]"
 
 
+def score_bounds(metric: str) -> tuple[float, float] | None:
+    """The range a metric's mean lies in: [0, 1] for a probe score (accuracy, mAP), none for a loss."""
+    return (0.0, 1.0) if metric.startswith("probe/") else None
+
+
 def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE,
-            seed: int = BOOTSTRAP_SEED) -> Interval:
+            seed: int = BOOTSTRAP_SEED, bounds: tuple[float, float] | None = None) -> Interval:
     """Mean of the finite `values` and its `confidence` interval (t below MIN_BOOTSTRAP_N values, else a
-    seeded expanded-percentile bootstrap; see the module's docstring)."""
+    seeded expanded-percentile bootstrap; see the module's docstring), within `bounds` where the metric has
+    them (a t interval of two accuracies can reach past 1; the mean cannot)."""
+    interval = _mean_ci(values, confidence, seed)
+    if bounds is None or not interval.has_interval:
+        return interval
+    low, high = bounds
+    return dataclasses.replace(interval, lo=max(interval.lo, low), hi=min(interval.hi, high))
+
+
+def _mean_ci(values: Sequence[float] | np.ndarray, confidence: float, seed: int) -> Interval:
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     n = len(x)
@@ -299,7 +314,8 @@ def lr_verdict(label: str, metric: str, lrs: Sequence[float], scores: Sequence[f
     points = []
     for b in np.unique(bins):
         at = bins == b
-        points.append(LrPoint(float(np.exp(np.log(lr[at]).mean())), mean_ci(score[at & ~div]),
+        points.append(LrPoint(float(np.exp(np.log(lr[at]).mean())),
+                              mean_ci(score[at & ~div], bounds=score_bounds(metric)),
                               int(at.sum()), int(div[at].sum()), int(spike[at].sum())))
     points.sort(key=lambda p: p.lr)
     sign = 1.0 if higher_is_better else -1.0

@@ -21,7 +21,7 @@ from avmae.dashboards.collect import (
     primary_score,
     score_columns,
 )
-from avmae.dashboards.stats import mean_ci
+from avmae.dashboards.stats import mean_ci, score_bounds
 from avmae.platform.tracking import SEED_PARAM, TrialStatus
 
 STATUSES = tuple(s.value for s in TrialStatus)
@@ -110,7 +110,7 @@ def _cell_row(cell: str, group: pd.DataFrame, trials: pd.DataFrame, searched: li
     row["by_repeat"] = {} if best is None or rank_by is None else {
         int(k): float(v) for k, v in zip(_repeat_index(best), best[rank_by], strict=True) if math.isfinite(v)}
     for modality, column in score_columns(trials).items():
-        ci = mean_ci(best[column] if best is not None else [])
+        ci = mean_ci(best[column] if best is not None else [], bounds=score_bounds(column))
         row[modality], row[f"ci:{modality}"] = ci.mean, ci
     for param in searched:
         row[param] = math.nan if best is None else best[param].iloc[0]

@@ -58,7 +58,8 @@ def baseline_rows(data: StudyData) -> dict[str, dict[str, stats.Interval]]:
             sorted(set(frame["baseline"]) - set(BASELINES)):
         mine = frame[(frame["baseline"] == baseline) & frame["probe"].isin(columns)]
         if len(mine):
-            rows[baseline] = {probe: stats.mean_ci(group["value"]) for probe, group in mine.groupby("probe")}
+            rows[baseline] = {probe: stats.mean_ci(group["value"], bounds=stats.score_bounds(probe))
+                              for probe, group in mine.groupby("probe")}
     return rows
 
 

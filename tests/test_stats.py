@@ -262,3 +262,12 @@ def test_continuous_lrs_are_binned_by_quarter_decade() -> None:
     grid = np.array([1e-4, 1e-4, 1.2e-4, 1.2e-4])  # repeats: the values themselves, however close
     assert len(np.unique(stats.lr_bins(grid))) == 2
     assert stats.lr_text(8e-5) == "8e-5" and stats.lr_text(1.3e-3) == "1.3e-3"
+
+
+def test_an_interval_of_a_probe_score_stays_within_its_range():
+    wide = stats.mean_ci([0.9, 1.0])  # two accuracies: the t interval reaches past 1
+    assert 0 < wide.lo and wide.hi > 1
+    bounded = stats.mean_ci([0.9, 1.0], bounds=stats.score_bounds("probe/av_acc"))
+    assert (bounded.mean, bounded.lo, bounded.hi) == (wide.mean, wide.lo, 1.0)
+    assert stats.mean_ci([0.0, 0.6], bounds=(0.0, 1.0)).lo == 0.0
+    assert stats.score_bounds("val/loss") is None
