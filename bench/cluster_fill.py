@@ -139,6 +139,7 @@ def main() -> None:
                 spans = run(spec, folder / design, address, per_cell)
                 share, wall = utilisation(spans, args.slots)
                 rows.append((design, len(spans), share, wall, time.monotonic() - began))
+                print(f"{design}: {len(spans)} trials, slot use {share:.1%}, wall {wall:.0f} s", flush=True)
         finally:
             os.killpg(head.pid, signal.SIGTERM)
             head.wait(60)
