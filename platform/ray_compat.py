@@ -5,9 +5,6 @@ loudly when a Ray upgrade moves one of them). Checked against ray 2.60.
 - The placement-group cleaner says at WARNING, once per trial, that the Train controller it watched is dead.
 - The stock `TorchTrainer` starts a `DatasetManager` actor for every run, Ray Dataset or not.
 - Tune answers the first Ctrl-C of a `Tuner.fit()` by saving, stopping the trials and returning as if done.
-- A Tune function trainable that returns while a Train report still waits in its inter-actor queue can
-  deadlock: its main thread, taking that report after the function ended, blocks putting it into a full
-  result queue (seen with 4-6 trials starting at once on 2 cores; `wait_for_tune_to_take_reports`).
 - Tune marks an experiment's search finished when a stopper ends it, in the search state it saves
   (`search_gen_state-*.json`, a cloudpickled dict), so a restored experiment would start no new trial.
 
@@ -21,7 +18,6 @@ import importlib
 import os
 import signal
 import threading
-import time
 from typing import Any
 
 TRAIN_CONTEXT_MODULE = "ray.train.v2._internal.execution.context"
@@ -60,21 +56,6 @@ def __getattr__(name: str) -> Any:
         globals()[name] = cls = _torch_trainer()
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def wait_for_tune_to_take_reports(timeout_s: float = 120.0) -> bool:
-    """In a Tune trial's function, after its Train run: wait until Tune's main thread has taken every report
-    the Train run sent through the trial's inter-actor queue, so that the function does not end with one
-    still queued (see above). Returns whether the queue is empty."""
-    from ray.train._internal.session import get_session
-
-    queue = getattr(get_session(), "_inter_actor_queue", None)
-    deadline = time.monotonic() + timeout_s
-    while queue is not None and not queue.empty():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 SEARCH_STATE = "search_gen_state-*.json"  # SearchGenerator.CKPT_FILE_TMPL

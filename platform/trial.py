@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import ray.train
-from avmae.platform.ray_compat import TorchTrainer, wait_for_tune_to_take_reports
+from avmae.platform.ray_compat import TorchTrainer
 from avmae.platform.reports import metric_mode
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -52,4 +52,3 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], storage: str) -> Non
         ),
     )
     trainer.fit()
-    wait_for_tune_to_take_reports()  # a report left queued when this returns can deadlock the trial

@@ -4,7 +4,6 @@ upgrade that moves one fails here, by name, instead of silently in a sweep."""
 from __future__ import annotations
 
 import importlib
-import inspect
 import pickle
 import subprocess
 import sys
@@ -20,15 +19,6 @@ def test_the_private_modules_and_names_still_exist():
     assert isinstance(getattr(importlib.import_module(module), name), type)
     importlib.import_module(ray_compat.CLEANER_LOGGER)  # the cleaner's logger is named after its module
     assert hasattr(ray.train.torch.TorchTrainer, "_create_default_callbacks")
-
-
-def test_the_trial_session_still_passes_train_reports_through_an_inter_actor_queue():
-    """What `wait_for_tune_to_take_reports` waits on: the session's queue, filled by Train's reports."""
-    from ray.train._internal.session import _TrainSession
-
-    source = inspect.getsource(_TrainSession)
-    assert "self._inter_actor_queue" in source and "def _get_result_from_queues" in source
-    assert ray_compat.wait_for_tune_to_take_reports(timeout_s=0.1)  # outside a trial: nothing to wait for
 
 
 def test_our_trainer_drops_only_the_datasets_callback_and_pickles_by_reference():
