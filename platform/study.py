@@ -149,9 +149,7 @@ def log_baselines(client: Any, study_run: str, pending: ray.ObjectRef | None) ->
     try:
         rows = ray.get(pending)
     except Exception as err:  # noqa: BLE001 (any error of the task: the trials' results stand)
-        reason = str(err).strip().splitlines()[-1][:500] if str(err).strip() else type(err).__name__
-        print(f"warning: the reference probe rows failed: {reason}", flush=True)
-        client.set_tag(study_run, T.ERROR_TAG, f"baselines: {reason}")
+        tell_failure(client, study_run, "baselines", "the reference probe rows failed", err)
         return
     for kind, per_seed in rows.items():
         for k, scores in per_seed.items():
@@ -189,9 +187,15 @@ def log_encoders(client: Any, study_run: str, spec: StudySpec, study: str) -> No
         if policy != "none":
             model_export.register_winner(client, study_run, spec.metric, study)
     except Exception as err:  # noqa: BLE001 (any failure to log models: the trials' results stand)
-        reason = str(err).strip().splitlines()[-1][:500] if str(err).strip() else type(err).__name__
-        print(f"warning: the trained encoders could not be logged to MLflow: {reason}", flush=True)
-        client.set_tag(study_run, T.ERROR_TAG, f"log_models: {reason}")
+        tell_failure(client, study_run, "log_models", "the trained encoders were not logged to MLflow", err)
+
+
+def tell_failure(client: Any, study_run: str, step: str, what: str, err: BaseException) -> None:
+    """A step after the trials failed: say so, and tag the study run (`avmae.error`) with its last line."""
+    text = str(err).strip()
+    reason = text.splitlines()[-1][:500] if text else type(err).__name__
+    print(f"warning: {what}: {reason}", flush=True)
+    client.set_tag(study_run, T.ERROR_TAG, f"{step}: {reason}")
 
 
 def study_tuner(spec: StudySpec, launch: Launch, callbacks: list[tune.Callback]) -> tune.Tuner:
