@@ -1,9 +1,11 @@
 """Tune callbacks on the driver that mirror every trial into MLflow (layout: `tracking`).
 
 The driver is the one process that sees every trial end: when ASHA stops a trial, Tune kills its process, so
-nothing after `fit()` runs there. The workers never talk to MLflow; their reports carry what is logged.
-Tune pickles its callbacks with the experiment and hands the copy back on `Tuner.restore`, so the state
-here is small and rebuilt from MLflow tags where needed.
+nothing after `fit()` runs there. The workers never talk to MLflow; their reports carry what is logged, and
+their checkpoints carry it too (`reports.BACKLOG`), for the epochs whose report a killed driver never saw.
+The callback only queues writes (`mlflow_queue`); a thread sends them. Tune pickles its callbacks with the
+experiment and hands the copy back on `Tuner.restore`, so the state here is small, and runs are found again
+by their MLflow tags.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from avmae.platform import mlflow_queue as Q
 from avmae.platform import tracking as T
-from avmae.platform.reports import CHECKPOINT_PATH, DIVERGED, HISTORY, EpochReport, better
+from avmae.platform.mlflow_queue import FLUSH_WAIT_S, MlflowQueue
+from avmae.platform.reports import BACKLOG, CHECKPOINT_PATH, DIVERGED, HISTORY, EpochReport, better
 from avmae.platform.spec import StudySpec
 from avmae.platform.uris import MASK, redact
 from ray import tune
 
 if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
     from ray.tune.experiment import Trial
 
 
@@ -56,18 +59,22 @@ def error_reason(trial: Trial) -> str | None:
 
 
 class MlflowTrials(tune.Callback):
-    """One nested MLflow run per trial under the study run: params, curves, probe scores, status."""
+    """One nested MLflow run per trial under the study run: params, curves, probe scores, status. Every write
+    goes through the study's durable queue (`mlflow_queue`): Tune's loop never waits on MLflow."""
 
-    def __init__(self, tracking_uri: str, study_run_id: str, spec: StudySpec) -> None:
+    def __init__(self, tracking_uri: str, study_run_id: str, spec: StudySpec, journal: str,
+                 flush_wait_s: float = FLUSH_WAIT_S) -> None:
+        """`journal`: the queue's folder on the study's storage; `flush_wait_s`: how long the end of the
+        sweep waits for the queue to drain."""
         self.tracking_uri, self.study_run_id, self.spec = tracking_uri, study_run_id, spec
-        self._client: MlflowClient | None = None
-        self._runs: dict[str, str] = {}  # trial id -> MLflow run id
+        self.journal, self.flush_wait_s = journal, flush_wait_s
+        self._queue: MlflowQueue | None = None
         self._best: dict[str, tuple[float, str]] = {}  # trial id -> (best metric, its checkpoint)
         self._placed: set[str] = set()  # trials whose node is tagged
 
     def __getstate__(self) -> dict[str, Any]:
-        """What Tune stores with the experiment: no client, and no credentials from the tracking URI."""
-        return {**self.__dict__, "_client": None, "tracking_uri": redact(self.tracking_uri)}
+        """What Tune stores with the experiment: no queue, and no credentials from the tracking URI."""
+        return {**self.__dict__, "_queue": None, "tracking_uri": redact(self.tracking_uri)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -76,41 +83,36 @@ class MlflowTrials(tune.Callback):
             self.tracking_uri = own
 
     @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            from mlflow.tracking import MlflowClient
+    def queue(self) -> MlflowQueue:
+        if self._queue is None:
+            self.setup()
+        return self._queue
 
-            self._client = MlflowClient(self.tracking_uri)
-        return self._client
-
-    def run_id(self, trial: Trial) -> str:
-        """The trial's run: created on its first start, found again by its tags after a restore."""
-        if trial.trial_id not in self._runs:
-            resolved = self.spec.resolve_trial(trial.config)
-            self._runs[trial.trial_id] = T.start_trial_run(
-                self.client, self.study_run_id, trial.trial_id, resolved.cell, resolved.params(self.spec),
-                repeat=resolved.repeat,
-            )
-        return self._runs[trial.trial_id]
+    def setup(self, **info: Any) -> None:
+        """Start the queue with the experiment: it first sends what an earlier run of the sweep left queued
+        (a `--resume` after the server was down at exit, or after the driver was killed)."""
+        if self._queue is None:
+            self._queue = MlflowQueue(self.journal, self.tracking_uri)
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        run_id = self.run_id(trial)
-        self.client.update_run(run_id, status="RUNNING")  # reopened, if an interrupted sweep is resumed
-        self.client.set_tag(run_id, T.STATUS_TAG, T.TrialStatus.RUNNING.value)
+        resolved = self.spec.resolve_trial(trial.config)
+        self.queue.put(Q.trial_run_entry(self.study_run_id, trial.trial_id, resolved.cell,
+                                         resolved.params(self.spec), resolved.repeat))
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
-        run_id = self.run_id(trial)
         report = EpochReport.from_result(result)
-        result.pop(HISTORY, None)  # before Tune's own CSV/JSON loggers see it (user callbacks run first)
+        # Consumed before Tune's own CSV/JSON loggers see them (user callbacks run first).
+        result.pop(HISTORY, None)
+        backlog = result.pop(BACKLOG, None) or []
         # A diverged epoch logs where it diverged, never its sentinel score: MLflow keeps the last finite
-        # metrics, and the status tag says the trial diverged.
-        T.log_history(self.client, run_id, report.history)
-        T.log_metrics(self.client, run_id, report.epoch_metrics(), step=report.epoch)
+        # metrics, and the status tag says the trial diverged. A restored trial's first report brings the
+        # epochs of its checkpoint: those this driver's predecessor never logged are logged now, once.
+        self.queue.put(Q.epochs_entry(self.study_run_id, trial.trial_id, [*backlog, report.record()]))
         if report.node_id and trial.trial_id not in self._placed:
-            self.client.set_tag(run_id, T.NODE_TAG, report.node_id)
-            self.client.set_tag(run_id, T.HOST_TAG, report.hostname)
+            self.queue.put(Q.tags_entry(self.study_run_id, trial.trial_id, {
+                T.NODE_TAG: report.node_id, T.HOST_TAG: report.hostname, T.PID_TAG: str(report.pid)}))
             self._placed.add(trial.trial_id)
         if report.diverged:
             return
@@ -124,13 +126,18 @@ class MlflowTrials(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         reason = error_reason(trial)
-        if reason is not None:
-            self.client.set_tag(self.run_id(trial), T.ERROR_TAG, reason)
-        self._end(trial, T.TrialStatus.FAILED)
+        self._end(trial, T.TrialStatus.FAILED, {T.ERROR_TAG: reason} if reason is not None else {})
 
-    def _end(self, trial: Trial, status: T.TrialStatus) -> None:
-        run_id = self.run_id(trial)
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        """The sweep ended (or was interrupted): wait a while for MLflow to take what is queued."""
+        left, self._queue = self.queue.close(self.flush_wait_s), None
+        if left:
+            study = self.journal.rsplit("/", 1)[0]
+            print(f"warning: MLflow at {redact(self.tracking_uri)} did not take {left} queued writes within "
+                  f"{self.flush_wait_s:.0f} s. Nothing is lost: they are kept in {self.journal}, and "
+                  f"`avmae mlflow flush {study}` (or the sweep's --resume) sends them.", flush=True)
+
+    def _end(self, trial: Trial, status: T.TrialStatus, tags: dict[str, str] | None = None) -> None:
         checkpoint = self._best.get(trial.trial_id, (0, trial.last_result.get(CHECKPOINT_PATH)))[1]
-        if checkpoint:
-            self.client.set_tag(run_id, T.CHECKPOINT_TAG, checkpoint)
-        T.end_trial_run(self.client, run_id, status)
+        tags = {**(tags or {}), **({T.CHECKPOINT_TAG: checkpoint} if checkpoint else {})}
+        self.queue.put(Q.end_entry(self.study_run_id, trial.trial_id, status, tags))

@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "sweep": ("avmae.platform.sweep_cli:sweep", "Run a study file: Ray Tune + Optuna over AV-MAE variants."),
     "dashboard": ("avmae.dashboards.cli:dashboard", "Build a study's HTML dashboard from MLflow."),
     "status": ("avmae.platform.status:status", "List the studies in MLflow, or a study's progress and ETA."),
+    "mlflow": ("avmae.platform.mlflow_cli:mlflow_group", "Send to MLflow what a study left queued (flush)."),
 }
 
 

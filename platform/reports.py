@@ -7,6 +7,7 @@ record names every other key once, so the two sides cannot drift apart. Torch- a
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,7 +17,11 @@ from avmae.platform import tracking as T
 DIVERGED = "diverged"  # 1 when the loss became non-finite (the trial then stops)
 HISTORY = "history"  # step-wise records since the last report, for MLflow
 FIRST_STEP_AT = "first_step_at"  # wall-clock time of the first optimiser step (bench/trial_overhead.py)
-NODE_ID, HOSTNAME = "node_id", "hostname"  # where rank 0 ran
+NODE_ID, HOSTNAME, PID = "node_id", "hostname", "pid"  # where rank 0 ran
+REPORTED_AT = "reported_at"  # wall-clock time rank 0 reported the epoch: its metrics' MLflow timestamp
+# The MLflow records (`EpochReport.record`) of the epochs a restored trial's checkpoint holds, sent once with
+# its first report: epochs whose report its driver never saw (it was killed) are logged late from them.
+BACKLOG = "backlog"
 STEPS = "steps"  # optimiser steps taken so far, on every rank alike
 CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback to results that carry a checkpoint
 # A diverged trial's score for Tune: finite, so Optuna and ASHA simply rank it last (its sign follows the
@@ -50,6 +55,8 @@ class EpochReport:
     first_step_at: float | None = None
     node_id: str = ""
     hostname: str = ""
+    pid: int = 0
+    reported_at: float = 0.0
 
     @property
     def diverged(self) -> bool:
@@ -61,7 +68,7 @@ class EpochReport:
             **self.train, **self.val, **self.probe,
             T.EPOCH: self.epoch, STEPS: self.steps, HISTORY: self.history, T.TRAIN_SECONDS: self.train_s,
             T.N_BROKEN: self.n_broken, DIVERGED: int(self.diverged), NODE_ID: self.node_id,
-            HOSTNAME: self.hostname,
+            HOSTNAME: self.hostname, PID: self.pid, REPORTED_AT: self.reported_at,
         }
         if self.diverged:
             worst = DIVERGED_SCORE if metric_mode(metric) == "min" else -DIVERGED_SCORE
@@ -92,6 +99,8 @@ class EpochReport:
             first_step_at=result.get(FIRST_STEP_AT),
             node_id=str(result.get(NODE_ID, "")),
             hostname=str(result.get(HOSTNAME, "")),
+            pid=int(result.get(PID, 0)),
+            reported_at=float(result.get(REPORTED_AT, 0.0)),
         )
 
     def epoch_metrics(self) -> dict[str, float]:
@@ -102,3 +111,10 @@ class EpochReport:
         if self.diverged:
             metrics[T.DIVERGED_AT_STEP] = float(self.diverged_at_step)
         return metrics
+
+    def record(self) -> dict[str, Any]:
+        """What MLflow keeps of the epoch, as JSON: it travels in the checkpoint and the driver's journal, so
+        an epoch is logged (once: `tracking.log_epochs`) even when its report never reached the driver."""
+        at = self.reported_at or time.time()  # a result without the time (a test's) is timed on arrival
+        return {"epoch": self.epoch, "time_ms": int(at * 1000), "metrics": self.epoch_metrics(),
+                "history": self.history}

@@ -29,6 +29,7 @@ CELL_TAG = "avmae.cell"  # e.g. "decoder=shared,fusion=mid,objective=joint"
 STATUS_TAG = "avmae.status"  # a TrialStatus value
 CHECKPOINT_TAG = "avmae.checkpoint"  # URI/path of the trial's best checkpoint (Ray Train storage)
 NODE_TAG, HOST_TAG = "avmae.node_id", "avmae.hostname"  # where the trial's rank-0 worker ran
+PID_TAG = "avmae.pid"  # its process id there (`py-spy dump --pid`, or a fault test's `kill -9`)
 ERROR_TAG = "avmae.error"  # first line of a failed trial's exception
 STOPPED_TAG = "avmae.stopped"  # on the study run: why it ended before every trial ran (a spent budget)
 REPEAT_TAG = "avmae.repeat"  # k = 0..repeats-1: trials of one configuration with seed k; paired across cells
@@ -167,9 +168,7 @@ def start_trial_run(
     `repeat`: its repeat index k (seed k), which pairs it with repeat k of every other cell."""
     parent = client.get_run(study_run_id)
     exp_id, study = parent.info.experiment_id, parent.data.tags[STUDY_TAG]
-    run_id = _find_run(
-        client, exp_id, f"tags.`{STUDY_TAG}` = {literal(study)} and tags.`{TRIAL_TAG}` = {literal(trial_id)}"
-    )
+    run_id = _find_run(client, exp_id, _trial_filter(study, trial_id))
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, STATUS_TAG, TrialStatus.RUNNING.value)
@@ -188,6 +187,16 @@ def start_trial_run(
     return run_id
 
 
+def find_trial_run(client: MlflowClient, study_run_id: str, trial_id: str) -> str | None:
+    """The trial's run under the study run, if it has one."""
+    parent = client.get_run(study_run_id)
+    return _find_run(client, parent.info.experiment_id, _trial_filter(parent.data.tags[STUDY_TAG], trial_id))
+
+
+def _trial_filter(study: str, trial_id: str) -> str:
+    return f"tags.`{STUDY_TAG}` = {literal(study)} and tags.`{TRIAL_TAG}` = {literal(trial_id)}"
+
+
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
     from mlflow.entities import Param
 
@@ -201,12 +210,16 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float],
     log_history(client, run_id, [{"step": step, **metrics}])
 
 
-def log_history(client: MlflowClient, run_id: str, records: list[Mapping[str, float]]) -> None:
+def log_history(
+    client: MlflowClient, run_id: str, records: list[Mapping[str, float]], timestamp_ms: int | None = None
+) -> None:
     """Step-wise records `{"step": s, name: value, ...}` in as few requests as MLflow allows (1000 each).
-    Non-finite values are left out: they are what divergence is, recorded separately."""
+    Non-finite values are left out: they are what divergence is, recorded separately. `timestamp_ms`: when
+    they were measured (default: now). A value sent again with its timestamp is stored once by MLflow's
+    SQL stores (the metric's key is name, timestamp, step and value), so a replayed batch is harmless."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
     batch = [
         Metric(k, float(v), now, int(r["step"]))
         for r in records
@@ -217,10 +230,32 @@ def log_history(client: MlflowClient, run_id: str, records: list[Mapping[str, fl
         client.log_batch(run_id, metrics=batch[start : start + 1000])
 
 
-def end_trial_run(client: MlflowClient, run_id: str, status: TrialStatus) -> None:
-    """Record why a trial ended, and close its MLflow run (idempotent: a later, truer status wins)."""
+def logged_epochs(client: MlflowClient, run_id: str) -> set[int]:
+    """The epochs a trial's run holds: the steps of its `epoch` metric, logged last of each epoch."""
+    return {m.step for m in client.get_metric_history(run_id, EPOCH)}
+
+
+def log_epochs(client: MlflowClient, run_id: str, records: list[Mapping[str, Any]], logged: set[int]) -> None:
+    """Each epoch record (`reports.EpochReport.record`) whose epoch is not in `logged` (which grows): its
+    step-wise history, then its epoch metrics. `epoch` comes in the last request, so an epoch counts as
+    logged only once all of it is; what a crash cut short is sent again with the same timestamps."""
+    for record in sorted(records, key=lambda r: r["epoch"]):
+        epoch = int(record["epoch"])
+        if epoch in logged:
+            continue
+        metrics = {k: v for k, v in record["metrics"].items() if k != EPOCH}
+        rows = [*record["history"], {"step": epoch, **metrics}, {"step": epoch, EPOCH: float(epoch)}]
+        log_history(client, run_id, rows, timestamp_ms=record["time_ms"])
+        logged.add(epoch)
+
+
+def end_trial_run(
+    client: MlflowClient, run_id: str, status: TrialStatus, end_time_ms: int | None = None
+) -> None:
+    """Record why a trial ended, and close its MLflow run (idempotent: a later, truer status wins).
+    `end_time_ms`: when it ended (default: now), for a record written late."""
     client.set_tag(run_id, STATUS_TAG, status.value)
-    client.set_terminated(run_id, status=_MLFLOW_STATUS[status])
+    client.set_terminated(run_id, status=_MLFLOW_STATUS[status], end_time=end_time_ms)
 
 
 def interrupt_trial_runs(client: MlflowClient, study_run_id: str) -> None:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from avmae.platform import tracking as T
 from avmae.platform.data import ClipGeometry, build_loader
 from avmae.platform.probe import encoder_features, eval_loader, probe_scores
 from avmae.platform.ray_compat import train_context_logger
-from avmae.platform.reports import EpochReport
+from avmae.platform.reports import BACKLOG, HISTORY, EpochReport
 from avmae.platform.spec import StudySpec, TrialConfig, rank_seed
 from avmae.platform.system_metrics import SystemSampler
 from torch.utils.data import DataLoader, DistributedSampler
@@ -94,23 +95,38 @@ class Worker:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     geometry: ClipGeometry
     val_loader: DataLoader | None
-    where: dict[str, str]  # node id and host name
+    where: dict[str, Any]  # node id, host name and process id
     system: SystemSampler | None = None  # rank 0's machine load, logged with each history record
     start_epoch: int = 0
     step: int = 0
     train_s: float = 0.0
+    # What MLflow keeps of every epoch so far (`EpochReport.record`) and the last epoch's Tune result: both
+    # travel in the checkpoint, for a driver that never saw the report of the epoch it holds.
+    records: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+    backlog: list[dict[str, Any]] = field(default_factory=list)  # restored records, not yet sent (rank 0)
 
     def state(self, epoch: int) -> dict[str, Any]:
         """The checkpoint after `epoch` (1-based) epochs."""
         return {"config": self.model.config.to_dict(), "state_dict": self.model.state_dict(), "epoch": epoch,
                 "step": self.step, "train_s": self.train_s, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+                "scheduler": self.scheduler.state_dict(), "records": self.records, "result": self.result}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch, self.step, self.train_s = state["epoch"], state["step"], state["train_s"]
+        # Absent from checkpoints written before the records were kept: their epochs are logged as before.
+        self.records, self.result = state.get("records", []), state.get("result", {})
+        self.backlog = list(self.records) if self.rank == 0 else []
+
+    def tune_result(self, report: EpochReport) -> dict[str, Any]:
+        """`report` as Tune's result; rank 0's first one after a restore brings the restored records."""
+        result = report.to_result(self.spec.metric)
+        if self.backlog:
+            result[BACKLOG], self.backlog = self.backlog, []
+        return result
 
 
 def train(config: dict[str, Any]) -> None:
@@ -121,10 +137,16 @@ def train(config: dict[str, Any]) -> None:
 def run(worker: Worker) -> None:
     """The epochs left to train (all of them, or those after the checkpoint), each reported."""
     epochs = worker.spec.train.epochs
+    if worker.start_epoch >= epochs and worker.result:
+        # Restored from its last checkpoint (its driver was killed before it saw that report): the last
+        # epoch is reported again, so Tune ends the trial as finished and its records reach MLflow.
+        backlog = {BACKLOG: worker.backlog} if worker.backlog else {}
+        ray.train.report({**worker.result, **backlog})
+        return
     for epoch in range(worker.start_epoch, epochs):
         report = train_epoch(worker, epoch)
         if report.diverged:
-            ray.train.report(report.to_result(worker.spec.metric))
+            ray.train.report(worker.tune_result(report))
             return
         finish_epoch(worker, report, last=epoch == epochs - 1)
 
@@ -169,7 +191,8 @@ def setup(config: dict[str, Any]) -> Worker:
         evaluator=models.TrainStep(model, optimizer, amp_dtype="auto"),
         loader=loader, sampler=sampler, steps_per_epoch=steps_per_epoch, optimizer=optimizer,
         scheduler=scheduler, geometry=geometry, val_loader=val_loader,
-        where={"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()},
+        where={"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
+               "pid": os.getpid()},
         system=SystemSampler(device) if rank == 0 else None,
     )
     checkpoint = ray.train.get_checkpoint()
@@ -205,12 +228,13 @@ def train_epoch(worker: Worker, epoch: int) -> EpochReport:
             record.update(w.system.read())
         if not _finite(record):  # the same on every rank: the window was summed over all of them
             return EpochReport(epoch=epoch + 1, steps=w.step, history=history, diverged_at_step=w.step,
-                               n_broken=n_broken, **w.where)
+                               n_broken=n_broken, reported_at=time.time(), **w.where)
         history.append(record)
     w.train_s += time.perf_counter() - began
     return EpochReport(
         epoch=epoch + 1, steps=w.step, train=epoch_meter.read(), history=history, train_s=w.train_s,
-        n_broken=n_broken, first_step_at=first_step_at if epoch == w.start_epoch else None, **w.where,
+        n_broken=n_broken, first_step_at=first_step_at if epoch == w.start_epoch else None,
+        reported_at=time.time(), **w.where,
     )
 
 
@@ -222,10 +246,12 @@ def finish_epoch(worker: Worker, report: EpochReport, last: bool) -> None:
         report.val = _validation_loss(w.evaluator, w.val_loader, w.device)
     if w.rank == 0 and w.spec.evaluation.probes_after(report.epoch, last):
         report.probe = probe_scores(encoder_features(w.model), w.spec, w.geometry)
-    result = report.to_result(w.spec.metric)
+    result = w.tune_result(report)
     if w.rank != 0:
         ray.train.report(result)
         return
+    w.records.append(report.record())
+    w.result = {k: v for k, v in result.items() if k not in (HISTORY, BACKLOG)}
     with tempfile.TemporaryDirectory() as folder:
         torch.save(w.state(report.epoch), Path(folder) / CHECKPOINT_FILE)
         ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(folder))

@@ -5,14 +5,19 @@ from __future__ import annotations
 import math
 import pickle
 import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import ray.cloudpickle
 from avmae.platform import tracking as T
 from avmae.platform.callbacks import MlflowTrials, trial_status
+from avmae.platform.mlflow_cli import mlflow_group
+from avmae.platform.mlflow_queue import JOURNAL_DIR
 from avmae.platform.progress import CellSummary, StudyProgress, summary_table
 from avmae.platform.reports import (
+    BACKLOG,
     CHECKPOINT_PATH,
     DIVERGED,
     DIVERGED_SCORE,
@@ -22,7 +27,8 @@ from avmae.platform.reports import (
     EpochReport,
 )
 from avmae.platform.spec import REPEAT_KEY, parse_spec
-from avmae.platform.study import ray_runtime
+from avmae.platform.study import free_port, ray_runtime
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -98,9 +104,18 @@ def test_trial_params_are_the_resolved_model_and_the_effective_hyperparameters()
     assert repeat.model == SPEC.resolve_trial({"objective": "inpainting", "lr": 0.01}).model
 
 
-def test_the_callback_mirrors_a_trial_into_a_nested_run(client: MlflowClient):
+def trials_callback(client: MlflowClient, study: str, tmp_path: Path) -> MlflowTrials:
+    return MlflowTrials(client.tracking_uri, study, SPEC, str(tmp_path / "journal"))
+
+
+def sent(callback: MlflowTrials) -> None:
+    """Wait until MLflow has every queued write (what the end of a sweep does)."""
+    assert callback.queue.close(60) == 0
+
+
+def test_the_callback_mirrors_a_trial_into_a_nested_run(client: MlflowClient, tmp_path: Path):
     study = T.start_study_run(client, "mirror", {})
-    callback = MlflowTrials(client.tracking_uri, study, SPEC)
+    callback = trials_callback(client, study, tmp_path)
     trial = fake_trial("a_00000", {"objective": "joint", "lr": 0.01})
     callback.on_trial_start(0, [trial], trial)
     history = [{"step": 2, T.TRAIN_LOSS: 0.9, T.TRAIN_GRAD_NORM: 1.0}, {"step": 4, T.TRAIN_LOSS: 0.8}]
@@ -112,10 +127,12 @@ def test_the_callback_mirrors_a_trial_into_a_nested_run(client: MlflowClient):
         callback.on_trial_result(0, [trial], trial, result)
         assert HISTORY not in result  # consumed: Tune's own loggers never see it
     trial.last_result = result
-    callback = pickle.loads(pickle.dumps(callback))  # how Tune stores and restores it
+    sent(callback)  # the sweep that stored it has ended
+    callback = pickle.loads(pickle.dumps(callback))  # how Tune stores and restores it (in a new process)
     callback.on_trial_complete(0, [trial], trial)
+    sent(callback)
 
-    run = client.get_run(callback.run_id(trial))
+    run = client.get_run(T.find_trial_run(client, study, "a_00000"))
     assert run.data.tags[T.PARENT_TAG] == study and run.data.tags[T.TRIAL_TAG] == "a_00000"
     assert run.data.tags[T.STATUS_TAG] == "finished" and run.info.status == "FINISHED"
     assert run.data.tags[T.NODE_TAG] == "n1" and run.data.tags[T.HOST_TAG] == "h1"
@@ -128,8 +145,9 @@ def test_the_callback_mirrors_a_trial_into_a_nested_run(client: MlflowClient):
     assert T.TRAIN_LOSS in run.data.metrics and run.data.metrics[T.EPOCH] == 2
 
 
-def test_diverged_and_failed_trials_say_so(client: MlflowClient):
-    callback = MlflowTrials(client.tracking_uri, T.start_study_run(client, "outcomes", {}), SPEC)
+def test_diverged_and_failed_trials_say_so(client: MlflowClient, tmp_path: Path):
+    study = T.start_study_run(client, "outcomes", {})
+    callback = trials_callback(client, study, tmp_path)
     diverged = fake_trial("d", {"objective": "joint", "lr": 0.1})
     callback.on_trial_start(0, [diverged], diverged)
     callback.on_trial_result(0, [diverged], diverged, {
@@ -140,12 +158,82 @@ def test_diverged_and_failed_trials_say_so(client: MlflowClient):
     callback.on_trial_result(0, [diverged], diverged, result)
     diverged.last_result = result
     callback.on_trial_complete(0, [diverged], diverged)
-    run = client.get_run(callback.run_id(diverged))
+    sent(callback)
+    run = client.get_run(T.find_trial_run(client, study, "d"))
     assert run.data.tags[T.STATUS_TAG] == "diverged" and run.data.metrics[T.DIVERGED_AT_STEP] == 3
     # MLflow keeps the last finite values, never the sentinel.
     assert [m.value for m in client.get_metric_history(run.info.run_id, T.TRAIN_LOSS)] == [0.9]
     assert [m.value for m in client.get_metric_history(run.info.run_id, T.VAL_LOSS)] == [0.7]
     assert run.data.tags[T.REPEAT_TAG] == "0" and run.data.params[T.SEED_PARAM] == "0"
+
+
+def epoch_result(epoch: int, backlog: list | None = None) -> dict:
+    """What rank 0 reports for `epoch` (2 steps each), as Tune hands it to the callback."""
+    history = [{"step": 2 * epoch - 1, T.TRAIN_LOSS: 0.5}, {"step": 2 * epoch, T.TRAIN_LOSS: 0.4}]
+    report = EpochReport(epoch=epoch, steps=2 * epoch, val={T.VAL_LOSS: 1.0 / epoch}, reported_at=1e9 + epoch,
+                         history=history)
+    return {**report.to_result(T.VAL_LOSS), **({BACKLOG: backlog} if backlog else {})}
+
+
+def epoch_steps(client: MlflowClient, run_id: str) -> dict[str, list[int]]:
+    return {name: sorted(m.step for m in client.get_metric_history(run_id, name))
+            for name in (T.EPOCH, T.VAL_LOSS, T.TRAIN_LOSS)}
+
+
+def test_writes_wait_in_the_journal_while_mlflow_is_down_and_a_replay_sends_them_once(
+    client: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    """Nothing waits on a server that does not answer; `avmae mlflow flush` sends what is queued, and
+    sending it again (a crash between MLflow's answer and the entry's removal) duplicates nothing."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    study, folder = T.start_study_run(client, "outage", {}), tmp_path / "outage"
+    journal = folder / JOURNAL_DIR
+    callback = MlflowTrials(f"http://127.0.0.1:{free_port()}", study, SPEC, str(journal), flush_wait_s=1)
+    trial = fake_trial("o_00000", {"objective": "joint", "lr": 0.01})
+    began = time.monotonic()
+    callback.on_trial_start(0, [trial], trial)
+    for epoch in (1, 2):
+        callback.on_trial_result(0, [trial], trial, epoch_result(epoch))
+    trial.last_result = epoch_result(2)
+    callback.on_trial_complete(0, [trial], trial)
+    assert time.monotonic() - began < 1.0  # Tune's loop went on
+    callback.on_experiment_end([trial])
+    assert f"avmae mlflow flush {folder}" in capsys.readouterr().out
+    entries = {p.name: p.read_bytes() for p in journal.glob("*.json")}
+    assert len(entries) == 4  # the run, two epochs, the end
+
+    for _ in range(2):
+        flush = ["flush", str(folder), "--tracking-uri", client.tracking_uri]
+        flushed = CliRunner().invoke(mlflow_group, flush)
+        assert flushed.exit_code == 0 and "Sent 4 of 4" in flushed.output, flushed.output
+        assert not list(journal.glob("*.json"))
+        for name, body in entries.items():
+            (journal / name).write_bytes(body)
+    experiment = client.get_run(study).info.experiment_id
+    (run,) = client.search_runs([experiment], f"tags.`{T.PARENT_TAG}` = '{study}'")  # one run, created once
+    assert run.data.tags[T.STATUS_TAG] == "finished" and run.info.status == "FINISHED"
+    assert epoch_steps(client, run.info.run_id) == {
+        T.EPOCH: [1, 2], T.VAL_LOSS: [1, 2], T.TRAIN_LOSS: [1, 2, 3, 4]}
+
+
+def test_a_restored_trial_logs_the_epochs_its_checkpoint_holds_that_mlflow_lacks(client: MlflowClient,
+                                                                                 tmp_path: Path):
+    """The driver was killed after logging epoch 1; its workers went on and checkpointed epoch 2, which it
+    never saw. The restored trial's first report (epoch 3) brings the records of epochs 1 and 2."""
+    study = T.start_study_run(client, "backlog", {})
+    callback = trials_callback(client, study, tmp_path)
+    trial = fake_trial("b_00000", {"objective": "joint", "lr": 0.01})
+    callback.on_trial_start(0, [trial], trial)
+    callback.on_trial_result(0, [trial], trial, epoch_result(1))
+    records = [EpochReport.from_result(epoch_result(e)).record() for e in (1, 2)]
+    result = epoch_result(3, backlog=records)
+    callback.on_trial_result(0, [trial], trial, result)
+    assert BACKLOG not in result  # consumed: Tune's own loggers never see it
+    sent(callback)
+    run = T.find_trial_run(client, study, "b_00000")
+    assert epoch_steps(client, run) == {
+        T.EPOCH: [1, 2, 3], T.VAL_LOSS: [1, 2, 3], T.TRAIN_LOSS: list(range(1, 7))}
 
 
 def failing_trainable(config: dict) -> None:
@@ -160,7 +248,7 @@ def test_a_trial_that_raises_is_failed_with_its_reason(tmp_path, client: MlflowC
     """A real Tune trial raising, not a mock: the tag is set from what Tune recorded of the exception when
     it calls the callbacks (its copy on the study's storage is not synced yet then)."""
     study = T.start_study_run(client, "raises", {})
-    callback = MlflowTrials(client.tracking_uri, study, SPEC)
+    callback = trials_callback(client, study, tmp_path)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     with ray_runtime(None):
         tune.Tuner(failing_trainable, param_space={"objective": "joint", "lr": 0.1},
@@ -206,7 +294,7 @@ def test_the_summary_shows_the_best_trial_per_cell():
 
 def test_what_tune_stores_of_the_callback_holds_no_credentials(monkeypatch: pytest.MonkeyPatch):
     secret = "postgresql+psycopg2://mlflow:s3cret@db:5432/mlflow"
-    stored = pickle.dumps(MlflowTrials(secret, "run", SPEC))
+    stored = pickle.dumps(MlflowTrials(secret, "run", SPEC, "/study/mlflow_journal"))
     assert b"s3cret" not in stored
     monkeypatch.setenv("MLFLOW_TRACKING_URI", secret)  # what the sweep's driver sets for itself
     assert pickle.loads(stored).tracking_uri == secret
