@@ -30,6 +30,7 @@ from avmae.platform.callbacks import MlflowTrials
 from avmae.platform.cells import BudgetStopper, StudySearch, cell_of, read_budget, spent, study_scheduler
 from avmae.platform.data.indexes import IndexFormatError
 from avmae.platform.data.scan import TooManyBrokenError
+from avmae.platform.mlflow_queue import JOURNAL_DIR
 from avmae.platform.prepare import prepare_data
 from avmae.platform.progress import CellSummary, StudyProgress
 from avmae.platform.ray_compat import interrupted_fit, reopen_search
@@ -366,7 +367,7 @@ def run_study(
             warn_if_unplaceable(spec)
         study_run = T.start_study_run(client, launch.name, spec.model_dump(mode="json"), spec_path)
         record_provenance(client, study_run, spec, launch.resume)
-        trials = MlflowTrials(launch.tracking_uri, study_run, spec)
+        trials = MlflowTrials(launch.tracking_uri, study_run, spec, f"{launch.storage}/{JOURNAL_DIR}")
         baselines = start_baselines(spec, client, study_run)
         sigint = signal.getsignal(signal.SIGINT)
         keys = [T.cell_key(cell) for cell in cells]
