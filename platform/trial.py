@@ -3,17 +3,25 @@
 Kept light on purpose. The Tune trial process imports this module to run `run_trial`, and the Train controller
 and workers unpickle what it passes them; so the study spec travels as a plain dict and the training code
 (torch, timm, the data pipeline: seconds of imports on 2 cores) is imported by the workers alone.
+
+Train's reports reach Tune through the trial's own thread (`TuneReports`, `fit_reporting`), not through Ray's
+`TuneReportCallback`: that one hands them to Tune's result thread, which races the trial function's return
+(Tune's "function returned" marker can fill the one-slot result queue while the last report is in flight, and
+the trial hangs for good; seen with several trials ending at once on a loaded machine).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import ray.train
 from avmae.platform.ray_compat import TorchTrainer
-from avmae.platform.reports import metric_mode
+from avmae.platform.reports import CHECKPOINT_PATH, metric_mode
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.util.queue import Empty, Queue
+
+POLL_S = 1.0  # how often the trial thread looks whether the Train run has ended while no report comes
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -23,6 +31,45 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train(config)
 
 
+class TuneReports(ray.train.UserCallback):
+    """Runs in the Train controller: hands rank 0's metrics of each report, with the path of the checkpoint it
+    carried, to the trial thread. The queue holds one report, so the workers are at most one epoch ahead of
+    what Tune (ASHA) has seen, as with Ray's own callback."""
+
+    def __init__(self) -> None:
+        self.queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: ray.train.Checkpoint | None) -> None:
+        result = dict(metrics[0])
+        if checkpoint is not None:
+            result[CHECKPOINT_PATH] = checkpoint.path  # already on storage: Tune gets the path, not a copy
+        self.queue.put(result)
+
+
+def fit_reporting(trainer: Any, reports: TuneReports) -> None:
+    """`trainer.fit()` in a helper thread while this (the trial's) thread passes each report to `tune.report`:
+    every report is handed over before the trial function returns, and an error of the run is raised here."""
+    errors: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # re-raised in the trial thread, where Tune records it
+            errors.append(e)
+
+    run = threading.Thread(target=fit, name="avmae-train-run", daemon=True)
+    run.start()
+    while True:
+        try:
+            tune.report(reports.queue.get(timeout=POLL_S))
+        except Empty:
+            if not run.is_alive() and reports.queue.empty():  # every put happened before fit() returned
+                break
+    if errors:
+        raise errors[0]
+
+
 def run_trial(config: dict[str, Any], spec: dict[str, Any], storage: str) -> None:
     """Tune function trainable: one Train run per trial (Train V2 refuses a Trainer passed to a Tuner).
 
@@ -30,6 +77,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], storage: str) -> Non
     `storage`: where Train keeps the trial's checkpoints.
     """
     res = spec["resources"]
+    reports = TuneReports()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec, "params": config},
@@ -47,8 +95,8 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], storage: str) -> Non
             ),
             # A worker error fails the trial (Tune records it); a worker group that cannot start: 2 retries.
             failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=2),
-            callbacks=[TuneReportCallback()],
+            callbacks=[reports],
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    trainer.fit()
+    fit_reporting(trainer, reports)
