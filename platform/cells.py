@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import pickle
 from collections import Counter
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -107,6 +108,8 @@ class StudySearch(Searcher):
         self.dealt: Counter = Counter()  # trials suggested per cell
         self.trial_cell: dict[str, str] = {}
         self.done: set[str] = set()  # trials that ended (a restored study resumes the others)
+        self.resumed: set[str] = set()  # trials that failed, and that `--resume` restarted from a checkpoint
+        self.params: dict[str, dict[str, Any]] = {}  # each trial's sampled values
         self.hours: dict[str, float] = {}  # each trial's time so far (Tune's time_total_s)
         self.finished_cells: set[str] = set()
         self.turn = 0
@@ -138,12 +141,16 @@ class StudySearch(Searcher):
             self.turn = (keys.index(key) + 1) % len(keys)
             self.dealt[key] += 1
             self.trial_cell[trial_id] = key
+            self.params[trial_id] = config
             return {**self.cells[key], **config}
         return Searcher.FINISHED if len(self.finished_cells) == len(keys) else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.hours[trial_id] = result.get("time_total_s", 0.0) / 3600
-        if self.metric in result:  # Optuna records intermediate values of the metric only
+        if trial_id in self.done:  # a failed trial that `--resume` restarted: running again
+            self.done.discard(trial_id)
+            self.resumed.add(trial_id)
+        if self.metric in result and trial_id not in self.resumed:  # Optuna records the metric only
             self.searches[self.trial_cell[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -153,7 +160,23 @@ class StudySearch(Searcher):
         self.done.add(trial_id)
         if result is not None and "time_total_s" in result:
             self.hours[trial_id] = result["time_total_s"] / 3600
-        self.searches[key].on_trial_complete(trial_id, result=result, error=error)
+        if trial_id in self.resumed:
+            self.tell_late(key, trial_id, result, error)
+        else:
+            self.searches[key].on_trial_complete(trial_id, result=result, error=error)
+
+    def tell_late(self, key: str, trial_id: str, result: dict | None, error: bool) -> None:
+        """What a resumed trial ended with, as one more evaluated point of its cell's Optuna study: Optuna
+        closed the trial's own record (failed) when it first ended, and a closed Optuna trial takes nothing
+        more. With repeats, the point is this seed's score (its configuration's mean was told already)."""
+        search = self.searches[key]
+        optuna = search.searcher if isinstance(search, Repeater) else search
+        if not isinstance(optuna, OptunaSearch):
+            return  # a grid learns nothing from scores
+        value = (result or {}).get(self.metric)
+        failed = error or value is None or not math.isfinite(value)
+        params = {name: self.params[trial_id][name] for name in self.spec.search}
+        optuna.add_evaluated_point(params, math.nan if failed else float(value), error=failed)
 
     def running(self) -> Counter:
         """Trials dealt and not ended, per cell."""

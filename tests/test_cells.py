@@ -108,3 +108,22 @@ def test_with_a_probe_as_the_metric_asha_stops_the_trial_that_probes_worse():
         scheduler.on_trial_add(None, trial)
     assert scheduler.on_trial_result(None, good, {T.EPOCH: 1, "probe/av_acc": 0.9}) == TrialScheduler.CONTINUE
     assert scheduler.on_trial_result(None, bad, {T.EPOCH: 1, "probe/av_acc": 0.2}) == TrialScheduler.STOP
+
+
+def test_a_failed_trial_that_resume_restarts_still_teaches_its_cells_optuna(caplog):
+    """Optuna closed the trial's record when it failed; after `--resume` its final score arrives as one more
+    evaluated point of its own cell, with the trial's sampled values (Optuna would refuse it otherwise)."""
+    spec = parse_spec(TINY_STUDY)
+    search = study_search(spec)
+    configs = deal(search, 4)
+    search.on_trial_complete("t0", None, error=True)  # a worker died
+    search.on_trial_result("t0", {T.TRAIN_LOSS: 0.7, T.EPOCH: 2, "time_total_s": 2.0})  # resumed
+    assert search.running()[CELLS[0]] == 1
+    search.on_trial_complete("t0", {T.TRAIN_LOSS: 0.25, T.EPOCH: 3, "time_total_s": 3.0})
+    cell = search.searches[CELLS[0]]
+    first, late = cell._ot_study.trials
+    assert first.state.name == "FAIL" and late.state.name == "COMPLETE" and late.value == 0.25
+    assert late.params == {name: configs[0][name] for name in spec.search}
+    assert "already finished" not in caplog.text
+    others = [t.state.name for key in CELLS[1:] for t in search.searches[key]._ot_study.trials]
+    assert others == ["RUNNING"] * 3  # the other cells' trials, each in its own study, untold
