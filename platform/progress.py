@@ -1,8 +1,11 @@
-"""What a sweep shows on the console: one progress bar per cell while it runs, a summary table at the end."""
+"""What a sweep shows on the console: one progress bar per cell while it runs (one line per ended trial when
+the console is a log file), a summary table at the end."""
 
 from __future__ import annotations
 
 import math
+import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,40 +56,74 @@ class CellSummary:
 class StudyProgress(tune.Callback):
     """The whole study in place: a bar of trials ended of the study's total (with its ETA), and under it one
     bar per cell with how its trials ended and its best score so far. Counts are recomputed from Tune's
-    trial list on every event, so a restored study shows the right numbers."""
+    trial list on every event, so a restored study shows the right numbers.
 
-    def __init__(self, cells: list[str], per_cell: int, metric: str, epochs: int, axes: list[str]) -> None:
+    Where the console is not a terminal (Slurm's output file, CI, `| tee`), bars redrawn in place would fill
+    it with cursor codes: each ended trial prints one line instead, the study's count and ETA and the cell's
+    counts. `live` forces either (default: whether stderr is a terminal)."""
+
+    def __init__(self, cells: list[str], per_cell: int, metric: str, epochs: int, axes: list[str],
+                 live: bool | None = None) -> None:
         self.cells, self.per_cell, self.metric, self.epochs, self.axes = cells, per_cell, metric, epochs, axes
+        self.live = sys.stderr.isatty() if live is None else live
         self._bars: dict[str, tqdm] | None = None
+        self._began = time.monotonic()
+        self._ended_at_start: int | None = None  # trials a restored study had ended before this run
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_bars": None}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.live = sys.stderr.isatty()  # the console of the process that restored the study
+        self._began, self._ended_at_start = time.monotonic(), None
+
     def setup(self, **info: Any) -> None:
         total = len(self.cells) * self.per_cell
+        if not self.live:
+            self._bars = {}
+            return
         self._bars = {"": tqdm(total=total, desc="study", unit="trial", dynamic_ncols=True, position=0)}
         width = max(len(cell) for cell in self.cells)
         for i, cell in enumerate(self.cells, 1):
             self._bars[cell] = tqdm(total=self.per_cell, desc=f"  {cell or 'all':<{width}}", unit="trial",
                                     dynamic_ncols=True, position=i, bar_format="{desc} {n}/{total} {postfix}")
 
-    def _show(self, trials: list[Trial]) -> None:
+    def _show(self, trials: list[Trial], ended_trial: Trial | None = None) -> None:
         if self._bars is None:  # restored with the experiment: setup() ran in the original process
             self.setup()
         by_cell: dict[str, list[Trial]] = {cell: [] for cell in self.cells}
         for trial in trials:
-            by_cell.setdefault(T.cell_key({a: trial.config.get(a) for a in self.axes}), []).append(trial)
-        ended = 0
+            by_cell.setdefault(self._cell(trial), []).append(trial)
+        ended, lines = 0, {}
         for cell, group in by_cell.items():
             counts, best = self._counts(group)
             done = sum(n for status, n in counts.items() if status != T.TrialStatus.RUNNING.value)
             ended += done
             parts = [f"{status} {counts[status]}" for status in STATUSES if counts[status]]
             parts.append(f"best {self.metric} {best:.4g}" if math.isfinite(best) else "best -")
+            lines[cell] = ", ".join(parts)
             if cell in self._bars:
-                self._bars[cell].set_postfix_str(", ".join(parts), refresh=False)
+                self._bars[cell].set_postfix_str(lines[cell], refresh=False)
                 self._bars[cell].update(done - self._bars[cell].n)
-        self._bars[""].update(ended - self._bars[""].n)
+        if self.live:
+            self._bars[""].update(ended - self._bars[""].n)
+        elif ended_trial is not None:
+            cell = self._cell(ended_trial)
+            print(f"[{time.strftime('%H:%M:%S')}] study {ended}/{len(self.cells) * self.per_cell} trials "
+                  f"ended{self._eta(ended)}; {cell or 'all'}: {lines[cell]}", file=sys.stderr, flush=True)
+
+    def _cell(self, trial: Trial) -> str:
+        return T.cell_key({a: trial.config.get(a) for a in self.axes})
+
+    def _eta(self, ended: int) -> str:
+        """From this run's pace (a restored study's earlier trials do not count)."""
+        if self._ended_at_start is None:
+            self._ended_at_start = ended - 1
+        here, left = ended - self._ended_at_start, len(self.cells) * self.per_cell - ended
+        if here <= 0 or left <= 0:
+            return ""
+        return f", ETA {tqdm.format_interval((time.monotonic() - self._began) / here * left)}"
 
     def _counts(self, trials: list[Trial]) -> tuple[Counter, float]:
         counts: Counter = Counter()
@@ -112,10 +149,10 @@ class StudyProgress(tune.Callback):
         self._show(trials)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._show(trials)
+        self._show(trials, ended_trial=trial)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._show(trials)
+        self._show(trials, ended_trial=trial)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self._show(trials)

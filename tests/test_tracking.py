@@ -261,7 +261,7 @@ def test_a_trial_that_raises_is_failed_with_its_reason(tmp_path, client: MlflowC
 
 def test_progress_shows_every_cell_by_outcome_in_one_view(capsys: pytest.CaptureFixture):
     progress = StudyProgress(["objective=joint", "objective=inpainting"], per_cell=4, metric=T.VAL_LOSS,
-                             epochs=2, axes=["objective"])
+                             epochs=2, axes=["objective"], live=True)
     joint, inpainting = {"objective": "joint"}, {"objective": "inpainting"}
     trials = [
         fake_trial("a", joint, {T.EPOCH: 2, T.VAL_LOSS: 0.5}),
@@ -276,6 +276,23 @@ def test_progress_shows_every_cell_by_outcome_in_one_view(capsys: pytest.Capture
     err = capsys.readouterr().err
     assert "finished 1, pruned 1, best val/loss 0.5" in err
     assert "running 1, diverged 1, best val/loss 0.4" in err
+
+
+def test_progress_in_a_log_file_is_one_plain_line_per_ended_trial(capsys: pytest.CaptureFixture):
+    """Slurm's output file, CI, `| tee`: no cursor codes, one line per ended trial with the study's count."""
+    progress = StudyProgress(["objective=joint", "objective=inpainting"], per_cell=2, metric=T.VAL_LOSS,
+                             epochs=2, axes=["objective"])  # stderr is captured here: not a terminal
+    joint, inpainting = {"objective": "joint"}, {"objective": "inpainting"}
+    trials = [fake_trial("a", joint, {T.EPOCH: 2, T.VAL_LOSS: 0.5}),
+              fake_trial("b", inpainting, {T.EPOCH: 1, T.VAL_LOSS: 0.7}, status="RUNNING")]
+    progress.on_trial_start(0, trials, trials[1])
+    progress.on_trial_result(0, trials, trials[1], trials[1].last_result)
+    progress.on_trial_complete(0, trials, trials[0])
+    progress.on_experiment_end(trials)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "\x1b" not in lines[0] and "\r" not in lines[0]
+    assert "study 1/4 trials ended, ETA" in lines[0]
+    assert lines[0].endswith("objective=joint: finished 1, best val/loss 0.5")
 
 
 def test_the_summary_shows_the_best_trial_per_cell():
