@@ -17,7 +17,8 @@ from avmae.platform import tracking as T
 DIVERGED = "diverged"  # 1 when the loss became non-finite (the trial then stops)
 HISTORY = "history"  # step-wise records since the last report, for MLflow
 FIRST_STEP_AT = "first_step_at"  # wall-clock time of the first optimiser step (bench/trial_overhead.py)
-NODE_ID, HOSTNAME, PID = "node_id", "hostname", "pid"  # where rank 0 ran
+# Where rank 0 ran. Not `hostname` and `pid`: Tune overwrites those with the trial's own process's.
+NODE_ID, HOSTNAME, WORKER_PID = "node_id", "worker_hostname", "worker_pid"
 REPORTED_AT = "reported_at"  # wall-clock time rank 0 reported the epoch: its metrics' MLflow timestamp
 # The MLflow records (`EpochReport.record`) of the epochs a restored trial's checkpoint holds, sent once with
 # its first report: epochs whose report its driver never saw (it was killed) are logged late from them.
@@ -68,7 +69,7 @@ class EpochReport:
             **self.train, **self.val, **self.probe,
             T.EPOCH: self.epoch, STEPS: self.steps, HISTORY: self.history, T.TRAIN_SECONDS: self.train_s,
             T.N_BROKEN: self.n_broken, DIVERGED: int(self.diverged), NODE_ID: self.node_id,
-            HOSTNAME: self.hostname, PID: self.pid, REPORTED_AT: self.reported_at,
+            HOSTNAME: self.hostname, WORKER_PID: self.pid, REPORTED_AT: self.reported_at,
         }
         if self.diverged:
             worst = DIVERGED_SCORE if metric_mode(metric) == "min" else -DIVERGED_SCORE
@@ -99,7 +100,7 @@ class EpochReport:
             first_step_at=result.get(FIRST_STEP_AT),
             node_id=str(result.get(NODE_ID, "")),
             hostname=str(result.get(HOSTNAME, "")),
-            pid=int(result.get(PID, 0)),
+            pid=int(result.get(WORKER_PID, 0)),
             reported_at=float(result.get(REPORTED_AT, 0.0)),
         )
 
