@@ -173,6 +173,7 @@ class EvalSpec(Strict):
     test_split: str = "test"
     max_clips: int | None = Field(None, ge=1)  # a fixed random subset of each split (None: all of it)
     max_iter: int = Field(200, ge=1)  # logistic regression iterations
+    pooling: Literal["mean", "tokens"] = "tokens"  # encoder tokens averaged, or kept in place (probe.py)
     log_models: Literal["best_per_cell", "all", "none"] = "best_per_cell"  # trained encoders into MLflow
     baselines: bool = True  # probe a random-init encoder and the raw input too (the study's reference rows)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from avmae.platform import tracking as T
 from avmae.platform.prepare import absolute, prepare_data
-from avmae.platform.probe import baseline_scores, raw_features
+from avmae.platform.probe import baseline_scores, pool, raw_features
 from avmae.platform.spec import EvalSpec, SpecError, parse_spec
 from conftest import TINY_STUDY
 
@@ -29,12 +29,22 @@ def test_the_reference_rows_are_scored_for_every_modality_and_seed(tiny_av_digit
         for scores in per_seed.values():
             assert set(scores) == names and all(0.0 <= v <= 1.0 for v in scores.values())
     assert rows["random_init"][0] != rows["random_init"][1]  # another seed, another random encoder
-    # The raw input's audiovisual features are both modalities' pooled patches side by side.
-    clips = {"audio": torch.zeros(2, 64, 128), "video": torch.zeros(2, 3, 4, 64, 64, dtype=torch.uint8),
+
+
+def test_pooling_keeps_or_averages_token_positions_and_puts_modalities_side_by_side():
+    tokens = {"audio": torch.arange(24.0).reshape(2, 3, 4), "video": torch.ones(2, 5, 6)}
+    assert pool(tokens, "mean").shape == (2, 4 + 6) and pool(tokens, "tokens").shape == (2, 3 * 4 + 5 * 6)
+    assert pool(tokens, "mean")[0, :4].tolist() == [4.0, 5.0, 6.0, 7.0]
+    assert pool(tokens, "tokens")[1, :12].tolist() == list(range(12, 24))  # every token, in order
+    # The raw input is pooled as the encoder's tokens are: its patches, the model's own patchify.
+    spec = parse_spec(TINY_STUDY)
+    clips = {"audio": torch.randn(2, 64, 128), "video": torch.zeros(2, 3, 4, 64, 64, dtype=torch.uint8),
              "label": torch.tensor([1, 2])}
-    feats, labels = raw_features(spec.resolve_model({}))([clips], ["av", "audio", "video"])
-    assert feats["av"].shape[1] == feats["audio"].shape[1] + feats["video"].shape[1]
-    assert labels.tolist() == [1, 2]
+    for pooling, (audio, video) in {"mean": (256, 1536), "tokens": (32 * 256, 32 * 1536)}.items():
+        feats, labels = raw_features(spec.resolve_model({}))([clips], ["av", "audio", "video"], pooling)
+        assert (feats["audio"].shape[1], feats["video"].shape[1], feats["av"].shape[1]) == (audio, video,
+                                                                                             audio + video)
+        assert labels.tolist() == [1, 2]
 
 
 def test_the_online_probe_runs_every_probe_every_epochs_and_after_the_last():
