@@ -70,7 +70,7 @@ class MlflowTrials(tune.Callback):
         self.journal, self.flush_wait_s = journal, flush_wait_s
         self._queue: MlflowQueue | None = None
         self._best: dict[str, tuple[float, str]] = {}  # trial id -> (best metric, its checkpoint)
-        self._placed: set[str] = set()  # trials whose node is tagged
+        self._placed: set[str] = set()  # trials whose node is tagged since they (re)started
 
     def __getstate__(self) -> dict[str, Any]:
         """What Tune stores with the experiment: no queue, and no credentials from the tracking URI."""
@@ -96,6 +96,7 @@ class MlflowTrials(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         resolved = self.spec.resolve_trial(trial.config)
+        self._placed.discard(trial.trial_id)  # a restored trial may run elsewhere: tagged again
         self.queue.put(Q.trial_run_entry(self.study_run_id, trial.trial_id, resolved.cell,
                                          resolved.params(self.spec), resolved.repeat))
 

@@ -10,6 +10,13 @@ trial resumed at epoch e draws what an uninterrupted one draws there.
 
 Metrics go to Tune as `reports.EpochReport`s. Step-wise values are averaged over `log_every_steps` steps (one
 host sync per interval) and travel in the epoch's report as `history`, so a worker never waits on MLflow.
+Each checkpoint also holds the MLflow records of every epoch so far: a driver killed before it saw an epoch's
+report logs that epoch late, from the restored trial's first report (`reports.BACKLOG`).
+
+Workers need no watch of their own for a dead driver: Ray ends them. A local runtime's raylet is started with
+PR_SET_PDEATHSIG and dies with the driver, and each worker exits once its raylet is gone
+(`CoreWorker::ExitIfParentRayletDies`); on a cluster the GCS ends the actors whose owner died (driver, trial,
+Train controller, workers). `tests/test_faults.py` measures it.
 """
 
 from __future__ import annotations
