@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -38,7 +39,7 @@ class Miniature:
     """One measured configuration: the AV-Digits build, the tiny model and its recipe, the probe."""
 
     speech: str | None = None
-    clips_per_digit: int = 200
+    clips_per_digit: int = 120
     duration: float = 1.0
     fusion: str = "mid"
     objective: str = "joint"
@@ -46,7 +47,7 @@ class Miniature:
     mask_ratio_audio: float = 0.5
     mask_ratio_video: float = 0.75
     norm_targets: bool = False
-    epochs: int = 40
+    epochs: int = 20
     batch_size: int = 32
     lr: float = 1.5e-3  # base: lr = base x batch / 256
     warmup_epochs: float = 2.0
@@ -74,7 +75,9 @@ def load_split(root: Path, split: str, geometry: ClipGeometry) -> Clips:
     dataset = build_dataset("av-digits", root, None, split, geometry, train=False)
     items = [dataset[i] for i in range(len(dataset))]
     clips = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in ("audio", "video", "label")}
-    torch.save(clips, saved)
+    partial = saved.with_suffix(f".{os.getpid()}.partial")  # concurrent runs never read a half-written file
+    torch.save(clips, partial)
+    partial.replace(saved)
     return clips
 
 
