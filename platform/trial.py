@@ -7,7 +7,8 @@ and workers unpickle what it passes them; so the study spec travels as a plain d
 Train's reports reach Tune through the trial's own thread (`TuneReports`, `fit_reporting`), not through Ray's
 `TuneReportCallback`: that one hands them to Tune's result thread, which races the trial function's return
 (Tune's "function returned" marker can fill the one-slot result queue while the last report is in flight, and
-the trial hangs for good; seen with several trials ending at once on a loaded machine).
+the trial hangs for good; seen with several trials ending at once on a loaded machine). A trial that Tune
+stops (ASHA, a stopper) ends its Train run at once, so the process can run the next trial (`reuse_actors`).
 """
 
 from __future__ import annotations
@@ -33,14 +34,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 class TuneReports(ray.train.UserCallback):
     """Runs in the Train controller: hands rank 0's metrics of each report, with the path of the checkpoint it
-    carried, to the trial thread. The queue holds one report, so the workers are at most one epoch ahead of
-    what Tune (ASHA) has seen, as with Ray's own callback."""
+    carried, to the trial thread, and first the controller's own handle (to end the run if Tune stops the
+    trial). The queue holds one item, so the workers are at most one epoch ahead of what Tune (ASHA) has
+    seen, as with Ray's own callback."""
 
     def __init__(self) -> None:
         self.queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+        self.introduced = False  # per controller: this copy of the callback lives in it
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: ray.train.Checkpoint | None) -> None:
+        if not self.introduced:
+            self.queue.put(ray.get_runtime_context().current_actor)
+            self.introduced = True
         result = dict(metrics[0])
         if checkpoint is not None:
             result[CHECKPOINT_PATH] = checkpoint.path  # already on storage: Tune gets the path, not a copy
@@ -49,7 +55,11 @@ class TuneReports(ray.train.UserCallback):
 
 def fit_reporting(trainer: Any, reports: TuneReports) -> None:
     """`trainer.fit()` in a helper thread while this (the trial's) thread passes each report to `tune.report`:
-    every report is handed over before the trial function returns, and an error of the run is raised here."""
+    every report is handed over before the trial function returns, and an error of the run is raised here.
+
+    When Tune stops the trial, `tune.report` raises `SystemExit` (Tune's own way to end a trial thread): the
+    Train run is killed with its controller (its workers and placement group go with it) before the thread
+    ends, so a reused process starts the next trial with the slot free."""
     errors: list[BaseException] = []
 
     def fit() -> None:
@@ -60,12 +70,25 @@ def fit_reporting(trainer: Any, reports: TuneReports) -> None:
 
     run = threading.Thread(target=fit, name="avmae-train-run", daemon=True)
     run.start()
-    while True:
-        try:
-            tune.report(reports.queue.get(timeout=POLL_S))
-        except Empty:
-            if not run.is_alive() and reports.queue.empty():  # every put happened before fit() returned
-                break
+    controller = None
+    try:
+        while True:
+            try:
+                item = reports.queue.get(timeout=POLL_S)
+            except Empty:
+                if not run.is_alive() and reports.queue.empty():  # every put happened before fit() returned
+                    break
+                continue
+            if isinstance(item, dict):
+                tune.report(item)
+            else:
+                controller = item
+    except SystemExit:
+        if controller is not None:
+            ray.kill(controller)
+        raise
+    finally:
+        reports.queue.shutdown(force=True)
     if errors:
         raise errors[0]
 

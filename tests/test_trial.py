@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import ray.cloudpickle
@@ -26,6 +27,9 @@ def report_epochs(config: dict) -> None:
     for epoch in range(1, EPOCHS + 1):
         if config["outcome"] == "raise" and epoch == 2:
             raise ValueError("the loader found no clips")
+        Path(config["storage"], f"{config['outcome']}-{epoch}").touch()  # the epoch started
+        if config["outcome"] == "stop" and epoch > 1:
+            time.sleep(10)  # long enough to be seen, had the stopped run not been ended
         ray.train.report({"epoch": epoch, "loss": 1.0 / epoch})
 
 
@@ -58,14 +62,17 @@ def one_trial(config: dict) -> None:
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_every_report_reaches_tune_and_each_trial_ends_as_its_run_did(tmp_path):
-    """Finished: every epoch reported, in order. Stopped by Tune after epoch 1: ends there, not failed.
+    """Finished: every epoch reported, in order. Stopped by Tune after epoch 1: ends there, not failed, and
+    its Train run is ended with it (no later epoch starts), so the same process runs the next trial.
     Raised: failed with the run's own exception."""
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    outcomes = ["finish", "stop", "raise"]
+    outcomes = ["stop", "finish", "raise"]
+    (tmp_path / "train").mkdir()
     with ray_runtime(None):
         grid = tune.Tuner(
             tune.with_resources(one_trial, {"cpu": 0.01}),
             param_space={"outcome": tune.grid_search(outcomes), "storage": str(tmp_path / "train")},
+            tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True),
             run_config=tune.RunConfig(
                 storage_path=str(tmp_path / "tune"), verbose=0,
                 stop=lambda _, result: result["config"]["outcome"] == "stop" and result["epoch"] == 1),
@@ -77,3 +84,6 @@ def test_every_report_reaches_tune_and_each_trial_ends_as_its_run_did(tmp_path):
     assert results["stop"].error is None and results["stop"].metrics["epoch"] == 1
     assert "the loader found no clips" in str(results["raise"].error)
     assert results["raise"].metrics_dataframe["epoch"].tolist() == [1]
+    time.sleep(12)  # what a stopped run left running would need to start its next epoch
+    assert sorted(p.name for p in (tmp_path / "train").glob("stop-*")) == ["stop-1", "stop-2"]
+    assert results["stop"].metrics["pid"] == finished.metrics["pid"]  # one process ran both
