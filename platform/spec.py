@@ -118,6 +118,18 @@ class ModelSpec(Strict):
     overrides: dict[str, Scalar] = {}  # fixed `AVMAEConfig` fields, the same in every cell
 
 
+class OnDivergeSpec(Strict):
+    """Opt-in recovery from a diverged step (a non-finite loss or gradient), the recipe MAE-style
+    pretraining applies by hand: rewind to the last good state (the end of the last epoch, or the initial
+    weights), then go on with the LR times `lr_factor` (again at each rewind) and, with `fp32`, without mixed
+    precision. Each rewind is recorded in the trial's run (`train/rewinds`, `train/lr_scale` at the step it
+    diverged)."""
+
+    rewinds: int = Field(2, ge=1)  # per trial; the next divergence stops the trial as diverged
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+    fp32: bool = True
+
+
 class TrainSpec(Strict):
     epochs: int = Field(ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)  # cap an epoch (None: the whole split)
@@ -128,6 +140,7 @@ class TrainSpec(Strict):
     log_every_steps: int = Field(10, ge=1)
     seed: int = 0  # repeat k trains with seed + k: its init, data order and (per rank, per epoch) masks
     compile: bool = False
+    on_diverge: OnDivergeSpec | None = None  # None: a diverged trial stops (ranked last by Optuna and ASHA)
 
 
 class SchedulerSpec(Strict):

@@ -39,6 +39,9 @@ GIT_TAG = "mlflow.source.git.commit"
 # Metric names. Step-wise metrics use the optimiser step as MLflow `step`; epoch-wise ones use the epoch.
 TRAIN_LOSS, TRAIN_LOSS_AUDIO, TRAIN_LOSS_VIDEO = "train/loss", "train/loss_audio", "train/loss_video"
 TRAIN_LR, TRAIN_GRAD_NORM, TRAIN_CLIPS_PER_S = "train/lr", "train/grad_norm", "train/clips_per_s"
+# A rewind after a divergence (train.on_diverge), at the step that diverged: the rewinds so far, and the
+# factor the LR runs at from there (1 before any rewind).
+TRAIN_REWINDS, TRAIN_LR_SCALE = "train/rewinds", "train/lr_scale"
 VAL_LOSS, VAL_LOSS_AUDIO, VAL_LOSS_VIDEO = "val/loss", "val/loss_audio", "val/loss_video"
 EPOCH = "epoch"
 DIVERGED_AT_STEP = "diverged_at_step"

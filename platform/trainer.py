@@ -21,6 +21,7 @@ Train controller, workers). `tests/test_faults.py` measures it.
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import math
@@ -112,12 +113,18 @@ class Worker:
     records: list[dict[str, Any]] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
     backlog: list[dict[str, Any]] = field(default_factory=list)  # restored records, not yet sent (rank 0)
+    # With `train.on_diverge`: the last good state (serialised: one host copy), the rewinds so far, and the
+    # rewind events not yet reported (history records at the step that diverged).
+    good: bytes | None = None
+    rewinds: int = 0
+    events: list[dict[str, float]] = field(default_factory=list)
 
     def state(self, epoch: int) -> dict[str, Any]:
         """The checkpoint after `epoch` (1-based) epochs."""
         return {"config": self.model.config.to_dict(), "state_dict": self.model.state_dict(), "epoch": epoch,
                 "step": self.step, "train_s": self.train_s, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "records": self.records, "result": self.result}
+                "scheduler": self.scheduler.state_dict(), "records": self.records, "result": self.result,
+                "rewinds": self.rewinds}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["state_dict"])
@@ -127,6 +134,18 @@ class Worker:
         # Absent from checkpoints written before the records were kept: their epochs are logged as before.
         self.records, self.result = state.get("records", []), state.get("result", {})
         self.backlog = list(self.records) if self.rank == 0 else []
+        self.rewinds = state.get("rewinds", 0)
+        policy = self.spec.train.on_diverge
+        if self.rewinds and policy is not None and policy.fp32:
+            self.train_step.amp_dtype = self.evaluator.amp_dtype = None
+
+    def keep_good(self, state: dict[str, Any]) -> bytes:
+        """`state` serialised; kept as the state a divergence rewinds to when `train.on_diverge` is set."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        if self.spec.train.on_diverge is not None:
+            self.good = buffer.getvalue()
+        return buffer.getvalue()
 
     def tune_result(self, report: EpochReport) -> dict[str, Any]:
         """`report` as Tune's result; rank 0's first one after a restore brings the restored records."""
@@ -150,12 +169,38 @@ def run(worker: Worker) -> None:
         backlog = {BACKLOG: worker.backlog} if worker.backlog else {}
         ray.train.report({**worker.result, **backlog})
         return
-    for epoch in range(worker.start_epoch, epochs):
+    epoch = worker.start_epoch
+    while epoch < epochs:
         report = train_epoch(worker, epoch)
+        if report.diverged and rewind(worker, report):
+            epoch = worker.start_epoch
+            continue
         if report.diverged:
             ray.train.report(worker.tune_result(report))
             return
         finish_epoch(worker, report, last=epoch == epochs - 1)
+        epoch += 1
+
+
+def rewind(worker: Worker, report: EpochReport) -> bool:
+    """`train.on_diverge`: back to the last good state, the LR times `lr_factor` once more (compounding over
+    rewinds), mixed precision off if asked; the event joins the next report's history. Every rank rewinds
+    alike: a divergence is read from the window summed over all of them. False when no rewind is left."""
+    policy, w = worker.spec.train.on_diverge, worker
+    if policy is None or w.good is None or w.rewinds >= policy.rewinds:
+        return False
+    rewinds, backlog = w.rewinds + 1, w.backlog
+    w.restore(torch.load(io.BytesIO(w.good), map_location=w.device, weights_only=True))
+    scale = policy.lr_factor ** (rewinds - w.rewinds)  # the good state already runs at its own scale
+    w.rewinds, w.backlog = rewinds, backlog
+    for i, group in enumerate(w.optimizer.param_groups):
+        w.scheduler.base_lrs[i] *= scale
+        group["lr"] *= scale
+    if policy.fp32:
+        w.train_step.amp_dtype = w.evaluator.amp_dtype = None
+    w.events.append({"step": report.diverged_at_step, T.TRAIN_REWINDS: float(rewinds),
+                     T.TRAIN_LR_SCALE: policy.lr_factor ** rewinds})
+    return True
 
 
 def setup(config: dict[str, Any]) -> Worker:
@@ -206,6 +251,8 @@ def setup(config: dict[str, Any]) -> Worker:
     if checkpoint is not None:  # a restored trial: Train hands back its latest checkpoint
         with checkpoint.as_directory() as folder:
             worker.restore(torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True))
+    if spec.train.on_diverge is not None:
+        worker.keep_good(worker.state(worker.start_epoch))  # a divergence in the first epoch rewinds here
     return worker
 
 
@@ -216,7 +263,7 @@ def train_epoch(worker: Worker, epoch: int) -> EpochReport:
     w.sampler.set_epoch(epoch)
     torch.manual_seed(rank_seed(w.trial.seed, w.rank, epoch))  # masks and augmentations of this rank
     window, epoch_meter = Meter(w.device), Meter(w.device)
-    history: list[dict[str, float]] = []
+    history = list(w.events)  # rewinds since the last report come first (kept until it is made)
     n_broken, began, first_step_at = 0, time.perf_counter(), None
     for i, batch in enumerate(itertools.islice(w.loader, w.steps_per_epoch)):
         n_broken += batch["n_broken"]
@@ -253,14 +300,16 @@ def finish_epoch(worker: Worker, report: EpochReport, last: bool) -> None:
         report.val = _validation_loss(w.evaluator, w.val_loader, w.device)
     if w.rank == 0 and w.spec.evaluation.probes_after(report.epoch, last):
         report.probe = probe_scores(encoder_features(w.model), w.spec, w.geometry)
-    result = w.tune_result(report)
+    result, w.events = w.tune_result(report), []
     if w.rank != 0:
+        if w.spec.train.on_diverge is not None:
+            w.keep_good(w.state(report.epoch))
         ray.train.report(result)
         return
     w.records.append(report.record())
     w.result = {k: v for k, v in result.items() if k not in (HISTORY, BACKLOG)}
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(w.state(report.epoch), Path(folder) / CHECKPOINT_FILE)
+        (Path(folder) / CHECKPOINT_FILE).write_bytes(w.keep_good(w.state(report.epoch)))
         ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
