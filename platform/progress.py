@@ -97,7 +97,7 @@ class StudyProgress(tune.Callback):
             by_cell.setdefault(self._cell(trial), []).append(trial)
         ended, lines = 0, {}
         for cell, group in by_cell.items():
-            counts, best = self._counts(group)
+            counts, best = self._counts(group, ended_trial)
             done = sum(n for status, n in counts.items() if status != T.TrialStatus.RUNNING.value)
             ended += done
             parts = [f"{status} {counts[status]}" for status in STATUSES if counts[status]]
@@ -125,11 +125,15 @@ class StudyProgress(tune.Callback):
             return ""
         return f", ETA {tqdm.format_interval((time.monotonic() - self._began) / here * left)}"
 
-    def _counts(self, trials: list[Trial]) -> tuple[Counter, float]:
+    def _counts(self, trials: list[Trial], ended_trial: Trial | None = None) -> tuple[Counter, float]:
+        """How the trials ended so far, and the best score. Tune calls `on_trial_complete` before it marks
+        the trial TERMINATED: `ended_trial` counts as ended already."""
         counts: Counter = Counter()
         best = math.nan
         for trial in trials:
-            if trial.status == "ERROR":
+            if trial is ended_trial and trial.status == "RUNNING":
+                counts[trial_status(trial.last_result, self.epochs).value] += 1
+            elif trial.status == "ERROR":
                 counts[T.TrialStatus.FAILED.value] += 1
             elif trial.status == "TERMINATED":
                 counts[trial_status(trial.last_result, self.epochs).value] += 1

@@ -283,7 +283,7 @@ def test_progress_in_a_log_file_is_one_plain_line_per_ended_trial(capsys: pytest
     progress = StudyProgress(["objective=joint", "objective=inpainting"], per_cell=2, metric=T.VAL_LOSS,
                              epochs=2, axes=["objective"])  # stderr is captured here: not a terminal
     joint, inpainting = {"objective": "joint"}, {"objective": "inpainting"}
-    trials = [fake_trial("a", joint, {T.EPOCH: 2, T.VAL_LOSS: 0.5}),
+    trials = [fake_trial("a", joint, {T.EPOCH: 2, T.VAL_LOSS: 0.5}, status="RUNNING"),  # as Tune calls back
               fake_trial("b", inpainting, {T.EPOCH: 1, T.VAL_LOSS: 0.7}, status="RUNNING")]
     progress.on_trial_start(0, trials, trials[1])
     progress.on_trial_result(0, trials, trials[1], trials[1].last_result)
