@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from avmae.platform.data.broken import REASONS, BrokenLog
 from avmae.platform.data.cli import data
 from avmae.platform.data.geometry import ClipGeometry
@@ -70,15 +71,31 @@ def test_broken_counts_survive_worker_processes(messy: Path):
     dataset = build_dataset("vggsound", messy, messy / "vggsound.csv", "train", GEOMETRY, train=True,
                             max_broken_fraction=None)
     loader = build_loader(dataset, batch_size=3, train=True, num_workers=2)
-    assert loader.persistent_workers
     log = BrokenLog()
-    for _ in range(2):  # two epochs through persistent workers
+    for _ in range(2):  # two epochs, each through its own worker processes
         clips = 0
         for batch in loader:
             log.update(batch)
             clips += len(batch["label"]) + batch["n_broken"]
         assert clips == 9  # drop_last in train: 9 clips -> three batches of 3
     assert log.total <= 16 and set(log.counts) <= set(REASONS)
+
+
+def test_a_resumed_epoch_draws_the_crops_an_uninterrupted_one_draws(messy: Path):
+    """Worker processes of a train loader are seeded as each epoch begins, from the main generator the
+    trainer seeds per epoch: epoch 1 of a fresh loader (a resumed trial) equals epoch 1 after epoch 0."""
+    dataset = build_dataset("vggsound", messy, messy / "vggsound.csv", "train", GEOMETRY, train=True,
+                            max_broken_fraction=None)
+
+    def epoch(loader, e: int) -> list[torch.Tensor]:
+        torch.manual_seed(100 + e)
+        return [batch["video"] for batch in loader]
+
+    uninterrupted = build_loader(dataset, batch_size=3, train=True, num_workers=2)
+    first, second = epoch(uninterrupted, 0), epoch(uninterrupted, 1)
+    resumed = epoch(build_loader(dataset, batch_size=3, train=True, num_workers=2), 1)
+    assert all(torch.equal(a, b) for a, b in zip(resumed, second, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=True))  # the epochs do differ
 
 
 def test_each_broken_file_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture):

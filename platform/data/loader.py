@@ -128,7 +128,10 @@ def build_loader(
     """Plain DataLoader: shuffled (or in `sampler`'s order: the trainer passes each rank's seeded
     DistributedSampler) and drop_last in train, pinned memory on CUDA.
 
-    Raw media: `num_workers` persistent worker processes decode items. The decoded cache: `num_workers`
+    Raw media: `num_workers` worker processes decode items; in train they are started afresh each epoch, so
+    their augmentation streams are seeded from the main process's generator as that epoch begins (the
+    trainer seeds it per seed, rank and epoch): a trial resumed at epoch e draws the crops and flips an
+    uninterrupted one draws there. The decoded cache: `num_workers`
     threads of this process read whole batches (`CachedBatches`; `num_workers=0` on the loader itself), which
     delivers twice the clips per CPU core of worker processes and has no single-process cap on the GPU
     machine (docs/benchmarks.md); `prefetch_factor` only applies to worker processes."""
@@ -151,6 +154,6 @@ def build_loader(
         collate_fn=AVCollate(base.geometry, num_classes, multi_label),
         pin_memory=pin_memory,
         drop_last=train if drop_last is None else drop_last,
-        persistent_workers=num_workers > 0,
+        persistent_workers=num_workers > 0 and not train,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )
