@@ -208,7 +208,7 @@ def test_one_experiment_holds_every_cell_with_optuna_only_without_grid():
     config = tune_config(spec, search)
     assert all(isinstance(s, OptunaSearch) for s in search.searches.values()) and len(search.searches) == 4
     assert config.num_samples == 4 * 3 and isinstance(config.scheduler, CellScheduler)
-    assert config.metric == "train/loss" and config.mode == "min" and not config.reuse_actors  # ASHA
+    assert config.metric == "train/loss" and config.mode == "min" and config.reuse_actors  # ASHA too
 
     grid = parse_spec(with_(search={"lr": {"dist": "grid", "values": [1e-4, 1e-3]}}, trials_per_cell=2))
     assert all(isinstance(s, GridPoints) for s in study_search(grid).searches.values())
