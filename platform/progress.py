@@ -82,6 +82,9 @@ class StudyProgress(tune.Callback):
         total = len(self.cells) * self.per_cell
         if not self.live:
             self._bars = {}
+            cells = ", ".join(cell or "all" for cell in self.cells)
+            print(f"[{time.strftime('%H:%M:%S')}] study: {total} trials in {len(self.cells)} cells "
+                  f"({cells}); a line per ended trial follows", file=sys.stderr, flush=True)
             return
         self._bars = {"": tqdm(total=total, desc="study", unit="trial", dynamic_ncols=True, position=0)}
         width = max(len(cell) for cell in self.cells)

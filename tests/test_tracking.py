@@ -289,7 +289,9 @@ def test_progress_in_a_log_file_is_one_plain_line_per_ended_trial(capsys: pytest
     progress.on_trial_result(0, trials, trials[1], trials[1].last_result)
     progress.on_trial_complete(0, trials, trials[0])
     progress.on_experiment_end(trials)
-    lines = capsys.readouterr().err.splitlines()
+    header, *lines = capsys.readouterr().err.splitlines()
+    assert header.endswith("study: 4 trials in 2 cells (objective=joint, objective=inpainting); a line per "
+                           "ended trial follows")
     assert len(lines) == 1 and "\x1b" not in lines[0] and "\r" not in lines[0]
     assert "study 1/4 trials ended, ETA" in lines[0]
     assert lines[0].endswith("objective=joint: finished 1, best val/loss 0.5")
