@@ -24,7 +24,7 @@ REPORTED_AT = "reported_at"  # wall-clock time rank 0 reported the epoch: its me
 # its first report: epochs whose report its driver never saw (it was killed) are logged late from them.
 BACKLOG = "backlog"
 STEPS = "steps"  # optimiser steps taken so far, on every rank alike
-CHECKPOINT_PATH = "checkpoint_path"  # added by Ray's TuneReportCallback to results that carry a checkpoint
+CHECKPOINT_PATH = "checkpoint_path"  # added by trial.TuneReports to results that carry a checkpoint
 # A diverged trial's score for Tune: finite, so Optuna and ASHA simply rank it last (its sign follows the
 # metric's mode: -1e6 for a probe score). Never logged to MLflow.
 DIVERGED_SCORE = 1e6
