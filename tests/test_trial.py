@@ -1,12 +1,13 @@
 """How a trial hands Ray Train's reports to Tune (platform/trial.py), on a real Ray runtime.
 
 Ray's own `TuneReportCallback` passes them through Tune's result thread, which races the trial function's
-return: when that thread takes the last report a moment after the Train run has ended, the trial hangs for
-good. The delay below makes that moment deterministic; with Ray's callback this study never ends.
+return: when that thread takes the last report only after the Train run has ended, the trial hangs for good.
+`slow_handover` makes that order certain; with Ray's callback this study never ends.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -27,22 +28,24 @@ def report_epochs(config: dict) -> None:
     for epoch in range(1, EPOCHS + 1):
         if config["outcome"] == "raise" and epoch == 2:
             raise ValueError("the loader found no clips")
-        Path(config["storage"], f"{config['outcome']}-{epoch}").touch()  # the epoch started
+        Path(config["storage"], f"{config['outcome']}-{epoch}").write_text(str(os.getpid()))  # epoch started
         if config["outcome"] == "stop" and epoch > 1:
-            time.sleep(10)  # long enough to be seen, had the stopped run not been ended
+            time.sleep(3600)  # only the end of its run ends this worker
         ray.train.report({"epoch": epoch, "loss": 1.0 / epoch})
 
 
 def slow_handover() -> None:
-    """Tune's result thread (the process's main thread) takes each Train report 5 s late, long enough for
-    the Train run to end behind its last report."""
+    """Tune's result thread (the process's main thread) takes a run's last report only once the run has
+    ended behind it: once the trial function's end marker fills Tune's one-slot result queue."""
     from ray.train._internal import session
 
     report = session._TrainSession.report
 
     def late(self, metrics: dict, checkpoint=None) -> None:
-        if threading.current_thread() is threading.main_thread():
-            time.sleep(5)
+        if threading.current_thread() is threading.main_thread() and metrics.get("epoch") == EPOCHS:
+            deadline = time.monotonic() + 60
+            while not self.result_queue.full() and time.monotonic() < deadline:
+                time.sleep(0.1)
         report(self, metrics, checkpoint)
 
     session._TrainSession.report = late
@@ -50,6 +53,9 @@ def slow_handover() -> None:
 
 def one_trial(config: dict) -> None:
     slow_handover()
+    if config["outcome"] == "finish":  # next after "stop", in its process: the stopped run must be gone now
+        stopped_worker = int(Path(config["storage"], "stop-1").read_text())
+        Path(config["storage"], "stopped-worker-gone").write_text(str(gone(stopped_worker)))
     reports = TuneReports()
     trainer = ray.train.torch.TorchTrainer(
         report_epochs, train_loop_config=config,
@@ -63,8 +69,8 @@ def one_trial(config: dict) -> None:
 @pytest.mark.timeout(300)
 def test_every_report_reaches_tune_and_each_trial_ends_as_its_run_did(tmp_path):
     """Finished: every epoch reported, in order. Stopped by Tune after epoch 1: ends there, not failed, and
-    its Train run is ended with it (no later epoch starts), so the same process runs the next trial.
-    Raised: failed with the run's own exception."""
+    its Train run is ended with it (its worker, asleep in epoch 2, is gone before the next trial starts in
+    the same process). Raised: failed with the run's own exception."""
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     outcomes = ["stop", "finish", "raise"]
     (tmp_path / "train").mkdir()
@@ -84,6 +90,18 @@ def test_every_report_reaches_tune_and_each_trial_ends_as_its_run_did(tmp_path):
     assert results["stop"].error is None and results["stop"].metrics["epoch"] == 1
     assert "the loader found no clips" in str(results["raise"].error)
     assert results["raise"].metrics_dataframe["epoch"].tolist() == [1]
-    time.sleep(12)  # what a stopped run left running would need to start its next epoch
-    assert sorted(p.name for p in (tmp_path / "train").glob("stop-*")) == ["stop-1", "stop-2"]
+    assert (tmp_path / "train" / "stopped-worker-gone").read_text() == "True"
     assert results["stop"].metrics["pid"] == finished.metrics["pid"]  # one process ran both
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has ended, waiting up to 2 minutes (ending a run is asynchronous: a bounded
+    wait, not a bet on timing)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
