@@ -94,6 +94,11 @@ class AVDigitsBuild(Strict):
     duration: float = Field(2.0, gt=0)
     size: int = Field(96, ge=16)
     fps: int = Field(32, ge=1)
+    motion: float = Field(1.0, ge=0, le=1)  # video nuisance; see avdigits.AVDigitsSettings
+    scale_min: float = Field(0.35, gt=0, le=1)
+    scale_max: float = Field(0.65, gt=0, le=1)
+    noise: float = Field(1.0, ge=0)
+    grey: bool = False
 
 
 class DataSpec(DataConfig):
@@ -186,7 +191,7 @@ class EvalSpec(Strict):
     test_split: str = "test"
     max_clips: int | None = Field(None, ge=1)  # a fixed random subset of each split (None: all of it)
     max_iter: int = Field(200, ge=1)  # logistic regression iterations
-    pooling: Literal["mean", "tokens"] = "tokens"  # encoder tokens averaged, or kept in place (probe.py)
+    pooling: Literal["mean", "tokens"] = "mean"  # encoder tokens averaged, or kept in place (probe.py)
     log_models: Literal["best_per_cell", "all", "none"] = "best_per_cell"  # trained encoders into MLflow
     baselines: bool = True  # probe a random-init encoder and the raw input too (the study's reference rows)
 

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import decord
 import numpy as np
 import pytest
 import torch
@@ -149,3 +150,27 @@ def test_every_split_gets_clips_of_every_digit(per_digit: int):
     assert set(counts) == {"train", "val", "test"}
     if per_digit == 30:
         assert counts == {"train": 21, "val": 5, "test": 4}
+
+
+def _frames(out: Path) -> np.ndarray:
+    """Every decoded frame of the build's first clip, float [T, S, S, 3]."""
+    name = (out / "vggsound.csv").read_text().split(",")[0]
+    path = out / f"{name}_000000.mp4"
+    reader = decord.VideoReader(str(path))
+    return reader.get_batch(list(range(len(reader)))).asnumpy().astype(np.float32)
+
+
+def test_video_nuisance_settings_change_the_clips_they_name(tmp_path: Path):
+    """`grey` leaves one hue (channels equal up to H.264's chroma rounding), `noise=0` a flat background, and
+    a bad scale range is an error naming both fields. Defaults keep the colour and the noise."""
+    kw = dict(clips_per_digit=1, size=64, duration=0.25, workers=1, progress=False)
+    default = _frames(build_av_digits(tmp_path / "default", **kw).parent)
+    grey = _frames(build_av_digits(tmp_path / "grey", grey=True, noise=0.0, **kw).parent)
+    hue = lambda frames: np.abs(frames - frames.mean(-1, keepdims=True)).mean()  # noqa: E731
+    assert hue(grey) < 2 < 10 < hue(default)
+    corner = lambda frames: frames[:, :6, :6].std(axis=(1, 2)).mean()  # noqa: E731  background only
+    assert corner(grey) < 2 < 5 < corner(default)
+    manifest = json.loads((tmp_path / "grey" / "av_digits.json").read_text())
+    assert manifest["settings"]["grey"] is True and manifest["settings"]["noise"] == 0.0
+    with pytest.raises(ValueError, match="scale_min=0.7, scale_max=0.5"):
+        build_av_digits(tmp_path / "bad", scale_min=0.7, scale_max=0.5, **kw)

@@ -56,6 +56,15 @@ class AVDigitsSettings:
     size: int = 96
     fps: int = 32
     speech: str | None = None  # FSDD recordings folder, resolved
+    # Video nuisance: how far the digit travels (1: anywhere in the frame), the range of the fraction of the
+    # frame it spans, the background's fixed and per-frame noise (1: sd 18 and ~10 grey levels), and whether
+    # background and ink get a random hue per clip. A tiny MAE learns that hue (predictable from any visible
+    # patch) instead of the digit's shape, and its video probe falls below random init (docs/miniature.md).
+    motion: float = 1.0
+    scale_min: float = 0.35
+    scale_max: float = 0.65
+    noise: float = 1.0
+    grey: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,11 +137,11 @@ def _render_video(job: _Job, settings: AVDigitsSettings, rng: np.random.Generato
     """uint8 [T, S, S, 3]: the digit on an affine path (scale, turn, move) over a noisy tinted background."""
     frames, size = round(settings.duration * settings.fps), settings.size
     t = torch.linspace(0, 1, frames)[:, None]
-    scale = torch.tensor(rng.uniform(0.35, 0.65, 2), dtype=torch.float32)
+    scale = torch.tensor(rng.uniform(settings.scale_min, settings.scale_max, 2), dtype=torch.float32)
     scale = scale[0] + (scale[1] - scale[0]) * t  # fraction of the frame the digit spans
     angle = torch.tensor(rng.uniform(-0.35, 0.35, 2), dtype=torch.float32)
     angle = angle[0] + (angle[1] - angle[0]) * t
-    ends = torch.tensor(rng.uniform(-1, 1, (2, 2)), dtype=torch.float32) * (1 - scale.max())
+    ends = torch.tensor(rng.uniform(-1, 1, (2, 2)), dtype=torch.float32) * (1 - scale.max()) * settings.motion
     centre = ends[0] + (ends[1] - ends[0]) * t
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.cat([cos, -sin], 1), torch.cat([sin, cos], 1)], 1)
@@ -140,12 +149,15 @@ def _render_video(job: _Job, settings: AVDigitsSettings, rng: np.random.Generato
     grid = F.affine_grid(theta, [frames, 1, size, size], align_corners=False)
     sprite = torch.tensor(job.image, dtype=torch.float32).expand(frames, 1, 8, 8)
     alpha = F.grid_sample(sprite, grid, align_corners=False)[:, 0, :, :, None].numpy()
-    background = rng.uniform(10, 110, 3).astype(np.float32) + 18 * rng.standard_normal(
+    background = rng.uniform(10, 110, 3).astype(np.float32) + 18 * settings.noise * rng.standard_normal(
         (size, size, 3), np.float32
     )
     ink = rng.uniform(150, 255, 3).astype(np.float32)
     video = background + alpha * (ink - background)
-    video += rng.integers(-17, 18, video.shape, dtype=np.int8)  # fresh sensor noise every frame (sd ~10)
+    sensor = rng.integers(-17, 18, video.shape, dtype=np.int8)  # fresh sensor noise every frame (sd ~10)
+    video += settings.noise * sensor
+    if settings.grey:  # the same draws, hue averaged away: builds differ in colour only
+        video[:] = video.mean(axis=-1, keepdims=True)
     np.clip(video, 0, 255, out=video)
     return video.astype(np.uint8)
 
@@ -167,7 +179,7 @@ def _render_audio(job: _Job, settings: AVDigitsSettings, rng: np.random.Generato
         event = _read_wav(job.recording)[:n]
         event = event / max(np.abs(event).max(), 1e-6)
     else:
-        length = round(rng.uniform(0.25, 0.7) * SAMPLE_RATE)
+        length = min(round(rng.uniform(0.25, 0.7) * SAMPLE_RATE), n)  # a clip shorter than the tone cuts it
         t = np.arange(length) / SAMPLE_RATE
         low, high = (f * rng.uniform(0.98, 1.02) for f in DTMF[job.digit])
         event = 0.5 * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
@@ -220,6 +232,11 @@ def build_av_digits(
     fps: int = 32,
     workers: int | None = None,
     progress: bool = True,
+    motion: float = 1.0,
+    scale_min: float = 0.35,
+    scale_max: float = 0.65,
+    noise: float = 1.0,
+    grey: bool = False,
 ) -> Path:
     """Build AV-Digits into `out`; a no-op when `out` already holds a build with the same settings.
 
@@ -227,9 +244,13 @@ def build_av_digits(
     """
     if size % 2 or size < 16:
         raise ValueError(f"size must be even and >= 16 (H.264 4:2:0), got {size}")
+    if not 0 < scale_min <= scale_max <= 1:
+        raise ValueError(f"need 0 < scale_min <= scale_max <= 1, got scale_min={scale_min}, "
+                         f"scale_max={scale_max}")
     out = Path(out)
     settings = AVDigitsSettings(
-        seed, clips_per_digit, duration, size, fps, str(Path(speech).resolve()) if speech else None
+        seed, clips_per_digit, duration, size, fps, str(Path(speech).resolve()) if speech else None,
+        motion, scale_min, scale_max, noise, grey,
     )
     manifest = read_manifest(out)
     if manifest and manifest["settings"] == asdict(settings) and (out / INDEX_NAME).is_file():

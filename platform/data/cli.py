@@ -39,6 +39,16 @@ def data() -> None:
 @click.option("--size", type=int, default=96, show_default=True, help="Frame width and height in pixels.")
 @click.option("--fps", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=os.cpu_count(), show_default=True)
+@click.option("--motion", type=float, default=1.0, show_default=True,
+              help="How far the digit travels: 1 anywhere in the frame, 0 not at all.")
+@click.option("--scale-min", type=float, default=0.35, show_default=True,
+              help="Smallest fraction of the frame the digit spans.")
+@click.option("--scale-max", type=float, default=0.65, show_default=True,
+              help="Largest fraction of the frame the digit spans.")
+@click.option("--noise", type=float, default=1.0, show_default=True,
+              help="Background noise, fixed and per frame: 1 is sd 18 and ~10 grey levels, 0 none.")
+@click.option("--grey/--colour", default=False, show_default=True,
+              help="Grey video, or a random hue per clip (which a tiny MAE learns instead of shapes).")
 def av_digits(
     out: Path,
     speech: Path | None,
@@ -48,10 +58,17 @@ def av_digits(
     size: int,
     fps: int,
     workers: int,
+    motion: float,
+    scale_min: float,
+    scale_max: float,
+    noise: float,
+    grey: bool,
 ) -> None:
     """Write the AV-Digits benchmark (skips when OUT already holds the same build)."""
     try:
-        index = build_av_digits(out, speech, seed, clips_per_digit, duration, size, fps, workers)
+        index = build_av_digits(out, speech, seed, clips_per_digit, duration, size, fps, workers,
+                                motion=motion, scale_min=scale_min, scale_max=scale_max, noise=noise,
+                                grey=grey)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
     manifest = read_manifest(out)
