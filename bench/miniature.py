@@ -2,12 +2,12 @@
 encoder under the study's own probe, and does the raw input already solve the task?
 
 For each seed: the random-init encoder of that seed is probed, then pretrained from that same init (the
-recipe and step the platform trains with: `models.build_optimizer`, `warmup_cosine`, `TrainStep`) on the
-train split held in memory (unaugmented, centred windows), and probed again; the raw input is probed once.
-Prints every score and, per probe setting, the mean over seeds with 95% t intervals, and the paired
-difference pretrained - random init. The docs table (docs/miniature.md) is its output:
+recipe and step the platform trains with, `platform/learning.py`) on the train split held in memory
+(unaugmented, centred windows), and probed again; the raw input is probed once. Prints, per pooling and
+probe setting, the mean over seeds with 95% t intervals and the paired difference pretrained - random init.
+The defaults are the recipe of experiments/miniature.yaml. The docs table (docs/miniature.md) is its output:
 
-    nice -n 5 .venv/bin/python bench/miniature.py --speech ../shared/data/fsdd/recordings --seeds 0 1 2
+    nice -n 5 .venv/bin/python bench/miniature.py --speech ../shared/data/fsdd/recordings --seeds 0 1 2 3 4
 
 AV-Digits builds go under data_cache/ (gitignored), one folder per setting, reused when there.
 """
