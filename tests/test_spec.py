@@ -237,3 +237,22 @@ def test_reading_a_study_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=os.environ.copy(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_each_av_digits_build_decodes_into_its_own_cache(tmp_path: Path):
+    """AV-Digits is rebuilt in place when its settings change, with the same clip ids and labels: a cache per
+    build (audio kind and settings) keeps a study from reading the old build's decoded clips."""
+    from avmae.platform.prepare import absolute
+
+    def cache(av_digits: dict, speech: Path | None = None) -> Path:
+        data = {"kind": "av-digits", "root": str(tmp_path / "d"), "cache_dir": str(tmp_path / "c"),
+                "av_digits": av_digits}
+        return absolute(parse_spec({**TINY_STUDY, "data": data}), speech).data.cache_dir
+
+    base = cache({"clips_per_digit": 4})
+    assert base == cache({"clips_per_digit": 4}) and base.parent == tmp_path / "c"
+    assert base.name.startswith("tones-")
+    four = {"clips_per_digit": 4}
+    others = {cache({**four, "grey": True}), cache({**four, "duration": 1.0}),
+              cache(four, tmp_path / "speech"), cache(four, tmp_path / "s2")}
+    assert len(others | {base}) == 5
