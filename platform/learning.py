@@ -21,7 +21,9 @@ import torch
 from avmae import models
 from avmae.platform.data import ClipGeometry, build_av_digits
 from avmae.platform.data.loader import build_dataset
+from avmae.platform.prepare import av_digits_build_name
 from avmae.platform.probe import Pooling, encoder_features, probe_accuracy, raw_features
+from avmae.platform.spec import AVDigitsBuild
 
 log = logging.getLogger(__name__)
 SETTINGS = ("av", "audio", "video")
@@ -57,19 +59,15 @@ class Miniature:
                                      decoder=self.decoder, mask_ratio_audio=self.mask_ratio_audio,
                                      mask_ratio_video=self.mask_ratio_video, norm_targets=self.norm_targets)
 
+    def av_digits(self) -> AVDigitsBuild:
+        """The build settings among these fields (the rest keep AV-Digits' defaults)."""
+        return AVDigitsBuild(**{f: getattr(self, f) for f in AVDigitsBuild.model_fields if hasattr(self, f)})
+
     def build(self, cache: Path) -> Path:
-        """Build (or reuse) this setting's AV-Digits under `cache`; returns the build's folder."""
-        video = (self.motion, self.scale_min, self.scale_max, self.noise)
-        name = f"{'speech' if self.speech else 'dtmf'}_{self.clips_per_digit}_{self.duration:g}s"
-        if video != (1.0, 0.35, 0.65, 1.0):
-            name += "_m{:g}_s{:g}-{:g}_n{:g}".format(*video)
-        if self.grey:
-            name += "_grey"
-        root = cache / name
-        build_av_digits(root, speech=self.speech, clips_per_digit=self.clips_per_digit,
-                        duration=self.duration, workers=2, progress=False, motion=self.motion,
-                        scale_min=self.scale_min, scale_max=self.scale_max, noise=self.noise,
-                        grey=self.grey)
+        """Build (or reuse) this setting's AV-Digits in a folder of its own under `cache`; returns it."""
+        settings = self.av_digits()
+        root = cache / av_digits_build_name(settings, self.speech)
+        build_av_digits(root, speech=self.speech, workers=2, progress=False, **settings.model_dump())
         return root
 
 

@@ -12,10 +12,10 @@ from avmae.platform.data import ClipGeometry
 from avmae.platform.spec import AVDigitsBuild, StudySpec
 
 
-def av_digits_cache_name(settings: AVDigitsBuild, speech: str | Path | None) -> str:
-    """The cache folder of one AV-Digits build: `tones-<digest>` or `fsdd-<digest>` of its settings. A build
-    is remade in place when its settings change (same clip ids and labels, other pixels or sound), and the
-    cache's own header could not tell the old decoded clips from the new ones."""
+def av_digits_build_name(settings: AVDigitsBuild, speech: str | Path | None) -> str:
+    """A name for one AV-Digits build: `tones-<digest>` or `fsdd-<digest>` of its settings. It names a
+    study's cache folder: a build is remade in place when its settings change (same clip ids and labels,
+    other pixels or sound), and the cache's own header could not tell the old decoded clips from the new."""
     source = {**settings.model_dump(), "speech": str(Path(speech).resolve()) if speech else None}
     digest = hashlib.sha1(json.dumps(source, sort_keys=True).encode()).hexdigest()[:8]
     return f"{'fsdd' if speech else 'tones'}-{digest}"
@@ -34,7 +34,7 @@ def absolute(spec: StudySpec, speech: str | Path | None = None) -> StudySpec:
         index = Path(index).resolve()
     cache_dir = Path(data.cache_dir).resolve() if data.cache_dir else None
     if cache_dir is not None and data.kind == "av-digits":
-        cache_dir = cache_dir / av_digits_cache_name(data.av_digits or AVDigitsBuild(), speech)
+        cache_dir = cache_dir / av_digits_build_name(data.av_digits or AVDigitsBuild(), speech)
     update = {
         "root": Path(data.root).resolve(),
         "index": index,
