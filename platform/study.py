@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -236,11 +237,11 @@ def ray_runtime(address: str | None) -> Iterator[None]:
     if address is None:
         # Train's cleaner asks the State API of "the" local Ray; with another Ray on the machine (a second
         # sweep, a test) it must be told which one, so the dashboard gets a known port.
-        port = free_port()
-        env_vars.update(LOCAL_RUNTIME_ENV_VARS, RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}")
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                 object_store_memory=256 * 1024**2, runtime_env=runtime_env(env_vars),
-                 logging_level=logging.WARNING)
+        with reserved_port() as port:
+            env_vars.update(LOCAL_RUNTIME_ENV_VARS, RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{port}")
+            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                     object_store_memory=256 * 1024**2, runtime_env=runtime_env(env_vars),
+                     logging_level=logging.WARNING)
     else:
         ray.init(address=address, runtime_env=runtime_env(env_vars), logging_level=logging.WARNING)
     try:
@@ -258,6 +259,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def reserved_port() -> Iterator[int]:
+    """A free local port for a server started inside the block. A port only looked up (`free_port`) is free
+    again at once, and on a busy machine another process's bind(0) or connect can take it before the server
+    binds it (seen: `ray.init` failing "Failed to bind to 127.0.0.1:39077 because it's already occupied").
+    On Linux the port stays bound here (SO_REUSEADDR, never listening) until the block ends: the kernel gives
+    it to no other bind(0) or connect, while a server that binds it with SO_REUSEADDR (Ray's dashboard and
+    its port check, uvicorn) still can. Elsewhere BSD sockets would refuse that second bind, so the port is
+    only looked up."""
+    if sys.platform != "linux":
+        yield free_port()
+        return
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 @contextmanager

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from avmae.platform import tracking as T
 from avmae.platform.mlflow_queue import JOURNAL_DIR
-from avmae.platform.study import free_port
+from avmae.platform.study import reserved_port
 from mlflow.tracking import MlflowClient
 
 EPOCHS, STEPS, LOG_EVERY = 6, 5, 5  # 5 steps: the 20 training clips of `tiny_av_digits` in batches of 4
@@ -38,10 +38,11 @@ OUTAGE_S = 15
 
 
 class Server:
-    """`mlflow server` on a SQLite store, stopped and started again on the same port."""
+    """`mlflow server` on a SQLite store, stopped and started again on the same port (held by the fixture
+    meanwhile, so that no other process takes it during the outage)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder, self.port = folder, port
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -84,12 +85,13 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    server = Server(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    with reserved_port() as port:
+        server = Server(tmp_path, port)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 def sweep(tmp_path: Path, server: Server, *extra: str) -> subprocess.Popen:

@@ -1,14 +1,18 @@
 """study.py without a Ray runtime: each cell's Optuna sampler gets its own seed, stable across runs; repeats
-of a sampled point; the workers' set-up hook; archiving a study to start it afresh."""
+of a sampled point; the workers' set-up hook; archiving a study to start it afresh; the local dashboard's
+port held until Ray binds it."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from avmae.platform import ray_logging
 from avmae.platform import tracking as T
 from avmae.platform.spec import REPEAT_KEY, parse_spec
@@ -16,6 +20,7 @@ from avmae.platform.study import (
     Launch,
     archive_study,
     cell_seed,
+    reserved_port,
     runtime_env,
     study_record,
     study_search,
@@ -96,3 +101,18 @@ def test_restart_archives_the_mlflow_experiment_and_the_storage_then_starts_afre
     assert not (tmp_path / "runs" / "t").exists()
     assert list((tmp_path / "runs").glob("t.archived-*/study.json"))
     study_record(launch, spec)  # a fresh run of the same name is accepted now
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the port is held only on Linux (BSD sockets refuse the "
+                    "server's second bind)")
+def test_a_reserved_port_is_refused_to_others_but_taken_by_a_server_that_reuses_addresses():
+    with reserved_port() as port:
+        with socket.socket() as other, pytest.raises(OSError) as refused:
+            other.bind(("127.0.0.1", port))  # what a process looking for a free port would try
+        assert refused.value.errno == errno.EADDRINUSE
+        with socket.socket() as server:  # as Ray's dashboard (aiohttp) and uvicorn bind
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", port))
+            server.listen()
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass
