@@ -77,7 +77,9 @@ def load_split(root: Path, split: str, geometry: ClipGeometry) -> Clips:
     if saved.is_file():
         return torch.load(saved)
     dataset = build_dataset("av-digits", root, None, split, geometry, train=False)
-    items = [dataset[i] for i in range(len(dataset))]
+    items = [item for item in map(dataset.__getitem__, range(len(dataset))) if "broken" not in item]
+    if len(items) < len(dataset):  # each broken clip was logged by the dataset
+        log.warning("%s: %d of %d clips broken, skipped", split, len(dataset) - len(items), len(dataset))
     clips = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in ("audio", "video", "label")}
     partial = saved.with_suffix(f".{os.getpid()}.partial")  # concurrent runs never read a half-written file
     torch.save(clips, partial)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from avmae.models.tokenizers import video_to_unit_range
 from avmae.platform.data import decode
-from avmae.platform.data.avdigits import DIGIT_WORDS, SPEAKER_SPLITS, build_av_digits
+from avmae.platform.data.avdigits import BUILD_LOCK_NAME, DIGIT_WORDS, SPEAKER_SPLITS, build_av_digits
 from avmae.platform.data.cli import data
 from avmae.platform.data.geometry import ClipGeometry
 from avmae.platform.data.loader import build_dataset
 from click.testing import CliRunner
+from filelock import FileLock
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -113,6 +116,28 @@ def test_build_is_deterministic_and_idempotent(tmp_path: Path):
     other = build_av_digits(tmp_path / "a", seed=1, clips_per_digit=1, workers=1, progress=False)
     assert other.read_text() != second.read_text()  # new settings: rebuilt
 
+
+
+def test_a_second_builder_waits_for_the_first_and_reuses_its_build(tmp_path: Path):
+    """Two studies asking for the same build at once: the second must not rewrite the clips the first is
+    writing (a killed or interleaved writer left a half-written clip that a study then skipped)."""
+    out = tmp_path / "shared"
+    out.mkdir()
+    first = FileLock(out / BUILD_LOCK_NAME, is_singleton=True)  # held as the first builder holds it
+    first.acquire()
+    script = ("import sys, logging; logging.basicConfig(); from avmae.platform.data.avdigits import "
+              "build_av_digits; build_av_digits(sys.argv[1], clips_per_digit=1, workers=1, progress=False)")
+    second = subprocess.Popen([sys.executable, "-c", script, str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # imports and all: a second builder that ignored the lock would be writing by now
+        assert second.poll() is None and not list(out.glob("*.mp4"))
+        build_av_digits(out, clips_per_digit=1, workers=1, progress=False)  # the first builder's build
+        stamp = (out / "av_digits.json").stat().st_mtime_ns
+    finally:
+        first.release()
+    _, stderr = second.communicate(timeout=120)
+    assert second.returncode == 0 and "being built by another process; waiting" in stderr
+    assert (out / "av_digits.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 def test_dtmf_tones_are_learnable(dtmf: Path):
     assert probe_accuracy(dtmf, with_video=False)["audio"] > 0.6  # chance is 0.1

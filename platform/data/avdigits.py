@@ -10,6 +10,7 @@ the same VGGSound decode path as real data.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import wave
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from . import decode
@@ -44,6 +46,8 @@ DTMF = {
 SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
 SPEAKER_SPLITS = {"theo": "val", "yweweler": "test"}  # every other FSDD speaker is train
 INDEX_NAME, MANIFEST_NAME, SOURCES_NAME = "vggsound.csv", "av_digits.json", "sources.csv"
+BUILD_LOCK_NAME = ".build.lock"  # held while a process builds (or checks) the folder
+log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 _MEL = ClipGeometry(audio_frames=1, num_frames=1, img_size=1)  # log_mel reads only sample_rate and mel bins
 
@@ -252,11 +256,32 @@ def build_av_digits(
         seed, clips_per_digit, duration, size, fps, str(Path(speech).resolve()) if speech else None,
         motion, scale_min, scale_max, noise, grey,
     )
-    manifest = read_manifest(out)
-    if manifest and manifest["settings"] == asdict(settings) and (out / INDEX_NAME).is_file():
+    if is_built(out, settings):  # before any lock: a finished build may sit on a read-only mount
         return out / INDEX_NAME
-    began = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    # Two studies (or a study and a bench) asking for the same build at once: the second waits for the first
+    # and reuses its build, instead of rewriting the clips the first is writing (a half-written clip).
+    lock = FileLock(out / BUILD_LOCK_NAME, is_singleton=True)  # one per folder in a process: reentrant
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("AV-Digits at %s is being built by another process; waiting for it", out)
+        lock.acquire()
+    try:
+        if not is_built(out, settings):
+            _build(out, settings, workers, progress)
+        return out / INDEX_NAME
+    finally:
+        lock.release()
+
+
+def is_built(out: Path, settings: AVDigitsSettings) -> bool:
+    manifest = read_manifest(out)
+    return bool(manifest) and manifest["settings"] == asdict(settings) and (out / INDEX_NAME).is_file()
+
+
+def _build(out: Path, settings: AVDigitsSettings, workers: int | None, progress: bool) -> None:
+    began = time.perf_counter()
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # the manifest, written last, marks a finished build
     jobs = _plan(settings)
     workers = workers or os.cpu_count() or 1
@@ -288,4 +313,3 @@ def build_av_digits(
         "workers": workers,
     }
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-    return out / INDEX_NAME
