@@ -123,14 +123,16 @@ def test_lr_stability_is_a_grid_around_1_6e_4_for_both_objectives():
     assert not spec.searched_by_optuna and spec.scheduler.name == "fifo"
 
 
-def test_quickstart_asks_the_three_questions_on_av_digits():
+def test_quickstart_asks_whether_pretraining_learned_on_the_measured_recipe():
+    """The quickstart's answer must be readable: it runs the recipe measured to beat a random-init encoder
+    in its budget (docs/miniature.md), with seeds for intervals and the reference rows to read it against."""
     spec = load_spec(REPO / "experiments/quickstart.yaml")
     assert spec.data.kind == "av-digits" and spec.model.preset == "tiny"
-    assert set(spec.axes) == {"fusion", "objective"}
-    assert {"lr", "mask_ratio_audio", "mask_ratio_video"} <= set(spec.search)
-    assert spec.searched_by_optuna and spec.evaluation.probe == ["av", "audio", "video"]
-    # Answers with error bars: paired seeds, a probe score for every trial (pruned too), reference rows.
-    assert spec.repeats >= 2 and spec.evaluation.probe_every == 1 and spec.evaluation.baselines
+    assert spec.data.av_digits.grey  # with a random hue per clip the tiny MAE learns colour, not the digit
+    assert spec.model.overrides["norm_targets"] and spec.train.epochs >= 30
+    assert spec.axes == {"objective": ["joint", "inpainting"]}
+    assert spec.repeats >= 3 and spec.evaluation.baselines and spec.evaluation.pooling == "mean"
+    assert spec.evaluation.probe == ["av", "audio", "video"] and spec.scheduler.name == "fifo"
 
 
 def test_cells_are_the_product_of_the_axes_in_file_order():
