@@ -20,7 +20,15 @@ from avmae.dashboards.collect import (
     score_columns,
 )
 from avmae.dashboards.importance import NotEnoughTrials, param_importances
-from avmae.dashboards.stats import Best, Interval, lr_verdict, mean_ci, score_bounds, stability_sentence
+from avmae.dashboards.stats import (
+    Best,
+    Comparison,
+    Interval,
+    lr_verdict,
+    mean_ci,
+    score_bounds,
+    stability_sentence,
+)
 from avmae.dashboards.summary import (
     CONFIG,
     STATUSES,
@@ -30,7 +38,13 @@ from avmae.dashboards.summary import (
     searched_params,
     status_counts,
 )
-from avmae.dashboards.verdicts import BASELINE_LABEL, baseline_rows, best_cells, lr_verdicts
+from avmae.dashboards.verdicts import (
+    BASELINE_LABEL,
+    baseline_rows,
+    best_cells,
+    gains_over_random_init,
+    lr_verdicts,
+)
 from avmae.platform import tracking as T
 from plotly.colors import sample_colorscale, sequential
 from plotly.subplots import make_subplots
@@ -50,6 +64,7 @@ SCORE_SCALE = sequential.Blues[2:]
 TEMPLATE = "plotly_white"
 LOG_TICKS = [m * 10.0**k for k in range(-4, 5) for m in (1, 2, 5)]  # plain 0.2 / 0.5 / 1 labels on log axes
 MODALITY_LABEL = {"av": "AV", "audio": "A", "video": "V"}
+GAIN_LABEL = "Δ vs random init"  # the ablation table's rows: pretrained - random init, paired by seed
 PANEL_HEIGHT = 260
 
 
@@ -263,7 +278,8 @@ def ablation_table(data: StudyData) -> go.Figure:
     the primary one. A cell is boxed only where it beats every other cell of its objective significantly
     (paired by seed, Holm-corrected); otherwise the panel says 'no significant difference at n = ...'. The
     table below lists every cell's means and intervals with n, and the reference rows (random-init encoder,
-    raw input) where the study logged them."""
+    raw input) where the study logged them, and then each cell's gain over the random-init encoder (paired
+    by seed: did pretraining learn anything a probe reads?)."""
     title = "Ablation: fusion × decoder"
     trials = data.trials
     if trials.empty:
@@ -284,8 +300,8 @@ def ablation_table(data: StudyData) -> go.Figure:
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     hi = hi if hi > lo else lo + 0.01  # one score still needs a colour range
     verdict = {o: _verdict_text(best[o], summary) if o in best else "" for o in objectives}
-    table = _ablation_rows(summary, scores, baseline_rows(data), best)
-    table_px = 60 + 24 * len(table.cells.values[0])
+    table = _ablation_rows(summary, scores, baseline_rows(data), best, gains_over_random_init(data, summary))
+    table_px = 60 + 26 * len(table.cells.values[0])
     grid_px = 110 * len(fusions) + 60
     fig = make_subplots(
         rows=2, cols=len(objectives), row_heights=[grid_px, table_px], horizontal_spacing=0.08,
@@ -355,26 +371,40 @@ def _cell_text(cells: pd.DataFrame, key: tuple[str, str, str], scores: dict[str,
 
 
 def _ablation_rows(cells: pd.DataFrame, scores: dict[str, str], baselines: dict[str, dict[str, Interval]],
-                   best: dict[str, Best]) -> go.Table:
-    """Every cell's best configuration (mean [95% interval] per score, n seeds), then the reference rows."""
+                   best: dict[str, Best], gains: dict[str, dict[str, Comparison]]) -> go.Table:
+    """Every cell's best configuration (mean [95% interval] per score, n seeds), then the reference rows, then
+    each cell's gain over the random-init encoder (paired by seed; ↑ where its interval lies above 0)."""
     winners = {b.winner for b in best.values()}
-    rows = [(("★ " if cell in winners else "") + label, n, [cells.loc[i, f"ci:{m}"] for m in scores])
-            for i, (cell, label, n) in enumerate(zip(cells["cell"], _labels(cells), cells["n_repeats"],
-                                                     strict=True))]
+    labels = _labels(cells)
+    rows = [(("★ " if cell in winners else "") + label, n, [cells.loc[i, f"ci:{m}"].text() for m in scores])
+            for i, (cell, label, n) in enumerate(zip(cells["cell"], labels, cells["n_repeats"], strict=True))]
     for baseline, by_probe in baselines.items():
         intervals = [by_probe.get(column, mean_ci([])) for column in scores.values()]
         rows.append((f"baseline: {BASELINE_LABEL.get(baseline, baseline)}",
-                     max(i.n for i in intervals), intervals))
+                     max(i.n for i in intervals), [i.text() for i in intervals]))
+    for cell, label in zip(cells["cell"], labels, strict=True):
+        if cell in gains:
+            diffs = [gains[cell][column].diff if column in gains[cell] else mean_ci([])
+                     for column in scores.values()]
+            rows.append((f"{GAIN_LABEL}: {label}", max(d.n for d in diffs), [_gain_text(d) for d in diffs]))
     columns = {
         "fusion · decoder · objective": [r[0] for r in rows],
         "n (seeds)": [str(r[1]) for r in rows],
-        **{f"{scores[m]} mean [95% CI]": [r[2][j].text() for r in rows] for j, m in enumerate(scores)},
+        **{f"{scores[m]} mean [95% CI]": [r[2][j] for r in rows] for j, m in enumerate(scores)},
     }
-    labels = columns["fusion · decoder · objective"]
-    shade = ["#f4f1e8" if label.startswith("baseline: ") else "white" for label in labels]
+    shade = ["#f4f1e8" if label.startswith("baseline: ") else "#eef4ec" if label.startswith(GAIN_LABEL)
+             else "white" for label in columns["fusion · decoder · objective"]]
     return go.Table(header={"values": list(columns), "fill_color": "#e8edf3", "align": "left"},
                     cells={"values": list(columns.values()), "align": "left", "fill_color": [shade]},
-                    columnwidth=[30, 10, *([34] * len(scores))], meta={"role": "ablation_rows"})
+                    columnwidth=[38, 10, *([34] * len(scores))], meta={"role": "ablation_rows"})
+
+
+def _gain_text(diff: Interval) -> str:
+    """'+0.063 [0.021, 0.105] ↑': a signed difference, with an arrow where its interval excludes 0."""
+    if diff.n == 0:
+        return "—"
+    arrow = " ↑" if diff.has_interval and diff.lo > 0 else " ↓" if diff.has_interval and diff.hi < 0 else ""
+    return ("+" if diff.mean >= 0 else "") + diff.text() + arrow
 
 
 def masking_ratios(data: StudyData) -> go.Figure:

@@ -76,7 +76,8 @@ def cell_axes(data: StudyData) -> list[str]:
 def cell_summary(data: StudyData) -> pd.DataFrame:
     """Per cell, objective-major in the paper's order: axes, trial counts by status, compute seconds, and
     the best configuration: its trials, mean scores (`<modality>`) with their intervals (`ci:<modality>`,
-    a `stats.Interval`), the score per repeat k it is paired by (`by_repeat`), and its searched params."""
+    a `stats.Interval`) and per repeat k (`by_repeat:<modality>`), the score per repeat k it is ranked and
+    paired by (`by_repeat`), and its searched params."""
     trials = data.trials.assign(**{CONFIG: configurations(data)})
     columns = ["cell", *CELL_AXES, "n_trials", *(f"n_{s}" for s in STATUSES), "statuses", "compute_s",
                "best_trial", "best_config", "n_repeats", "by_repeat", "why_empty"]
@@ -112,6 +113,9 @@ def _cell_row(cell: str, group: pd.DataFrame, trials: pd.DataFrame, searched: li
     for modality, column in score_columns(trials).items():
         ci = mean_ci(best[column] if best is not None else [], bounds=score_bounds(column))
         row[modality], row[f"ci:{modality}"] = ci.mean, ci
+        row[f"by_repeat:{modality}"] = {} if best is None else {
+            int(k): float(v) for k, v in zip(_repeat_index(best), best[column], strict=True)
+            if math.isfinite(v)}
     for param in searched:
         row[param] = math.nan if best is None else best[param].iloc[0]
     return row

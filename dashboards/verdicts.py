@@ -1,6 +1,6 @@
 """What a study's numbers support: the best cell per objective (or that there is none), the reference rows,
-and the learning-rate stability verdict. Reads a `StudyData`, asks `stats` and returns what the figures
-state, so every sentence on the page comes from one tested place.
+each cell's gain over the random-init encoder, and the learning-rate stability verdict. Reads a `StudyData`,
+asks `stats` and returns what the figures state, so every sentence on the page comes from one tested place.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 
 import pandas as pd
 from avmae.dashboards import stats
-from avmae.dashboards.collect import StudyData, axis_values, in_axis_order, score_columns
+from avmae.dashboards.collect import REPEAT, StudyData, axis_values, in_axis_order, score_columns
 from avmae.dashboards.summary import cell_summary, ranking
 from avmae.platform.tracking import BASELINES, TRAIN_GRAD_NORM, TrialStatus
 
@@ -62,6 +62,24 @@ def baseline_rows(data: StudyData) -> dict[str, dict[str, stats.Interval]]:
                               for probe, group in mine.groupby("probe")}
     return rows
 
+
+
+def gains_over_random_init(data: StudyData, cells: pd.DataFrame | None = None
+                           ) -> dict[str, dict[str, stats.Comparison]]:
+    """Per cell, per probe score: its best configuration's score minus the random-init encoder's, paired by
+    repeat k (both ran with seed `train.seed + k`), with a t interval: did pretraining beat where it started?
+    The reference row's means alone cannot say: seeds move both. Empty where no random-init row is logged."""
+    frame = data.baselines[data.baselines["baseline"] == "random_init"]
+    if frame.empty:
+        return {}
+    cells = cell_summary(data) if cells is None else cells
+    init = {probe: dict(zip(group[REPEAT].astype(int), group["value"], strict=True))
+            for probe, group in frame.groupby("probe")}
+    scores = {m: c for m, c in score_columns(data.trials).items() if c in init}
+    return {row["cell"]: {column: stats.paired_difference(row[f"by_repeat:{m}"], init[column], row["cell"],
+                                                          "random_init")
+                          for m, column in scores.items()}
+            for _, row in cells.iterrows()}
 
 def lr_verdicts(data: StudyData, by: str = "objective") -> list[stats.LrVerdict]:
     """The LR-stability verdict per objective (`by="objective"`, pooled over its cells) or per cell

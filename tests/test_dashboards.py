@@ -502,14 +502,31 @@ def test_ablation_crowns_the_planted_winner_only_and_carries_the_baseline_rows(r
     table = traces(fig, "ablation_rows")[0]
     columns = dict(zip(table.header.values, table.cells.values, strict=True))
     labels = list(columns["fusion · decoder · objective"])
-    assert labels == ["early · shared · joint", "★ mid · shared · joint", "early · shared · inpainting",
-                      "shared · shared · inpainting", "baseline: random-init encoder", "baseline: raw input"]
-    assert list(columns["n (seeds)"]) == ["3"] * 6
+    cells = ["early · shared · joint", "mid · shared · joint", "early · shared · inpainting",
+             "shared · shared · inpainting"]
+    assert labels == [cells[0], f"★ {cells[1]}", *cells[2:], "baseline: random-init encoder",
+                      "baseline: raw input", *(f"{figures.GAIN_LABEL}: {c}" for c in cells)]
+    assert list(columns["n (seeds)"]) == ["3"] * 10
     for i, scores in enumerate(BASELINE_SCORES.values(), start=4):
         for modality, values in scores.items():
             column = columns[f"{T.probe_metric(modality, 'acc')} mean [95% CI]"]
             assert column[i] == stats.mean_ci(values).text()
     assert columns["probe/av_acc mean [95% CI]"][1] == mid.text()
+    # Each cell's gain over the random-init encoder is paired by seed: repeat k minus the init of seed k.
+    mid_joint = planted_best(cell_of("mid", "joint"))
+    for modality, init in BASELINE_SCORES["random_init"].items():
+        column = columns[f"{T.probe_metric(modality, 'acc')} mean [95% CI]"]
+        gain = stats.paired_difference({t.repeat: t.score(modality) for t in mid_joint},
+                                       dict(enumerate(init))).diff
+        assert gain.lo > 0 and column[7] == f"+{gain.text()} ↑"
+
+
+def test_a_gain_over_random_init_is_signed_and_marked_only_where_its_interval_excludes_zero() -> None:
+    assert figures._gain_text(stats.Interval(0.05, 0.01, 0.09, 3, "t")) == "+0.050 [0.010, 0.090] ↑"
+    assert figures._gain_text(stats.Interval(0.02, -0.03, 0.07, 3, "t")) == "+0.020 [-0.030, 0.070]"
+    assert figures._gain_text(stats.Interval(-0.05, -0.09, -0.01, 3, "t")) == "-0.050 [-0.090, -0.010] ↓"
+    single = stats.Interval(0.05, math.nan, math.nan, 1, "none")
+    assert figures._gain_text(single) == "+0.050 (n = 1: no interval)"
 
 
 def test_lr_stability_states_the_planted_verdict_and_draws_one_marker_per_configuration(repeated: StudyData
@@ -583,7 +600,8 @@ def test_parallel_coordinates_one_line_per_configuration_across_searched_params_
 def test_a_study_without_repeats_says_it_has_no_intervals(sweep: StudyData) -> None:
     table = traces(figures.ablation_table(sweep), "ablation_rows")[0]
     assert "0.732 (n = 1: no interval)" in list(table.cells.values[2])
-    assert not [v for v in table.cells.values[0] if v.startswith("baseline")]  # none logged: no rows
+    labels = list(table.cells.values[0])
+    assert not [v for v in labels if v.startswith(("baseline", figures.GAIN_LABEL))]  # none logged: no rows
 
 
 # --- edge cases ------------------------------------------------------------------------------------------
