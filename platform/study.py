@@ -39,6 +39,7 @@ from avmae.platform.resources import ResourceError, check_fits, local_nodes, ray
 from avmae.platform.spec import StudySpec
 from avmae.platform.trial import run_trial
 from avmae.platform.uris import redact
+from pydantic import ValidationError
 from ray import tune
 
 # The trial's function only waits on its Train run: it reserves a little memory, the workers reserve cores.
@@ -336,17 +337,36 @@ def study_record(launch: Launch, spec: StudySpec, write: bool = True) -> None:
         if old["tracking_uri"] != record["tracking_uri"]:
             raise StudyExistsError("--resume needs the tracking URI the study started with")
         # The budget may grow on resume (that is how a study that spent it goes on); nothing else may.
-        before, now = old["spec"], record["spec"]
-        changed = sorted(k for k in {**before, **now} if k != "budget" and before.get(k) != now.get(k))
+        changed = [c for c in spec_changes(recorded_spec(old["spec"]), record["spec"])
+                   if not c.startswith("budget")]
         if changed:
             raise StudyExistsError(
-                f"--resume needs the study file the study started with ({', '.join(changed)} changed)")
+                f"--resume needs the study file the study started with; changed: {'; '.join(changed)}. A "
+                "field you did not edit changed with avmae's defaults: write its old value into the study "
+                "file to resume.")
     if not write:
         return
     fs.create_dir(folder)
     with fs.open_output_stream(path) as f:  # a resumed study's budget is read from here by its searcher
         f.write(json.dumps(record, indent=2).encode())
 
+
+
+def recorded_spec(dumped: dict[str, Any]) -> dict[str, Any]:
+    """A study record's spec as this avmae version reads it: fields added since it was written get their
+    defaults, so a resume compares what the study trains, not which version wrote the file."""
+    try:
+        return StudySpec.model_validate(dumped).model_dump(mode="json")
+    except ValidationError:  # a field since removed or renamed: compare as written, and name it
+        return dumped
+
+
+def spec_changes(before: Any, now: Any, path: str = "") -> list[str]:
+    """'evaluation.pooling: 'tokens' then, 'mean' now' for every field whose value differs (dicts by key)."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [change for key in sorted({*before, *now}, key=str) for change in
+                spec_changes(before.get(key), now.get(key), f"{path}.{key}" if path else str(key))]
+    return [] if before == now else [f"{path}: {before!r} then, {now!r} now"]
 
 def run_study(
     spec: StudySpec,

@@ -4,8 +4,10 @@ port held until Ray binds it."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import importlib
+import json
 import logging
 import socket
 import subprocess
@@ -18,6 +20,7 @@ from avmae.platform import tracking as T
 from avmae.platform.spec import REPEAT_KEY, parse_spec
 from avmae.platform.study import (
     Launch,
+    StudyExistsError,
     archive_study,
     cell_seed,
     reserved_port,
@@ -102,6 +105,28 @@ def test_restart_archives_the_mlflow_experiment_and_the_storage_then_starts_afre
     assert list((tmp_path / "runs").glob("t.archived-*/study.json"))
     study_record(launch, spec)  # a fresh run of the same name is accepted now
 
+
+def test_resume_compares_what_the_study_trains_not_which_version_wrote_its_record(tmp_path: Path):
+    """A record written before a field existed resumes (the field takes its default); a field whose value
+    differs, the user's edit or a changed default, is refused by its dotted name with both values."""
+    spec = parse_spec(TINY_STUDY)
+    launch = Launch("t", str(tmp_path / "runs" / "t"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    study_record(launch, spec)
+    path = tmp_path / "runs" / "t" / "study.json"
+    record = json.loads(path.read_text())
+    resume = dataclasses.replace(launch, resume=True)
+    del record["spec"]["evaluation"]["pooling"]  # as an avmae without the pooling field wrote it
+    path.write_text(json.dumps(record))
+    study_record(resume, spec)
+    record["spec"]["evaluation"]["pooling"] = "tokens"  # the default then, not now
+    path.write_text(json.dumps(record))
+    with pytest.raises(StudyExistsError) as refused:
+        study_record(resume, spec)
+    assert "changed: evaluation.pooling: 'tokens' then, 'mean' now." in str(refused.value)
+    record["spec"]["evaluation"]["pooling"] = "mean"
+    record["spec"]["budget"] = {"trial_hours": 1.0}  # a budget may grow on resume
+    path.write_text(json.dumps(record))
+    study_record(resume, spec)
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the port is held only on Linux (BSD sockets refuse the "
                     "server's second bind)")
