@@ -42,6 +42,7 @@ from avmae.dashboards.verdicts import (
     BASELINE_LABEL,
     baseline_rows,
     best_cells,
+    gain_text,
     gains_over_random_init,
     lr_verdicts,
 )
@@ -386,7 +387,7 @@ def _ablation_rows(cells: pd.DataFrame, scores: dict[str, str], baselines: dict[
         if cell in gains:
             diffs = [gains[cell][column].diff if column in gains[cell] else mean_ci([])
                      for column in scores.values()]
-            rows.append((f"{GAIN_LABEL}: {label}", max(d.n for d in diffs), [_gain_text(d) for d in diffs]))
+            rows.append((f"{GAIN_LABEL}: {label}", max(d.n for d in diffs), [gain_text(d) for d in diffs]))
     columns = {
         "fusion · decoder · objective": [r[0] for r in rows],
         "n (seeds)": [str(r[1]) for r in rows],
@@ -397,14 +398,6 @@ def _ablation_rows(cells: pd.DataFrame, scores: dict[str, str], baselines: dict[
     return go.Table(header={"values": list(columns), "fill_color": "#e8edf3", "align": "left"},
                     cells={"values": list(columns.values()), "align": "left", "fill_color": [shade]},
                     columnwidth=[38, 10, *([34] * len(scores))], meta={"role": "ablation_rows"})
-
-
-def _gain_text(diff: Interval) -> str:
-    """'+0.063 [0.021, 0.105] ↑': a signed difference, with an arrow where its interval excludes 0."""
-    if diff.n == 0:
-        return "—"
-    arrow = " ↑" if diff.has_interval and diff.lo > 0 else " ↓" if diff.has_interval and diff.hi < 0 else ""
-    return ("+" if diff.mean >= 0 else "") + diff.text() + arrow
 
 
 def masking_ratios(data: StudyData) -> go.Figure:

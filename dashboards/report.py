@@ -17,6 +17,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from avmae.dashboards import figures
 from avmae.dashboards.collect import StudyData, collect_study
+from avmae.dashboards.verdicts import gains_lines
 from avmae.platform.tracking import TrialStatus
 from mlflow.tracking import MlflowClient
 
@@ -63,6 +64,12 @@ def build_study_dashboard(
         log_dashboard(client, data, out, built)
     return out
 
+
+
+def study_gains(study: str, tracking_uri: str) -> list[str]:
+    """The lines a sweep ends with: each cell's gain over the random-init encoder, paired by seed, and the
+    raw input's scores (`verdicts.gains_lines`); none where the study logged no reference rows."""
+    return gains_lines(collect_study(MlflowClient(tracking_uri=tracking_uri), study))
 
 def render_html(data: StudyData, built: dict[str, go.Figure]) -> str:
     """The page: a header with the study's state, then one section per figure."""

@@ -118,3 +118,30 @@ def _spikes(data: StudyData) -> pd.Series:
         return pd.Series(dtype=int)
     ordered = curves.sort_values("step")
     return ordered.groupby("trial_id")[TRAIN_GRAD_NORM].apply(lambda s: stats.grad_norm_spikes(s.to_numpy()))
+
+
+def gain_text(diff: stats.Interval) -> str:
+    """'+0.063 [0.006, 0.120] ↑': a signed difference, with an arrow where its 95% interval excludes 0."""
+    if diff.n == 0:
+        return "—"
+    arrow = " ↑" if diff.has_interval and diff.lo > 0 else " ↓" if diff.has_interval and diff.hi < 0 else ""
+    return ("+" if diff.mean >= 0 else "") + diff.text() + arrow
+
+
+def gains_lines(data: StudyData) -> list[str]:
+    """The answer a sweep prints at its end: each cell's gain over the random-init encoder per probe score,
+    and the raw input's scores beside them (a probe the raw input already solves cannot show learning)."""
+    gains = gains_over_random_init(data)
+    if not gains:
+        return []
+    names = {column: modality for modality, column in score_columns(data.trials).items()}
+    width = max(len(cell) for cell in gains)
+    lines = ["Gain over the random-init encoder, paired by seed (mean [95% interval], ↑ if it excludes 0):"]
+    lines += [f"  {cell.ljust(width)}  " + "   ".join(f"{names.get(column, column)} {gain_text(c.diff)}"
+                                                  for column, c in by_column.items())
+              for cell, by_column in gains.items()]
+    raw = baseline_rows(data).get("raw_input", {})
+    if raw:
+        scores = " · ".join(f"{name} {raw[c].mean:.3f}" for c, name in names.items() if c in raw)
+        lines.append(f"Raw input: {scores} (where it is already high, that probe cannot show learning)")
+    return lines

@@ -25,7 +25,7 @@ from avmae.dashboards.cli import dashboard
 from avmae.dashboards.collect import StudyData, best_col, collect_study
 from avmae.dashboards.importance import NotEnoughTrials, param_importances
 from avmae.dashboards.summary import cell_summary, configurations
-from avmae.dashboards.verdicts import BadSetting, lr_verdicts
+from avmae.dashboards.verdicts import BadSetting, gain_text, gains_lines, lr_verdicts
 from avmae.platform import tracking as T
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -522,11 +522,23 @@ def test_ablation_crowns_the_planted_winner_only_and_carries_the_baseline_rows(r
 
 
 def test_a_gain_over_random_init_is_signed_and_marked_only_where_its_interval_excludes_zero() -> None:
-    assert figures._gain_text(stats.Interval(0.05, 0.01, 0.09, 3, "t")) == "+0.050 [0.010, 0.090] ↑"
-    assert figures._gain_text(stats.Interval(0.02, -0.03, 0.07, 3, "t")) == "+0.020 [-0.030, 0.070]"
-    assert figures._gain_text(stats.Interval(-0.05, -0.09, -0.01, 3, "t")) == "-0.050 [-0.090, -0.010] ↓"
-    single = stats.Interval(0.05, math.nan, math.nan, 1, "none")
-    assert figures._gain_text(single) == "+0.050 (n = 1: no interval)"
+    assert gain_text(stats.Interval(0.05, 0.01, 0.09, 3, "t")) == "+0.050 [0.010, 0.090] ↑"
+    assert gain_text(stats.Interval(0.02, -0.03, 0.07, 3, "t")) == "+0.020 [-0.030, 0.070]"
+    assert gain_text(stats.Interval(-0.05, -0.09, -0.01, 3, "t")) == "-0.050 [-0.090, -0.010] ↓"
+    assert gain_text(stats.Interval(0.05, math.nan, math.nan, 1, "none")) == "+0.050 (n = 1: no interval)"
+
+
+def test_a_sweep_ends_with_each_cells_gain_and_the_raw_input(repeated: StudyData, sweep: StudyData) -> None:
+    lines = gains_lines(repeated)
+    assert lines[0].startswith("Gain over the random-init encoder, paired by seed")
+    mid_joint = planted_best(cell_of("mid", "joint"))
+    gain = {m: stats.paired_difference({t.repeat: t.score(m) for t in mid_joint}, dict(enumerate(init))).diff
+            for m, init in BASELINE_SCORES["random_init"].items()}
+    (row,) = [line for line in lines if line.strip().startswith(cell_of("mid", "joint"))]
+    assert row.endswith(f"av {gain_text(gain['av'])}   audio {gain_text(gain['audio'])}   "
+                        f"video {gain_text(gain['video'])}")
+    assert len(lines) == 2 + 4 and lines[-1].startswith("Raw input: av 0.510 · audio 0.460 · video 0.210")
+    assert gains_lines(sweep) == []  # no reference rows logged: nothing to say
 
 
 def test_lr_stability_states_the_planted_verdict_and_draws_one_marker_per_configuration(repeated: StudyData

@@ -3,6 +3,7 @@ one trial at an LR that diverges; then the MLflow layout, a resume, and a refuse
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,9 @@ def test_a_study_runs_every_cell_and_lands_in_mlflow(tmp_path: Path, tiny_av_dig
     resumed = run_cli(["sweep", *args, "--resume"], timeout=600, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-6000:]
     assert "objective=joint" in resumed.stdout and "objective=inpainting" in resumed.stdout  # summary table
+    # ... and the answer read back from MLflow: each cell against the random-init encoder of its seed
+    assert "Gain over the random-init encoder, paired by seed" in resumed.stdout
+    assert re.search(r"objective=inpainting +av [+-]0\.\d{3} \(n = 1: no interval\)", resumed.stdout)
     (study,) = client.search_runs([experiment.experiment_id], f"tags.`{T.ROLE_TAG}` = 'study'")
     assert study.info.status == "FINISHED" and study.data.tags[T.STUDY_TAG] == "cells"
     assert "cells.yaml" in {a.path for a in client.list_artifacts(study.info.run_id)}
