@@ -68,7 +68,9 @@ def gains_over_random_init(data: StudyData, cells: pd.DataFrame | None = None
                            ) -> dict[str, dict[str, stats.Comparison]]:
     """Per cell, per probe score: its best configuration's score minus the random-init encoder's, paired by
     repeat k (both ran with seed `train.seed + k`), with a t interval: did pretraining beat where it started?
-    The reference row's means alone cannot say: seeds move both. Empty where no random-init row is logged."""
+    The reference row's means alone cannot say: seeds move both. The platform draws that encoder with the
+    first cell's architecture: for cells built alike it is the very init the trial started from, for others
+    (another fusion) a random encoder of the same seed. Empty where no random-init row is logged."""
     frame = data.baselines[data.baselines["baseline"] == "random_init"]
     if frame.empty:
         return {}
