@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 from avmae import models
-from avmae.platform.data import ClipGeometry, build_av_digits
+from avmae.platform.data import AVDigitsBuild, ClipGeometry, build_av_digits
 from avmae.platform.data.loader import build_dataset
 from avmae.platform.prepare import av_digits_build_name
 from avmae.platform.probe import Pooling, encoder_features, probe_accuracy, raw_features
-from avmae.platform.spec import AVDigitsBuild
 
 log = logging.getLogger(__name__)
 SETTINGS = ("av", "audio", "video")
@@ -67,7 +66,7 @@ class Miniature:
         """Build (or reuse) this setting's AV-Digits in a folder of its own under `cache`; returns it."""
         settings = self.av_digits()
         root = cache / av_digits_build_name(settings, self.speech)
-        build_av_digits(root, speech=self.speech, workers=2, progress=False, **settings.model_dump())
+        build_av_digits(root, settings, speech=self.speech, workers=2, progress=False)
         return root
 
 

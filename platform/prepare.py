@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 from avmae.platform.data import ClipGeometry
-from avmae.platform.spec import AVDigitsBuild, StudySpec
+from avmae.platform.data.config import AVDigitsBuild
+from avmae.platform.spec import StudySpec
 
 
 def av_digits_build_name(settings: AVDigitsBuild, speech: str | Path | None) -> str:
@@ -58,7 +59,7 @@ def prepare_data(spec: StudySpec, speech: str | Path | None = None) -> None:
         from avmae.platform.data import build_av_digits  # torch: only when building, not for --dry-run
 
         settings = data.av_digits or AVDigitsBuild()
-        build_av_digits(data.root, speech=speech, workers=data.workers, **settings.model_dump())
+        build_av_digits(data.root, settings, speech=speech, workers=data.workers)
     if data.cache_dir is None:
         return  # trials decode the media themselves
     splits = {data.train_split, data.val_split}

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from avmae.models import AVMAEConfig, resolve_config  # the config side of avmae.models: no torch
-from avmae.platform.data import DataConfig
+from avmae.platform.data.config import AVDigitsBuild, DataConfig
 from avmae.platform.reports import metric_mode
 from avmae.platform.tracking import PROBE_PREFIX, SEED_PARAM, cell_key
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -84,21 +84,6 @@ class Grid(Strict):
 
 
 Dimension = Annotated[Range | Choice | Grid, Field(discriminator="dist")]
-
-
-class AVDigitsBuild(Strict):
-    """Arguments of `build_av_digits` (the build is idempotent: skipped when already there)."""
-
-    seed: int = 0
-    clips_per_digit: int = Field(80, ge=1)
-    duration: float = Field(2.0, gt=0)
-    size: int = Field(96, ge=16)
-    fps: int = Field(32, ge=1)
-    motion: float = Field(1.0, ge=0, le=1)  # video nuisance; see avdigits.AVDigitsSettings
-    scale_min: float = Field(0.35, gt=0, le=1)
-    scale_max: float = Field(0.65, gt=0, le=1)
-    noise: float = Field(1.0, ge=0)
-    grey: bool = False
 
 
 class DataSpec(DataConfig):

@@ -65,10 +65,10 @@ def fsdd_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_av_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 40-clip AV-Digits build (DTMF audio) for Ray sweeps: 20 train, 10 val, 10 test clips."""
-    from avmae.platform.data import build_av_digits
+    from avmae.platform.data import AVDigitsBuild, build_av_digits
 
     root = tmp_path_factory.mktemp("av_digits")
-    build_av_digits(root, clips_per_digit=4, workers=2, progress=False)
+    build_av_digits(root, AVDigitsBuild(clips_per_digit=4), workers=2, progress=False)
     return root
 
 

@@ -18,6 +18,7 @@ from avmae.models.tokenizers import video_to_unit_range
 from avmae.platform.data import decode
 from avmae.platform.data.avdigits import BUILD_LOCK_NAME, DIGIT_WORDS, SPEAKER_SPLITS, build_av_digits
 from avmae.platform.data.cli import data
+from avmae.platform.data.config import AVDigitsBuild
 from avmae.platform.data.geometry import ClipGeometry
 from avmae.platform.data.loader import build_dataset
 from click.testing import CliRunner
@@ -27,6 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 PROBE_GEOMETRY = ClipGeometry(audio_frames=128, num_frames=8, img_size=64)  # the quickstart tiny model
+ONE = AVDigitsBuild(clips_per_digit=1)  # 10 clips
 
 
 # Per-item decoding is 2-4x slower with intra-op threads fighting over 2 shared cores.
@@ -36,14 +38,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def dtmf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("avdigits_dtmf")
-    build_av_digits(out, clips_per_digit=6, workers=2, progress=False)
+    build_av_digits(out, AVDigitsBuild(clips_per_digit=6), workers=2, progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
 def speech(fsdd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("avdigits_speech")
-    build_av_digits(out, speech=fsdd_dir, clips_per_digit=16, workers=2, progress=False)
+    build_av_digits(out, AVDigitsBuild(clips_per_digit=16), fsdd_dir, workers=2, progress=False)
     return out
 
 
@@ -103,17 +105,18 @@ def test_dtmf_build_is_a_vggsound_dataset(dtmf: Path):
 def test_build_is_deterministic_and_idempotent(tmp_path: Path):
     """A seed gives the same bytes: no clock in the files (the builds straddle a second) and an encoder that
     depends on nothing but its input (issue 17)."""
-    first = build_av_digits(tmp_path / "a", clips_per_digit=1, workers=1, progress=False)
+    first = build_av_digits(tmp_path / "a", ONE, workers=1, progress=False)
     time.sleep(1)
-    second = build_av_digits(tmp_path / "b", clips_per_digit=1, workers=1, progress=False)
+    second = build_av_digits(tmp_path / "b", ONE, workers=1, progress=False)
     assert first.read_text() == second.read_text()
     for row in first.read_text().splitlines():
         name = f"{row.split(',')[0]}_000000.mp4"
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     stamp = (tmp_path / "a" / "av_digits.json").stat().st_mtime_ns
-    assert build_av_digits(tmp_path / "a", clips_per_digit=1, workers=1, progress=False) == first
+    assert build_av_digits(tmp_path / "a", ONE, workers=1, progress=False) == first
     assert (tmp_path / "a" / "av_digits.json").stat().st_mtime_ns == stamp  # same settings: skipped
-    other = build_av_digits(tmp_path / "a", seed=1, clips_per_digit=1, workers=1, progress=False)
+    other = build_av_digits(tmp_path / "a", ONE.model_copy(update={"seed": 1}), workers=1,
+                            progress=False)
     assert other.read_text() != second.read_text()  # new settings: rebuilt
 
 
@@ -125,13 +128,14 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_build(tmp_path: Pat
     out.mkdir()
     first = FileLock(out / BUILD_LOCK_NAME, is_singleton=True)  # held as the first builder holds it
     first.acquire()
-    script = ("import sys, logging; logging.basicConfig(); from avmae.platform.data.avdigits import "
-              "build_av_digits; build_av_digits(sys.argv[1], clips_per_digit=1, workers=1, progress=False)")
+    script = ("import sys, logging; logging.basicConfig(); from avmae.platform.data import AVDigitsBuild, "
+              "build_av_digits; build_av_digits(sys.argv[1], AVDigitsBuild(clips_per_digit=1), workers=1, "
+              "progress=False)")
     second = subprocess.Popen([sys.executable, "-c", script, str(out)], stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(3)  # imports and all: a second builder that ignored the lock would be writing by now
         assert second.poll() is None and not list(out.glob("*.mp4"))
-        build_av_digits(out, clips_per_digit=1, workers=1, progress=False)  # the first builder's build
+        build_av_digits(out, ONE, workers=1, progress=False)  # the first builder's build
         stamp = (out / "av_digits.json").stat().st_mtime_ns
     finally:
         first.release()
@@ -188,9 +192,10 @@ def _frames(out: Path) -> np.ndarray:
 def test_video_nuisance_settings_change_the_clips_they_name(tmp_path: Path):
     """`grey` leaves one hue (channels equal up to H.264's chroma rounding), `noise=0` a flat background, and
     a bad scale range is an error naming both fields. Defaults keep the colour and the noise."""
-    kw = dict(clips_per_digit=1, size=64, duration=0.25, workers=1, progress=False)
-    default = _frames(build_av_digits(tmp_path / "default", **kw).parent)
-    grey = _frames(build_av_digits(tmp_path / "grey", grey=True, noise=0.0, **kw).parent)
+    small = dict(clips_per_digit=1, size=64, duration=0.25)
+    default = _frames(build_av_digits(tmp_path / "default", AVDigitsBuild(**small), workers=1).parent)
+    grey = _frames(build_av_digits(tmp_path / "grey", AVDigitsBuild(grey=True, noise=0.0, **small),
+                                   workers=1).parent)
     hue = lambda frames: np.abs(frames - frames.mean(-1, keepdims=True)).mean()  # noqa: E731
     assert hue(grey) < 2 < 10 < hue(default)
     corner = lambda frames: frames[:, :6, :6].std(axis=(1, 2)).mean()  # noqa: E731  background only
@@ -198,4 +203,4 @@ def test_video_nuisance_settings_change_the_clips_they_name(tmp_path: Path):
     manifest = json.loads((tmp_path / "grey" / "av_digits.json").read_text())
     assert manifest["settings"]["grey"] is True and manifest["settings"]["noise"] == 0.0
     with pytest.raises(ValueError, match="scale_min=0.7, scale_max=0.5"):
-        build_av_digits(tmp_path / "bad", scale_min=0.7, scale_max=0.5, **kw)
+        AVDigitsBuild(scale_min=0.7, scale_max=0.5, **small)

@@ -15,6 +15,7 @@ from avmae.platform.data.avdigits import build_av_digits
 from avmae.platform.data.batch_reader import CachedBatches, _one_intraop_thread
 from avmae.platform.data.cache import CachedAVDataset, write_cache
 from avmae.platform.data.collate import AVCollate
+from avmae.platform.data.config import AVDigitsBuild
 from avmae.platform.data.geometry import ClipGeometry
 from avmae.platform.data.indexes import Clip
 from avmae.platform.data.loader import build_loader, load_index
@@ -31,7 +32,8 @@ ORDER = [3, 0, 19, 7, 7, 12, 5, 18, 1, 9, 14, 2]  # repeats, and clips of all th
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("avdigits")
-    build_av_digits(out, clips_per_digit=2, size=48, workers=2, progress=False)  # 2 s clips at 32 fps
+    # 2 s clips at 32 fps
+    build_av_digits(out, AVDigitsBuild(clips_per_digit=2, size=48), workers=2, progress=False)
     return out
 
 

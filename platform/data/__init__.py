@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .broken import REASONS, BrokenClip, BrokenLog
     from .cache import CachedAVDataset, write_cache
     from .collate import AVCollate
-    from .config import DataConfig
+    from .config import AVDigitsBuild, DataConfig
     from .dataset import AVDataset
     from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
     from .indexes import Clip, Index, IndexFormatError, read_audioset, read_epic, read_vggsound
@@ -29,7 +29,7 @@ _SUBMODULE = {
     **dict.fromkeys(("REASONS", "BrokenClip", "BrokenLog"), "broken"),
     **dict.fromkeys(("CachedAVDataset", "write_cache"), "cache"),
     "AVCollate": "collate",
-    "DataConfig": "config",
+    **dict.fromkeys(("AVDigitsBuild", "DataConfig"), "config"),
     "AVDataset": "dataset",
     **dict.fromkeys(("AUDIOSET_STATS", "AudioStats", "ClipGeometry"), "geometry"),
     **dict.fromkeys(("Clip", "Index", "IndexFormatError", "read_audioset", "read_epic", "read_vggsound"),
@@ -38,10 +38,10 @@ _SUBMODULE = {
     **dict.fromkeys(("ScanReport", "TooManyBrokenError", "scan_clips"), "scan"),
 }
 __all__ = [
-    "AUDIOSET_STATS", "AVCollate", "AVDataset", "AudioStats", "BrokenClip", "BrokenLog", "CachedAVDataset",
-    "Clip", "ClipGeometry", "DIGIT_WORDS", "DataConfig", "Index", "IndexFormatError", "REASONS", "ScanReport",
-    "TooManyBrokenError", "build_av_digits", "build_dataset", "build_loader", "load_index", "preflight",
-    "read_audioset", "read_epic", "read_vggsound", "scan_clips", "write_cache",
+    "AUDIOSET_STATS", "AVCollate", "AVDataset", "AVDigitsBuild", "AudioStats", "BrokenClip", "BrokenLog",
+    "CachedAVDataset", "Clip", "ClipGeometry", "DIGIT_WORDS", "DataConfig", "Index", "IndexFormatError",
+    "REASONS", "ScanReport", "TooManyBrokenError", "build_av_digits", "build_dataset", "build_loader",
+    "load_index", "preflight", "read_audioset", "read_epic", "read_vggsound", "scan_clips", "write_cache",
 ]
 
 

@@ -26,6 +26,7 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from . import decode
+from .config import AVDigitsBuild
 from .geometry import AudioStats, ClipGeometry
 from .mp4 import write_mp4
 from .pool import process_pool
@@ -54,21 +55,19 @@ _MEL = ClipGeometry(audio_frames=1, num_frames=1, img_size=1)  # log_mel reads o
 
 @dataclass(frozen=True)
 class AVDigitsSettings:
-    seed: int = 0
-    clips_per_digit: int = 80
-    duration: float = 2.0
-    size: int = 96
-    fps: int = 32
-    speech: str | None = None  # FSDD recordings folder, resolved
-    # Video nuisance: how far the digit travels (1: anywhere in the frame), the range of the fraction of the
-    # frame it spans, the background's fixed and per-frame noise (1: sd 18 and ~10 grey levels), and whether
-    # background and ink get a random hue per clip. A tiny MAE learns that hue (predictable from any visible
-    # patch) instead of the digit's shape, and its video probe falls below random init (docs/miniature.md).
-    motion: float = 1.0
-    scale_min: float = 0.35
-    scale_max: float = 0.65
-    noise: float = 1.0
-    grey: bool = False
+    """A build's settings as its manifest records them: the `AVDigitsBuild` fields and the speech folder."""
+
+    seed: int
+    clips_per_digit: int
+    duration: float
+    size: int
+    fps: int
+    speech: str | None  # FSDD recordings folder, resolved
+    motion: float
+    scale_min: float
+    scale_max: float
+    noise: float
+    grey: bool
 
 
 @dataclass(frozen=True)
@@ -228,34 +227,19 @@ def audio_stats(out: str | Path) -> AudioStats:
 
 def build_av_digits(
     out: str | Path,
+    build: AVDigitsBuild | None = None,
     speech: str | Path | None = None,
-    seed: int = 0,
-    clips_per_digit: int = 80,
-    duration: float = 2.0,
-    size: int = 96,
-    fps: int = 32,
     workers: int | None = None,
     progress: bool = True,
-    motion: float = 1.0,
-    scale_min: float = 0.35,
-    scale_max: float = 0.65,
-    noise: float = 1.0,
-    grey: bool = False,
 ) -> Path:
-    """Build AV-Digits into `out`; a no-op when `out` already holds a build with the same settings.
+    """Build AV-Digits into `out` (`build`: its settings, default `AVDigitsBuild()`; `speech`: FSDD
+    recordings, else DTMF tones); a no-op when `out` already holds a build with the same settings.
 
     Returns the path of the index (`out/vggsound.csv`).
     """
-    if size % 2 or size < 16:
-        raise ValueError(f"size must be even and >= 16 (H.264 4:2:0), got {size}")
-    if not 0 < scale_min <= scale_max <= 1:
-        raise ValueError(f"need 0 < scale_min <= scale_max <= 1, got scale_min={scale_min}, "
-                         f"scale_max={scale_max}")
     out = Path(out)
-    settings = AVDigitsSettings(
-        seed, clips_per_digit, duration, size, fps, str(Path(speech).resolve()) if speech else None,
-        motion, scale_min, scale_max, noise, grey,
-    )
+    settings = AVDigitsSettings(**(build or AVDigitsBuild()).model_dump(),
+                                speech=str(Path(speech).resolve()) if speech else None)
     if is_built(out, settings):  # before any lock: a finished build may sit on a read-only mount
         return out / INDEX_NAME
     out.mkdir(parents=True, exist_ok=True)

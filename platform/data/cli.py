@@ -8,10 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
 from .avdigits import build_av_digits, read_manifest
 from .cache import BROKEN_REPORT, CachedAVDataset, write_cache
-from .config import DEFAULT_MAX_BROKEN, KINDS
+from .config import DEFAULT_MAX_BROKEN, KINDS, AVDigitsBuild
 from .geometry import ClipGeometry
 from .indexes import Index, IndexFormatError
 from .loader import cache_path, load_index
@@ -23,6 +24,27 @@ def data() -> None:
     """Datasets: AV-Digits benchmark, decoded cache, broken-file scan."""
 
 
+def build_options(command: Callable) -> Callable:
+    """One option per `AVDigitsBuild` field, with its default and description: the settings are written once,
+    in the model, for the CLI, a study's `data.av_digits` and `build_av_digits` alike."""
+    for name, field in reversed(AVDigitsBuild.model_fields.items()):
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            option = click.option(f"{flag}/--no-{flag[2:]}", name, default=field.default, show_default=True,
+                                  help=field.description)
+        else:
+            option = click.option(flag, name, type=field.annotation, default=field.default, show_default=True,
+                                  help=field.description)
+        command = option(command)
+    return command
+
+
+
+def option_error(error: dict) -> str:
+    """'--size: size must be even ...' for one pydantic error of `AVDigitsBuild` (the option it came from)."""
+    message = str(error["ctx"]["error"]) if "error" in error.get("ctx", {}) else error["msg"]
+    return "".join(f"--{str(part).replace('_', '-')}: " for part in error["loc"]) + message
+
 @data.command("av-digits")
 @click.option(
     "--out", type=click.Path(path_type=Path), required=True, help="Folder for the .mp4 files and index."
@@ -33,42 +55,16 @@ def data() -> None:
     default=None,
     help="FSDD recordings folder; without it the audio is DTMF tones.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--clips-per-digit", type=int, default=80, show_default=True)
-@click.option("--duration", type=float, default=2.0, show_default=True, help="Clip length in seconds.")
-@click.option("--size", type=int, default=96, show_default=True, help="Frame width and height in pixels.")
-@click.option("--fps", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=os.cpu_count(), show_default=True)
-@click.option("--motion", type=float, default=1.0, show_default=True,
-              help="How far the digit travels: 1 anywhere in the frame, 0 not at all.")
-@click.option("--scale-min", type=float, default=0.35, show_default=True,
-              help="Smallest fraction of the frame the digit spans.")
-@click.option("--scale-max", type=float, default=0.65, show_default=True,
-              help="Largest fraction of the frame the digit spans.")
-@click.option("--noise", type=float, default=1.0, show_default=True,
-              help="Background noise, fixed and per frame: 1 is sd 18 and ~10 grey levels, 0 none.")
-@click.option("--grey/--colour", default=False, show_default=True,
-              help="Grey video, or a random hue per clip (which a tiny MAE learns instead of shapes).")
-def av_digits(
-    out: Path,
-    speech: Path | None,
-    seed: int,
-    clips_per_digit: int,
-    duration: float,
-    size: int,
-    fps: int,
-    workers: int,
-    motion: float,
-    scale_min: float,
-    scale_max: float,
-    noise: float,
-    grey: bool,
-) -> None:
+@build_options
+def av_digits(out: Path, speech: Path | None, workers: int, **settings: object) -> None:
     """Write the AV-Digits benchmark (skips when OUT already holds the same build)."""
     try:
-        index = build_av_digits(out, speech, seed, clips_per_digit, duration, size, fps, workers,
-                                motion=motion, scale_min=scale_min, scale_max=scale_max, noise=noise,
-                                grey=grey)
+        build = AVDigitsBuild(**settings)
+    except ValidationError as err:
+        raise click.ClickException("; ".join(map(option_error, err.errors()))) from None
+    try:
+        index = build_av_digits(out, build, speech, workers)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
     manifest = read_manifest(out)

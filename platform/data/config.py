@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .geometry import AudioStats, ClipGeometry
 
@@ -20,6 +20,44 @@ if TYPE_CHECKING:
 Kind = Literal["vggsound", "audioset", "epic", "av-digits"]
 KINDS: tuple[str, ...] = get_args(Kind)
 DEFAULT_MAX_BROKEN = 0.05  # fraction of broken clips a split may have before preflight refuses it
+
+
+class AVDigitsBuild(BaseModel):
+    """How AV-Digits is built, in one place: `build_av_digits` takes it, a study gives it as `data.av_digits`,
+    and `avmae data av-digits` has one option per field (with these defaults and descriptions). The defaults
+    rebuild earlier builds byte for byte. The video nuisance fields exist because a tiny MAE learns whatever
+    is easiest to predict: with a random hue per clip it learns the hue instead of the digit's shape, and
+    its video probe falls below random init (docs/miniature.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = Field(0, description="Seed of every random choice; the same seed gives the same bytes.")
+    clips_per_digit: int = Field(80, ge=1, description="Clips per digit, split 70/15/15 into train/val/test.")
+    duration: float = Field(2.0, gt=0, description="Clip length in seconds.")
+    size: int = Field(96, ge=16, description="Frame width and height in pixels (even: H.264 4:2:0).")
+    fps: int = Field(32, ge=1, description="Video frames per second.")
+    motion: float = Field(1.0, ge=0, le=1,
+                          description="How far the digit travels: 1 anywhere in the frame, 0 not at all.")
+    scale_min: float = Field(0.35, gt=0, le=1, description="Smallest fraction of the frame the digit spans.")
+    scale_max: float = Field(0.65, gt=0, le=1, description="Largest fraction of the frame the digit spans.")
+    noise: float = Field(1.0, ge=0, description="Background noise, fixed and per frame: 1 is sd 18 and ~10 "
+                                                 "grey levels, 0 none.")
+    grey: bool = Field(False, description="Grey video, or a random hue per clip (which a tiny MAE learns "
+                                          "instead of shapes).")
+
+    @field_validator("size")
+    @classmethod
+    def _even(cls, size: int) -> int:
+        if size % 2:
+            raise ValueError(f"size must be even (H.264 4:2:0), got {size}")
+        return size
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> AVDigitsBuild:
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"need scale_min <= scale_max, got scale_min={self.scale_min}, "
+                             f"scale_max={self.scale_max}")
+        return self
 
 
 class DataConfig(BaseModel):
