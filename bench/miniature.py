@@ -18,11 +18,11 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from avmae.dashboards.stats import mean_ci, paired_difference
+from avmae.platform.data import AVDigitsBuild
 from avmae.platform.learning import SETTINGS, Miniature, measure
 from avmae.platform.probe import Pooling
 
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--poolings", nargs="+", choices=["tokens", "mean"], default=["tokens", "mean"],
                         help="probe pooling(s); features are computed once per pooling")
     defaults = Miniature()
-    for field, value in asdict(defaults).items():
+    for field, value in defaults.settings().items():  # the build's fields and the recipe's, with defaults
         flag = f"--{field.replace('_', '-')}"
         if isinstance(value, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
@@ -61,16 +61,18 @@ def main() -> None:
     seeds, cache, out, poolings = (args.pop(k) for k in ("seeds", "cache", "out", "poolings"))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)  # a shared 2-core machine: tiny tensors gain nothing from threads
-    m = Miniature(**{**args, "speech": str(Path(args["speech"]).resolve()) if args["speech"] else None})
+    data = AVDigitsBuild(**{f: args.pop(f) for f in AVDigitsBuild.model_fields})
+    m = Miniature(**{**args, "data": data, "speech": str(Path(args["speech"]).resolve()) if args["speech"]
+                     else None})
     began = time.perf_counter()
     rows = measure(m, seeds, cache, poolings)
     rows["total_s"] = round(time.perf_counter() - began, 1)
-    print(json.dumps({"settings": asdict(m), "seeds": seeds, "clips": rows["clips"],
+    print(json.dumps({"settings": m.settings(), "seeds": seeds, "clips": rows["clips"],
                       "pretrain_s": rows["pretrain_s"], "total_s": rows["total_s"],
                       "final_loss": {k: round(v[-1], 4) for k, v in rows["losses"].items()}}))
     print("\n".join(line for p in poolings for line in summary(rows, p)))
     if out:
-        out.write_text(json.dumps({"settings": asdict(m), **rows}, indent=1))
+        out.write_text(json.dumps({"settings": m.settings(), **rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from avmae import models
@@ -35,13 +36,8 @@ class Miniature:
     defaults are the recipe of `experiments/miniature.yaml`."""
 
     speech: str | None = None
-    clips_per_digit: int = 120
-    duration: float = 1.0
-    motion: float = 1.0
-    scale_min: float = 0.35
-    scale_max: float = 0.65
-    noise: float = 1.0
-    grey: bool = True  # with a random hue per clip the tiny MAE learns colour, not shapes
+    # 1 s clips, 840 train / 180 val / 180 test; grey: with a random hue per clip the tiny MAE learns colour
+    data: AVDigitsBuild = AVDigitsBuild(clips_per_digit=120, duration=1.0, grey=True)
     fusion: str = "mid"
     objective: str = "joint"
     decoder: str = "shared"
@@ -58,15 +54,15 @@ class Miniature:
                                      decoder=self.decoder, mask_ratio_audio=self.mask_ratio_audio,
                                      mask_ratio_video=self.mask_ratio_video, norm_targets=self.norm_targets)
 
-    def av_digits(self) -> AVDigitsBuild:
-        """The build settings among these fields (the rest keep AV-Digits' defaults)."""
-        return AVDigitsBuild(**{f: getattr(self, f) for f in AVDigitsBuild.model_fields if hasattr(self, f)})
+    def settings(self) -> dict[str, Any]:
+        """Every setting, flat (the build's among the recipe's): what a measurement records."""
+        recipe = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "data"}
+        return {**self.data.model_dump(), **recipe}
 
     def build(self, cache: Path) -> Path:
         """Build (or reuse) this setting's AV-Digits in a folder of its own under `cache`; returns it."""
-        settings = self.av_digits()
-        root = cache / av_digits_build_name(settings, self.speech)
-        build_av_digits(root, settings, speech=self.speech, workers=2, progress=False)
+        root = cache / av_digits_build_name(self.data, self.speech)
+        build_av_digits(root, self.data, speech=self.speech, workers=2, progress=False)
         return root
 
 
@@ -95,6 +91,9 @@ def batches(clips: Clips, batch_size: int, order: torch.Tensor | None = None) ->
 def pretrain(model: models.AVMAE, clips: Clips, m: Miniature, seed: int) -> list[float]:
     """Pretrain `model` in place on `clips` (full batches, shuffled each epoch); each epoch's mean loss."""
     steps_per_epoch = len(clips["label"]) // m.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(clips['label'])} training clips make no full batch of {m.batch_size}: lower "
+                         "batch_size or raise clips_per_digit")
     optimizer = models.build_optimizer(model, m.lr, m.batch_size)
     scheduler = models.warmup_cosine(optimizer, round(m.warmup_epochs * steps_per_epoch),
                                      m.epochs * steps_per_epoch)
