@@ -4,9 +4,10 @@ the console is a log file), a summary table at the end."""
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,31 +26,37 @@ STATUSES = tuple(s.value for s in T.TrialStatus)
 
 @dataclass
 class CellSummary:
-    """A finished cell: how its trials ended and its best trial (by the study metric)."""
+    """A finished cell: how its trials ended and its best configuration (by the study metric's mean over the
+    seeds it ran with: a single seed's best would be the luckiest draw, not the best configuration)."""
 
     cell: str
     counts: Counter = field(default_factory=Counter)
-    best_loss: float = math.nan
+    best_loss: float = math.nan  # the study metric, mean over the best configuration's seeds
     best_params: dict[str, Any] = field(default_factory=dict)
-    best_scores: dict[str, float] = field(default_factory=dict)
+    best_scores: dict[str, float] = field(default_factory=dict)  # probe scores, means over the same seeds
+    best_seeds: int = 0
 
     @classmethod
     def from_results(
         cls, cell: str, grid: ResultGrid, metric: str, epochs: int, searched: list[str]
     ) -> CellSummary:
         summary = cls(cell)
+        configurations: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
         for result in grid:
             failed = result.error is not None or not result.metrics
             status = T.TrialStatus.FAILED if failed else trial_status(result.metrics, epochs)
             summary.counts[status.value] += 1
             loss = result.metrics.get(metric, math.nan) if result.metrics else math.nan
-            kept = status in (T.TrialStatus.FINISHED, T.TrialStatus.PRUNED) and loss == loss  # not NaN
-            if kept and (math.isnan(summary.best_loss) or better(loss, summary.best_loss, metric)):
-                summary.best_loss = loss
-                summary.best_params = {k: result.config[k] for k in searched if k in result.config}
-                summary.best_scores = {
-                    k: v for k, v in result.metrics.items() if k.startswith(T.PROBE_PREFIX)
-                }
+            if status in (T.TrialStatus.FINISHED, T.TrialStatus.PRUNED) and loss == loss:  # not NaN
+                params = tuple((k, result.config[k]) for k in searched if k in result.config)
+                configurations[params].append(result.metrics)
+        for params, runs in configurations.items():
+            loss = statistics.fmean(run[metric] for run in runs)
+            if math.isnan(summary.best_loss) or better(loss, summary.best_loss, metric):
+                probes = {k for run in runs for k in run if k.startswith(T.PROBE_PREFIX)}
+                summary.best_loss, summary.best_params, summary.best_seeds = loss, dict(params), len(runs)
+                summary.best_scores = {k: statistics.fmean(run[k] for run in runs if k in run)
+                                       for k in sorted(probes)}
         return summary
 
 
@@ -169,16 +176,18 @@ class StudyProgress(tune.Callback):
 
 
 def summary_table(summaries: list[CellSummary], metric: str) -> str:
-    """Best trial per cell: its loss, its searched values and its probe scores; then how the trials ended."""
+    """Best configuration per cell: its searched values, and over its seeds (n) the mean loss and probe
+    scores; then how the trials ended."""
     scores = sorted({k for s in summaries for k in s.best_scores})
     params = sorted({k for s in summaries for k in s.best_params})
     # How the trials of a finished study ended (none is still running, none interrupted: the table is printed
     # only when every cell is done).
     ended = [s for s in STATUSES if s not in (T.TrialStatus.RUNNING.value, T.TrialStatus.INTERRUPTED.value)]
-    header = ["cell", f"best {metric}", *params, *scores, *ended]
+    header = ["cell", f"best {metric}", *params, "seeds", *scores, *ended]
     rows = [
         [s.cell or "(single cell)", _fmt(s.best_loss), *(_fmt(s.best_params.get(p)) for p in params),
-         *(_fmt(s.best_scores.get(k)) for k in scores), *(str(s.counts[st]) for st in ended)]
+         str(s.best_seeds), *(_fmt(s.best_scores.get(k)) for k in scores),
+         *(str(s.counts[st]) for st in ended)]
         for s in summaries
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

@@ -297,18 +297,27 @@ def test_progress_in_a_log_file_is_one_plain_line_per_ended_trial(capsys: pytest
     assert lines[0].endswith("objective=joint: finished 1, best val/loss 0.5")
 
 
-def test_the_summary_shows_the_best_trial_per_cell():
+def test_the_summary_shows_the_best_configuration_per_cell_by_its_mean_over_seeds():
+    """lr 0.1 has the single best trial (0.30) but the worse mean (0.40 vs 0.33): a table of best trials
+    would crown the luckiest seed."""
+    def finished(lr: float, loss: float, av: float, k: int) -> SimpleNamespace:
+        return SimpleNamespace(error=None, config={"lr": lr, REPEAT_KEY: k},
+                               metrics={T.EPOCH: 2, T.VAL_LOSS: loss, "probe/av_acc": av})
+
     grid = [
-        SimpleNamespace(error=None, config={"lr": 0.1},
-                        metrics={T.EPOCH: 2, T.VAL_LOSS: 0.3, "probe/av_acc": 0.9}),
+        finished(0.1, 0.30, 0.9, 0), finished(0.1, 0.50, 0.5, 1),
+        finished(0.2, 0.32, 0.8, 0), finished(0.2, 0.34, 0.6, 1),
         SimpleNamespace(error=None, config={"lr": 9.0}, metrics={T.EPOCH: 1, T.VAL_LOSS: 1e6, DIVERGED: 1}),
         SimpleNamespace(error=RuntimeError("x"), config={"lr": 1.0}, metrics={}),
     ]
     summary = CellSummary.from_results("objective=joint", grid, T.VAL_LOSS, epochs=2, searched=["lr"])
-    assert summary.best_loss == 0.3 and summary.best_params == {"lr": 0.1}
-    assert summary.counts == {"finished": 1, "diverged": 1, "failed": 1}
-    table = summary_table([summary], T.VAL_LOSS)
-    assert "objective=joint" in table and "0.9" in table and "probe/av_acc" in table
+    assert summary.best_params == {"lr": 0.2} and summary.best_seeds == 2
+    assert summary.best_loss == pytest.approx(0.33)
+    assert summary.best_scores == {"probe/av_acc": pytest.approx(0.7)}
+    assert summary.counts == {"finished": 4, "diverged": 1, "failed": 1}
+    header, _, row = summary_table([summary], T.VAL_LOSS).splitlines()
+    assert header.split()[:6] == ["cell", "best", "val/loss", "lr", "seeds", "probe/av_acc"]
+    assert row.split()[:5] == ["objective=joint", "0.33", "0.2", "2", "0.7"]
 
 
 def test_what_tune_stores_of_the_callback_holds_no_credentials(monkeypatch: pytest.MonkeyPatch):
