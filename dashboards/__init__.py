@@ -1,9 +1,9 @@
 """Dashboards built from MLflow alone: learning curves, ablation tables, LR stability, masking ratios.
 
-`build_study_dashboard` (and `study_gains`, its answer in a few lines) is what the platform calls when a
-sweep ends; `avmae dashboard STUDY` rebuilds the same page any time. Nothing here imports Ray: a study is
-read back from MLflow only. The names below load on first use, so `avmae --help` does not pay for importing
-MLflow and plotly.
+`study_outcome` (`build_study_dashboard` and the study's answer in a few lines) is what the platform calls
+when a sweep ends; `avmae dashboard STUDY` rebuilds the same page any time. Nothing here imports Ray: a study
+is read back from MLflow only. The names below load on first use, so `avmae --help` does not pay for
+importing MLflow and plotly.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"build_study_dashboard": "avmae.dashboards.report", "study_gains": "avmae.dashboards.report",
+_EXPORTS = {"build_study_dashboard": "avmae.dashboards.report", "study_outcome": "avmae.dashboards.report",
             "StudyNotFound": "avmae.dashboards.collect"}
 __all__ = sorted(_EXPORTS)
 

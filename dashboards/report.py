@@ -55,21 +55,27 @@ def build_study_dashboard(
     Raises `StudyNotFound` (listing the studies there are) when the store has no such study.
     """
     client = MlflowClient(tracking_uri=tracking_uri)
+    return write_dashboard(client, collect_study(client, study), out, log_to_mlflow)
+
+
+def study_outcome(study: str, tracking_uri: str, out: Path | None = None) -> tuple[Path, list[str]]:
+    """What a sweep ends with, from one read of MLflow: its dashboard (written and logged, as
+    `build_study_dashboard`) and the lines of each cell's gain over the random-init encoder, paired by seed,
+    with the raw input's scores (`verdicts.gains_lines`; none where the study logged no reference rows)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
     data = collect_study(client, study)
+    return write_dashboard(client, data, out, log_to_mlflow=True), gains_lines(data)
+
+
+def write_dashboard(client: MlflowClient, data: StudyData, out: Path | None, log_to_mlflow: bool) -> Path:
     built = {s.name: s.build(data) for s in SECTIONS}
-    out = Path(out) if out is not None else Path(f"{_safe(study)}-dashboard.html")
+    out = Path(out) if out is not None else Path(f"{_safe(data.name)}-dashboard.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_html(data, built), encoding="utf-8")
     if log_to_mlflow:
         log_dashboard(client, data, out, built)
     return out
 
-
-
-def study_gains(study: str, tracking_uri: str) -> list[str]:
-    """The lines a sweep ends with: each cell's gain over the random-init encoder, paired by seed, and the
-    raw input's scores (`verdicts.gains_lines`); none where the study logged no reference rows."""
-    return gains_lines(collect_study(MlflowClient(tracking_uri=tracking_uri), study))
 
 def render_html(data: StudyData, built: dict[str, go.Figure]) -> str:
     """The page: a header with the study's state, then one section per figure."""

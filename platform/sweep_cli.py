@@ -108,9 +108,10 @@ def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storag
     click.echo(f"MLflow:      {shown_uri}  (experiment {name!r}: mlflow ui --backend-store-uri URI)")
     click.echo(f"Checkpoints: {storage}")
     try:
-        from avmae.dashboards import build_study_dashboard, study_gains
+        from avmae.dashboards import study_outcome
     except ImportError:
         return
-    click.echo(f"Dashboard:   {build_study_dashboard(name, tracking_uri, Path(f'{name}-dashboard.html'))}")
-    if gains := study_gains(name, tracking_uri):
+    page, gains = study_outcome(name, tracking_uri, Path(f"{name}-dashboard.html"))
+    click.echo(f"Dashboard:   {page}")
+    if gains:
         click.echo("\n" + "\n".join(gains))
