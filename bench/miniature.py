@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from avmae.dashboards.stats import mean_ci, paired_difference
 from avmae.platform.data import AVDigitsBuild
-from avmae.platform.learning import SETTINGS, Miniature, measure
+from avmae.platform.learning import Miniature, measure
 from avmae.platform.probe import Pooling
+from avmae.platform.spec import PROBE_MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 def summary(rows: dict, pooling: Pooling) -> list[str]:
     """One line per setting: raw, random init and pretrained (mean [95% CI] over seeds), their difference."""
     lines = []
-    for s in SETTINGS:
+    for s in PROBE_MODALITIES:
         pre = {k: v[pooling][s] for k, v in rows["pretrained"].items()}
         rnd = {k: v[pooling][s] for k, v in rows["random_init"].items()}
         diff = paired_difference(pre, rnd, "pretrained", "random_init").diff

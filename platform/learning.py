@@ -24,9 +24,9 @@ from avmae.platform.data import AVDigitsBuild, ClipGeometry, build_av_digits
 from avmae.platform.data.loader import build_dataset
 from avmae.platform.prepare import av_digits_build_name
 from avmae.platform.probe import Pooling, encoder_features, probe_accuracy, raw_features
+from avmae.platform.spec import PROBE_MODALITIES
 
 log = logging.getLogger(__name__)
-SETTINGS = ("av", "audio", "video")
 Clips = dict[str, torch.Tensor]  # audio [N, A, mel], video uint8 [N, 3, T, S, S], label [N]
 
 
@@ -109,7 +109,7 @@ def pretrain(model: models.AVMAE, clips: Clips, m: Miniature, seed: int) -> list
 
 
 def probe(featurize, train: Clips, test: Clips, poolings: Sequence[Pooling],
-          settings: Sequence[str] = SETTINGS) -> dict[str, dict[str, float]]:
+          settings: Sequence[str] = PROBE_MODALITIES) -> dict[str, dict[str, float]]:
     """{pooling: {setting: accuracy}}: one featurizer under each pooling (logistic regression)."""
     return {p: probe_accuracy(featurize, batches(train, 128), batches(test, 128), settings, p, max_iter=500)
             for p in poolings}
