@@ -63,7 +63,6 @@ def baseline_rows(data: StudyData) -> dict[str, dict[str, stats.Interval]]:
     return rows
 
 
-
 def gains_over_random_init(data: StudyData, cells: pd.DataFrame | None = None
                            ) -> dict[str, dict[str, stats.Comparison]]:
     """Per cell, per probe score: its best configuration's score minus the random-init encoder's, paired by
@@ -82,6 +81,7 @@ def gains_over_random_init(data: StudyData, cells: pd.DataFrame | None = None
                                                           "random_init")
                           for m, column in scores.items()}
             for _, row in cells.iterrows()}
+
 
 def lr_verdicts(data: StudyData, by: str = "objective") -> list[stats.LrVerdict]:
     """The LR-stability verdict per objective (`by="objective"`, pooled over its cells) or per cell

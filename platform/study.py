@@ -351,7 +351,6 @@ def study_record(launch: Launch, spec: StudySpec, write: bool = True) -> None:
         f.write(json.dumps(record, indent=2).encode())
 
 
-
 def recorded_spec(dumped: dict[str, Any]) -> dict[str, Any]:
     """A study record's spec as this avmae version reads it: fields added since it was written get their
     defaults, so a resume compares what the study trains, not which version wrote the file."""
@@ -367,6 +366,7 @@ def spec_changes(before: Any, now: Any, path: str = "") -> list[str]:
         return [change for key in sorted({*before, *now}, key=str) for change in
                 spec_changes(before.get(key), now.get(key), f"{path}.{key}" if path else str(key))]
     return [] if before == now else [f"{path}: {before!r} then, {now!r} now"]
+
 
 def run_study(
     spec: StudySpec,

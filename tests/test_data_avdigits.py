@@ -120,7 +120,6 @@ def test_build_is_deterministic_and_idempotent(tmp_path: Path):
     assert other.read_text() != second.read_text()  # new settings: rebuilt
 
 
-
 def test_a_second_builder_waits_for_the_first_and_reuses_its_build(tmp_path: Path):
     """Two studies asking for the same build at once: the second must not rewrite the clips the first is
     writing (a killed or interleaved writer left a half-written clip that a study then skipped)."""
@@ -142,6 +141,7 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_build(tmp_path: Pat
     _, stderr = second.communicate(timeout=120)
     assert second.returncode == 0 and "being built by another process; waiting" in stderr
     assert (out / "av_digits.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+
 
 def test_dtmf_tones_are_learnable(dtmf: Path):
     assert probe_accuracy(dtmf, with_video=False)["audio"] > 0.6  # chance is 0.1

@@ -128,6 +128,7 @@ def test_resume_compares_what_the_study_trains_not_which_version_wrote_its_recor
     path.write_text(json.dumps(record))
     study_record(resume, spec)
 
+
 @pytest.mark.skipif(sys.platform != "linux", reason="the port is held only on Linux (BSD sockets refuse the "
                     "server's second bind)")
 def test_a_reserved_port_is_refused_to_others_but_taken_by_a_server_that_reuses_addresses():

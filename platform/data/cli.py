@@ -39,11 +39,11 @@ def build_options(command: Callable) -> Callable:
     return command
 
 
-
 def option_error(error: dict) -> str:
     """'--size: size must be even ...' for one pydantic error of `AVDigitsBuild` (the option it came from)."""
     message = str(error["ctx"]["error"]) if "error" in error.get("ctx", {}) else error["msg"]
     return "".join(f"--{str(part).replace('_', '-')}: " for part in error["loc"]) + message
+
 
 @data.command("av-digits")
 @click.option(
