@@ -16,6 +16,9 @@ Choices beyond the paper, made explicit:
   under early/mid fusion the context cannot have attended to the target (docs/model.md).
 - `AVMAEConfig.canonical()` says which configurations train the same network, and
   `AVMAEConfig.unused_parameters` which parameters a step leaves without a gradient (for DDP).
+
+Fine-tuning (paper §6): `MBTClassifier.from_pretrained(checkpoint, resolve_finetune_config("vggsound"))`,
+then `build_finetune_optimizer` and one `finetune_step` per batch.
 """
 
 from __future__ import annotations
@@ -25,26 +28,40 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .avmae import AVMAE, AVMAEOutput
-    from .config import CONTEXTS, DECODERS, DIRECTIONS, FUSIONS, OBJECTIVES, AVMAEConfig
+    from .config import CONTEXTS, DECODERS, DIRECTIONS, FUSIONS, OBJECTIVES, AVMAEConfig, FinetuneConfig
     from .downstream import AVClassifier, extract_features, linear_probe, load_encoder_state
-    from .presets import INPUTS, SIZES, create_model, resolve_config
-    from .recipe import StepMetrics, TrainStep, build_optimizer, param_groups, warmup_cosine
+    from .finetune import (
+        FinetuneMetrics,
+        FinetuneOptim,
+        build_finetune_optimizer,
+        finetune_loss,
+        finetune_step,
+    )
+    from .mbt import MBTClassifier
+    from .presets import FINETUNE, INPUTS, SIZES, create_model, resolve_config, resolve_finetune_config
+    from .recipe import StepMetrics, TrainStep, build_optimizer, decay_split, param_groups, warmup_cosine
 
 # Names resolve on first use (PEP 562): a study file is validated against `AVMAEConfig` and the presets
 # (`avmae sweep --dry-run`, the sweep's driver) without importing torch and timm, which the modules need.
 _SUBMODULE = {
     **dict.fromkeys(("AVMAE", "AVMAEOutput"), "avmae"),
-    **dict.fromkeys(("AVMAEConfig", "CONTEXTS", "DECODERS", "DIRECTIONS", "FUSIONS", "OBJECTIVES"), "config"),
+    **dict.fromkeys(("AVMAEConfig", "CONTEXTS", "DECODERS", "DIRECTIONS", "FUSIONS", "OBJECTIVES",
+                     "FinetuneConfig"), "config"),
     **dict.fromkeys(("AVClassifier", "extract_features", "linear_probe", "load_encoder_state"), "downstream"),
-    **dict.fromkeys(("INPUTS", "SIZES", "create_model", "resolve_config"), "presets"),
-    **dict.fromkeys(("StepMetrics", "TrainStep", "build_optimizer", "param_groups", "warmup_cosine"),
-                    "recipe"),
+    **dict.fromkeys(("FinetuneMetrics", "FinetuneOptim", "build_finetune_optimizer", "finetune_loss",
+                     "finetune_step"), "finetune"),
+    "MBTClassifier": "mbt",
+    **dict.fromkeys(("FINETUNE", "INPUTS", "SIZES", "create_model", "resolve_config",
+                     "resolve_finetune_config"), "presets"),
+    **dict.fromkeys(("StepMetrics", "TrainStep", "build_optimizer", "decay_split", "param_groups",
+                     "warmup_cosine"), "recipe"),
 }
 __all__ = [
-    "AVMAE", "AVMAEConfig", "AVMAEOutput", "AVClassifier", "CONTEXTS", "DECODERS", "DIRECTIONS", "FUSIONS",
-    "INPUTS", "OBJECTIVES", "SIZES", "StepMetrics", "TrainStep", "build_optimizer", "create_model",
-    "extract_features", "linear_probe", "load_encoder_state", "param_groups", "resolve_config",
-    "warmup_cosine",
+    "AVMAE", "AVMAEConfig", "AVMAEOutput", "AVClassifier", "CONTEXTS", "DECODERS", "DIRECTIONS", "FINETUNE",
+    "FUSIONS", "FinetuneConfig", "FinetuneMetrics", "FinetuneOptim", "INPUTS", "MBTClassifier", "OBJECTIVES",
+    "SIZES", "StepMetrics", "TrainStep", "build_finetune_optimizer", "build_optimizer", "create_model",
+    "decay_split", "extract_features", "finetune_loss", "finetune_step", "linear_probe", "load_encoder_state",
+    "param_groups", "resolve_config", "resolve_finetune_config", "warmup_cosine",
 ]
 
 

@@ -4,13 +4,14 @@ masked MSE against the same patches."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .config import MODALITIES, AVMAEConfig, other
 from .decoder import Decoder
-from .encoder import build_encoder, init_vit_weights
+from .encoder import build_encoder, encoder_group_matcher, init_vit_weights, set_grad_checkpointing
 from .masking import random_masking
 from .objectives import inpainting_mask, masked_mse, standardise_patches
 from .tokenizers import AudioTokenizer, VideoTokenizer
@@ -80,6 +81,24 @@ class AVMAE(nn.Module):
     @property
     def num_tokens(self) -> dict[str, int]:
         return self.config.num_tokens
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay besides the 1-D ones (biases, norm gains; timm's rule): the
+        learned tokens, i.e. the decoder's mask tokens and any modality embeddings. The positional embeddings
+        are fixed buffers, not parameters."""
+        names = {f"decoder.mask_token.{m}" for m in MODALITIES}
+        if self.config.modality_embed:
+            names |= {f"tokenizers.{m}.modality_embed" for m in MODALITIES}
+        return names
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer grouping (for layer-wise lr decay): tokenizers, encoder layers by index, then the
+        decoder. `coarse` is ignored, as by timm's VisionTransformer."""
+        return encoder_group_matcher()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each transformer block's activations in backward instead of storing them."""
+        set_grad_checkpointing(self, enable)
 
     def forward_features(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
         """Encoder with masking off (downstream): {modality: [B, N_m, D]} for each modality given."""

@@ -8,6 +8,7 @@ same network (`canonical`), and which parameters a training step leaves without 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -17,6 +18,8 @@ OBJECTIVES = ("joint", "inpainting")
 DIRECTIONS = ("a2v", "v2a", "both")
 CONTEXTS = ("both", "source")  # what the encoder sees under inpainting; `both` is the paper's
 MODALITIES = ("audio", "video")
+INPUT_MODALITIES = ("av", "audio", "video")  # downstream settings: both streams, or one
+POS_EMBED_RESIZES = ("interpolate", "repeat", "extend")
 
 
 def check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -110,13 +113,16 @@ class AVMAEConfig:
         return self.mask_ratio_audio if modality == "audio" else self.mask_ratio_video
 
     @property
+    def token_grid(self) -> dict[str, tuple[int, ...]]:
+        """Token grids, time first: audio (time, freq), video (time, height, width)."""
+        p, side = self.patch_size, self.img_size // self.patch_size
+        return {"audio": (self.audio_frames // p, self.mel_bins // p),
+                "video": (self.num_frames // self.tubelet_size, side, side)}
+
+    @property
     def num_tokens(self) -> dict[str, int]:
         """Token counts as the authors' convs produce them (trailing time bins / odd frames dropped)."""
-        p = self.patch_size
-        return {
-            "audio": (self.audio_frames // p) * (self.mel_bins // p),
-            "video": (self.num_frames // self.tubelet_size) * (self.img_size // p) ** 2,
-        }
+        return {m: math.prod(grid) for m, grid in self.token_grid.items()}
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -221,6 +227,98 @@ class AVMAEConfig:
     @classmethod
     def default_values(cls) -> dict[str, Any]:
         return {f.name: f.default for f in fields(cls)}
+
+
+@dataclass
+class FinetuneConfig:
+    """The paper's fine-tuning recipe (paper.md §6, from the authors' released configs), validated.
+
+    Model: an MBT classifier (`models.mbt.MBTClassifier`) of the pretrained encoder's width and depth.
+    Before `fusion_layer` each modality runs its own stream; from it on, the streams exchange information
+    through `num_bottlenecks` shared tokens (layer 16 of 24 for VGGSound, 18 for AudioSet). `modality`
+    "audio" or "video" keeps one stream. Stochastic depth rises linearly over the layers to `drop_path`
+    (timm's DropPath). Video: `num_frames` at `frame_stride` (the loader's sampling: 32 at stride 2 span
+    what pretraining's 16 at stride 4 do); the pretraining positional table is resized along time
+    (`pos_embed_resize`): "interpolate" (linear), "repeat" (each step held) or "extend" (a longer sinusoid).
+
+    Weights from an AV-MAE encoder (authors' `initialise_from_*`): patch embeddings to the same modality;
+    late fusion: each modality's blocks to its stream; mid fusion: its per-modality blocks, then its joint
+    blocks copied into both streams; early and shared fusion: the one stack copied into both streams. The
+    final LayerNorm comes from the joint (mid) or only (early, shared) stack; per-modality final norms (late
+    fusion, mid fusion's unimodal stacks) are not copied, so there it starts at identity (authors' code).
+
+    Optimisation: SGD momentum 0.9, no weight decay, layer-wise lr decay 0.75 (embeddings lowest;
+    bottleneck tokens, final norm and head at the full lr, as the authors' code), global grad-norm clip 1.0,
+    label smoothing 0.3, mixup alpha 0.5 with "mixmod", 50 epochs, linear warmup 2.5 epochs then cosine to
+    0, lr 0.8 at batch 64 (VGGSound; AudioSet 1.6 at 128), not rescaled by batch.
+
+    Unconfirmed by the paper's text (all [cfg] or the authors' code): "mixmod", read from the authors' MBT
+    trainer as one mixing weight per modality, each modality's logits scored against targets mixed at its
+    weight and the per-modality losses averaged; the temporal resize of a sinusoidal table (the authors'
+    code appears to compute a longer 1-D sinusoid, i.e. "extend"); the smoothing of multi-label targets
+    (here timm's, towards 0.5).
+    """
+
+    num_classes: int = 309
+    modality: str = "av"
+    multilabel: bool = False
+    # model
+    fusion_layer: int = 16
+    num_bottlenecks: int = 4
+    drop_path: float = 0.3
+    num_frames: int = 32
+    frame_stride: int = 2
+    pos_embed_resize: str = "interpolate"
+    # optimisation
+    epochs: int = 50
+    warmup_epochs: float = 2.5
+    batch_size: int = 64
+    lr: float = 0.8
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    layer_decay: float = 0.75
+    max_grad_norm: float | None = 1.0
+    label_smoothing: float = 0.3
+    mixup_alpha: float = 0.5
+    mixmod: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("modality", self.modality, INPUT_MODALITIES)
+        check_choice("pos_embed_resize", self.pos_embed_resize, POS_EMBED_RESIZES)
+        rules = (
+            ("num_classes", self.num_classes >= 1, ">= 1"),
+            ("fusion_layer", self.fusion_layer >= 0, ">= 0"),
+            ("num_bottlenecks", self.num_bottlenecks >= 1, ">= 1"),
+            ("drop_path", 0.0 <= self.drop_path < 1.0, "in [0, 1)"),
+            ("num_frames", self.num_frames >= 1, ">= 1"),
+            ("frame_stride", self.frame_stride >= 1, ">= 1"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("warmup_epochs", 0.0 <= self.warmup_epochs < self.epochs, "in [0, epochs)"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0.0, "> 0"),
+            ("momentum", 0.0 <= self.momentum < 1.0, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0.0, ">= 0"),
+            ("layer_decay", 0.0 < self.layer_decay <= 1.0, "in (0, 1]"),
+            ("max_grad_norm", self.max_grad_norm is None or self.max_grad_norm > 0.0, "None or > 0"),
+            ("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "in [0, 1)"),
+            ("mixup_alpha", self.mixup_alpha >= 0.0, ">= 0"),
+            ("mixmod", not self.mixmod or self.mixup_alpha > 0.0, "off when mixup_alpha is 0"),
+        )
+        for field, ok, rule in rules:
+            if not ok:
+                raise ValueError(f"{field} must be {rule}, got {getattr(self, field)!r}")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The streams the classifier builds and reads."""
+        return MODALITIES if self.modality == "av" else (self.modality,)
+
+    def schedule_steps(self, steps_per_epoch: int) -> tuple[int, int]:
+        """(warmup steps, total steps) of the per-step schedule."""
+        return round(self.warmup_epochs * steps_per_epoch), self.epochs * steps_per_epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def other(modality: str) -> str:

@@ -19,10 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .avmae import build_tokenizers, encode_unmasked
-from .config import AVMAEConfig, check_choice
-from .encoder import build_encoder, init_vit_weights
+from .config import INPUT_MODALITIES, MODALITIES, AVMAEConfig, check_choice
+from .encoder import build_encoder, encoder_group_matcher, init_vit_weights, set_grad_checkpointing
 
-INPUT_MODALITIES = ("av", "audio", "video")
 ArrayLike = Tensor | np.ndarray
 Batch = Mapping[str, Tensor] | tuple[Tensor | None, ...] | list[Tensor | None]
 Features = Tensor | dict[str, Tensor]  # [N, D], or {modality: [N, D]} for a sequence of modalities
@@ -59,12 +58,29 @@ class AVClassifier(nn.Module):
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return self.config.input_shapes
 
+    def no_weight_decay(self) -> set[str]:
+        """Learned tokens exempt from weight decay (1-D parameters are, by timm's rule)."""
+        return {f"tokenizers.{m}.modality_embed" for m in MODALITIES} if self.config.modality_embed else set()
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer grouping: tokenizers, encoder layers by index, then the head (`coarse` is ignored)."""
+        return encoder_group_matcher()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        set_grad_checkpointing(self, enable)
+
     def forward_features(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
+        """{modality: [B, N_m, D]} encoder tokens of each modality given."""
         return encode_unmasked(self.tokenizers, self.encoder, audio, video)
+
+    def forward_head(self, features: Mapping[str, Tensor], pre_logits: bool = False) -> Tensor:
+        """Pooled features [B, D] (`pre_logits`) or logits [B, num_classes]."""
+        pooled = pool(features)
+        return pooled if pre_logits else self.head(pooled)
 
     def forward(self, audio: Tensor | None = None, video: Tensor | None = None) -> Tensor:
         """Logits [B, num_classes]; inputs of a modality the classifier does not use are ignored."""
-        return self.head(pool(self.forward_features(**select(self.modality, audio, video))))
+        return self.forward_head(self.forward_features(**select(self.modality, audio, video)))
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """Cross-entropy on class indices, or BCE on multi-hot targets (multi-label, AudioSet)."""
@@ -79,16 +95,24 @@ class AVClassifier(nn.Module):
                         **overrides: Any) -> AVClassifier:
         """From an AV-MAE state_dict (then pass `config`) or a `{"config": dict, "state_dict": ...}` mapping
         or file. `overrides` change config fields, e.g. `num_frames=32` for finetuning."""
-        if isinstance(checkpoint, (str, PathLike)):
-            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        state = checkpoint.get("state_dict", checkpoint)
-        config = config if config is not None else checkpoint.get("config")
-        if config is None:
-            raise ValueError("a raw state_dict carries no config: pass config=")
-        fields = config.to_dict() if isinstance(config, AVMAEConfig) else dict(config)
+        state, fields = read_checkpoint(checkpoint, config)
         model = cls(AVMAEConfig(**{**fields, **overrides}), num_classes, modality, multilabel)
         load_encoder_state(model, state)
         return model
+
+
+def read_checkpoint(checkpoint: Mapping[str, Any] | str | PathLike,
+                    config: AVMAEConfig | Mapping[str, Any] | None = None) -> tuple[dict[str, Tensor], dict]:
+    """(state_dict without torch.compile / DDP prefixes, config fields) of an AV-MAE checkpoint: a
+    `{"config": dict, "state_dict": ...}` mapping or file, or a raw state_dict with `config` given."""
+    if isinstance(checkpoint, (str, PathLike)):
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint)
+    config = config if config is not None else checkpoint.get("config")
+    if config is None:
+        raise ValueError("a raw state_dict carries no config: pass config=")
+    fields = config.to_dict() if isinstance(config, AVMAEConfig) else dict(config)
+    return {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}, fields
 
 
 def load_encoder_state(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:

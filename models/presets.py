@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import AVMAEConfig, check_choice
+from .config import AVMAEConfig, FinetuneConfig, check_choice
 
 if TYPE_CHECKING:
     from .avmae import AVMAE
@@ -52,3 +52,15 @@ def resolve_config(preset: str = "base", *, input: str | None = None, **override
     if unknown:
         raise ValueError(f"unknown model overrides {unknown}; allowed: {', '.join(allowed)}")
     return AVMAEConfig(preset=preset, input=input, **{**SIZES[preset], **INPUTS[input], **overrides})
+
+
+FINETUNE: dict[str, dict[str, Any]] = {
+    "vggsound": {},  # FinetuneConfig's defaults: 309 classes, fusion at layer 16, lr 0.8 at batch 64
+    "audioset": dict(num_classes=527, multilabel=True, fusion_layer=18, batch_size=128, lr=1.6),
+}
+
+
+def resolve_finetune_config(dataset: str = "vggsound", **overrides: Any) -> FinetuneConfig:
+    """The paper's fine-tuning recipe for `dataset`, with any `FinetuneConfig` field overridden."""
+    check_choice("dataset", dataset, tuple(FINETUNE))
+    return FinetuneConfig(**{**FINETUNE[dataset], **overrides})

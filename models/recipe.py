@@ -1,11 +1,13 @@
 """The pretraining recipe shared by the Ray platform and the GPU benchmark (imports torch only).
 
-AdamW beta=(0.9, 0.95), weight decay 0.05 on weight matrices only, lr = base_lr * batch / 256, linear warmup
-then cosine to 0, no gradient clipping (authors' code); bf16 autocast on CUDA.
+AdamW beta=(0.9, 0.95), weight decay 0.05 on weight matrices only (not on learned tokens: `decay_split`),
+lr = base_lr * batch / 256, linear warmup then cosine to 0, no gradient clipping (authors' code); bf16
+autocast on CUDA. The fine-tuning recipe is `finetune.py`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import NamedTuple
 
@@ -15,16 +17,36 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from .avmae import AVMAEOutput
 
-NO_DECAY = ("mask_token", "modality_embed", "pos_embed")
+log = logging.getLogger(__name__)
 
 
-def param_groups(model: nn.Module, weight_decay: float = 0.05) -> list[dict]:
-    """Decay weight matrices (ndim >= 2); not biases, norms, mask tokens or embeddings."""
+class DecaySplit(NamedTuple):
+    """Parameter names (in `named_parameters()` order) with and without weight decay."""
+
+    decay: list[str]
+    no_decay: list[str]
+
+
+def decay_split(model: nn.Module) -> DecaySplit:
+    """timm's rule: decay the weight matrices (ndim >= 2) except those the model names in `no_weight_decay()`
+    (learned tokens); never the 1-D parameters (biases, norm gains). Frozen parameters are left out."""
+    exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (no_decay if p.ndim <= 1 or name in exempt else decay).append(name)
+    return DecaySplit(decay, no_decay)
+
+
+def param_groups(model: nn.Module, weight_decay: float = 0.05) -> list[dict]:
+    """[decayed weight matrices, the rest at weight decay 0] (`decay_split`), as optimizer groups."""
+    split, params = decay_split(model), dict(model.named_parameters())
+    n_decay = sum(params[n].numel() for n in split.decay)
+    n_rest = sum(params[n].numel() for n in split.no_decay)
+    log.info("weight decay %g on %d tensors (%d parameters); none on %d tensors (%d parameters)",
+             weight_decay, len(split.decay), n_decay, len(split.no_decay), n_rest)
+    return [{"params": [params[n] for n in split.decay], "weight_decay": weight_decay},
+            {"params": [params[n] for n in split.no_decay], "weight_decay": 0.0}]
 
 
 def build_optimizer(model: nn.Module, base_lr: float, batch_size: int, weight_decay: float = 0.05,

@@ -27,6 +27,9 @@ def test_classifier_from_pretraining_checkpoint_reuses_the_encoder(modality):
         logits = clf(audio, video)  # the unused modality is ignored
     assert logits.shape == (3, 5)
     assert clf.loss(logits, torch.tensor([0, 1, 4])).ndim == 0
+    features = clf.forward_features(**{m: x for m, x in (("audio", audio), ("video", video)) if m in ref})
+    assert torch.equal(clf.forward_head(features), logits)
+    assert clf.forward_head(features, pre_logits=True).shape == (3, 64)
 
 
 def test_from_pretrained_accepts_a_raw_compiled_state_dict_file_and_geometry_overrides(tmp_path):

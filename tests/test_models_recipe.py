@@ -1,11 +1,22 @@
 """The training recipe: parameter groups, lr scaling, schedule, and a TrainStep that overfits one batch."""
 
+import itertools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from avmae.models import TrainStep, build_optimizer, create_model, param_groups, warmup_cosine
+from avmae.models import (
+    DECODERS,
+    FUSIONS,
+    TrainStep,
+    build_optimizer,
+    create_model,
+    decay_split,
+    param_groups,
+    warmup_cosine,
+)
+from timm.models import group_parameters
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,6 +43,45 @@ def test_param_groups_decay_only_weight_matrices():
     assert not any("norm" in n or "mask_token" in n or "modality_embed" in n for n in decayed)
     assert "decoder.head.video.weight" in decayed and "tokenizers.video.proj.weight" in decayed
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def substring_rule_decayed(model):
+    """The rule `param_groups` had before the models named their exempt tokens: no decay for 1-D parameters
+    or names containing one of these substrings."""
+    exempt = ("mask_token", "modality_embed", "pos_embed")
+    return [n for n, p in model.named_parameters() if not (p.ndim < 2 or any(k in n for k in exempt))]
+
+
+@pytest.mark.parametrize(("fusion", "decoder"), list(itertools.product(FUSIONS, DECODERS)))
+def test_param_groups_are_those_of_the_substring_rule(fusion, decoder):
+    """timm's rule over the models' `no_weight_decay()` decays the same tensors, in the same order."""
+    for objective, modality_embed in itertools.product(("joint", "inpainting"), (False, True)):
+        model = create_model("tiny", fusion=fusion, decoder=decoder, objective=objective,
+                             modality_embed=modality_embed)
+        names = {id(p): n for n, p in model.named_parameters()}
+        old_decay = substring_rule_decayed(model)
+        old_rest = [n for n in names.values() if n not in old_decay]
+        assert decay_split(model) == (old_decay, old_rest)
+        decay, rest = param_groups(model, weight_decay=0.05)
+        assert [names[id(p)] for p in decay["params"]] == old_decay and decay["weight_decay"] == 0.05
+        assert [names[id(p)] for p in rest["params"]] == old_rest and rest["weight_decay"] == 0.0
+        assert set(decay) == set(rest) == {"params", "weight_decay"}
+
+
+def test_group_matcher_orders_stem_layers_then_decoder():
+    """timm's `group_parameters` over `group_matcher()`: tokenizers, layer i of every modality together (a
+    stack's final norm with its last block), mid fusion's joint layers after the unimodal ones, the decoder
+    last."""
+    model = create_model("tiny", fusion="mid", fusion_layers=1)
+    layer = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    assert layer["tokenizers.video.proj.weight"] == 0
+    assert layer["encoder.stacks.audio.blocks.0.attn.qkv.weight"] == 1
+    assert layer["encoder.stacks.video.blocks.2.mlp.fc1.bias"] == 3
+    assert layer["encoder.stacks.video.norm.weight"] == 3
+    assert layer["encoder.joint.blocks.0.norm1.weight"] == layer["encoder.joint.norm.bias"] == 4
+    assert layer["decoder.head.audio.weight"] == layer["decoder.mask_token.video"] == 5
+    late = create_model("tiny", fusion="shared")
+    assert group_parameters(late, late.group_matcher(), reverse=True)["encoder.stack.norm.weight"] == 4
 
 
 def test_build_optimizer_scales_lr_with_batch():
