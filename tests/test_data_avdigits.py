@@ -92,8 +92,9 @@ def test_dtmf_build_is_a_vggsound_dataset(dtmf: Path):
     assert manifest["classes"] == list(DIGIT_WORDS) and manifest["settings"]["speech"] is None
     assert -12 < manifest["audio_stats"]["mean"] < 0 < manifest["audio_stats"]["std"]
     path = dtmf / f"{rows[0][0]}_000000.mp4"
-    reader = decode.video_reader(path, decode.probe(path), 96)
-    assert len(reader) == 64 and reader.get_avg_fps() == 32 and reader[0].shape == (96, 96, 3)
+    plan = decode.plan_clip(path)
+    assert len(plan.pts) == 64 and plan.step == 1 / 32
+    assert decode.read_frames(plan, np.array([0]), 96).shape == (1, 96, 96, 3)
     assert 32000 <= len(decode.read_audio(path, 0.0, None, 16000)) <= 32000 + 1024  # + AAC end padding
     digits = {r["youtube_id"]: DIGIT_WORDS[int(r["digit"])] for r in sources(dtmf)}
     assert all(digits[r[0]] == r[2] for r in rows)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from avmae.platform.data.cache import BROKEN_REPORT, CachedAVDataset, write_cache
+from avmae.platform.data.cache import BROKEN_REPORT, VERSION, CachedAVDataset, write_cache
 from avmae.platform.data.cli import data
 from avmae.platform.data.dataset import AVDataset
 from avmae.platform.data.geometry import AUDIOSET_STATS, ClipGeometry
@@ -196,7 +196,7 @@ def test_cache_command_reports_its_broken_clips_with_their_index_lines(tmp_path:
             "--img-size", "32", "--workers", "1"]
     result = CliRunner().invoke(data, args)
     assert result.exit_code == 0, result.output
-    report = tmp_path / "cache" / "train_r37_s4" / BROKEN_REPORT
+    report = tmp_path / "cache" / f"train_r37_s4_v{VERSION}" / BROKEN_REPORT
     assert "cached 1 of 3 clips" in result.output and "2 of 3 clips broken" in result.output
     assert "vggsound.csv:2" in result.output and str(report) in result.output
     with report.open() as f:

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 GEOMETRY = ClipGeometry(audio_frames=100, num_frames=4, img_size=32, frame_stride=2)
 EXPECTED = {  # youtube_id -> reason
     "missing": "missing", "zerolen": "empty", "cut": "truncated", "silent": "no_audio", "hush": "short_audio",
-    "blind": "no_video", "garbage": "undecodable", "corrupt": "undecodable",
+    "blind": "no_video", "garbage": "undecodable", "corrupt": "undecodable", "brief": "too_short",
 }
 
 
@@ -42,6 +42,7 @@ def messy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_mp4(root / name("silent"), frames, 16, None)
     write_mp4(root / name("hush"), frames, 16, audio[:3200])  # 0.2 s of sound for 1 s of pictures
     write_mp4(root / name("blind"), None, 16, audio)
+    write_mp4(root / name("brief"), frames[:4], 16, audio[:4000])  # 0.25 s: under the 0.5 s minimum
     (root / name("garbage")).write_bytes(np.random.default_rng(1).bytes(4096))
     mdat = whole.index(b"mdat") + 64  # valid container, H.264 payload overwritten with noise
     noise = np.random.default_rng(2).bytes(3000)
@@ -62,8 +63,8 @@ def test_every_broken_kind_is_skipped_counted_and_explained(messy: Path):
     assert reasons == EXPECTED
     log = BrokenLog()
     log.update(batch)
-    assert log.total == 8 and log.counts["undecodable"] == 2 and log.counts["missing"] == 1
-    assert log.metrics()["data/n_broken"] == 8 and log.metrics()["data/n_broken/truncated"] == 1
+    assert log.total == 9 and log.counts["undecodable"] == 2 and log.counts["missing"] == 1
+    assert log.metrics()["data/n_broken"] == 9 and log.metrics()["data/n_broken/truncated"] == 1
     assert "missing_000000.mp4" in log.summary()
 
 
@@ -77,7 +78,7 @@ def test_broken_counts_survive_worker_processes(messy: Path):
         for batch in loader:
             log.update(batch)
             clips += len(batch["label"]) + batch["n_broken"]
-        assert clips == 9  # drop_last in train: 9 clips -> three batches of 3
+        assert clips == 9  # drop_last in train: 10 clips -> three batches of 3
     assert log.total <= 16 and set(log.counts) <= set(REASONS)
 
 
@@ -112,7 +113,7 @@ def test_preflight_refuses_mostly_broken_data(messy: Path):
     with pytest.raises(TooManyBrokenError) as err:
         build_dataset("vggsound", messy, messy / "vggsound.csv", "train", GEOMETRY, train=True)
     message = str(err.value)
-    assert "8 of 9 clips broken (88.9%)" in message and "more than 5.0%" in message
+    assert "9 of 10 clips broken (90.0%)" in message and "more than 5.0%" in message
     assert "undecodable: 2, e.g." in message and "garbage_000000.mp4" in message
     assert f"garbage_000000.mp4 ({messy}/vggsound.csv:7" in message  # the index line to fix or drop
     assert "short_audio: 1, e.g." in message and "audio covers 0.2" in message

@@ -12,13 +12,13 @@ import torch
 from avmae.platform.data import AVCollate, DataConfig
 from avmae.platform.data.avdigits import audio_stats, build_av_digits
 from avmae.platform.data.broken import BrokenRecord
-from avmae.platform.data.cache import CachedAVDataset, write_cache
+from avmae.platform.data.cache import VERSION, CachedAVDataset, write_cache
 from avmae.platform.data.cli import data
 from avmae.platform.data.config import AVDigitsBuild
 from avmae.platform.data.dataset import AVDataset
 from avmae.platform.data.geometry import ClipGeometry
 from avmae.platform.data.indexes import Clip
-from avmae.platform.data.loader import build_dataset, build_loader, load_index, preflight
+from avmae.platform.data.loader import build_dataset, build_from_config, build_loader, load_index, preflight
 from avmae.platform.data.scan import TooManyBrokenError
 from click.testing import CliRunner
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, Subset
@@ -80,11 +80,11 @@ def test_cache_resumes_and_refuses_other_geometry(digits: Path, cache: Path, tmp
 
 def test_one_switch_between_raw_and_cache(digits: Path, tmp_path: Path):
     config = DataConfig(kind="av-digits", root=digits, cache_dir=tmp_path / "cache")
-    dataset = config.dataset("train", GEOMETRY, train=True)
+    dataset = build_from_config(config, "train", GEOMETRY, train=True)
     assert isinstance(dataset, CachedAVDataset)
-    assert (tmp_path / "cache" / "train_r37_s4" / "cache.json").exists()
+    assert (tmp_path / "cache" / f"train_r37_s4_v{VERSION}" / "cache.json").exists()
     assert dataset.audio_stats == audio_stats(digits)  # AV-Digits' own measured stats
-    raw = config.model_copy(update={"cache_dir": None}).dataset("train", GEOMETRY, train=True)
+    raw = build_from_config(config.model_copy(update={"cache_dir": None}), "train", GEOMETRY, train=True)
     assert isinstance(raw, AVDataset) and len(raw) == len(dataset) == 10
     loader = build_loader(dataset, batch_size=4, train=True, num_workers=2)
     batches = list(loader)
@@ -108,7 +108,7 @@ def test_cache_command(digits: Path, tmp_path: Path):
             "--img-size", "32", "--workers", "1"]
     result = CliRunner().invoke(data, args)
     assert result.exit_code == 0, result.output
-    assert len(CachedAVDataset(tmp_path / "val_r37_s4", GEOMETRY, train=False)) == 10
+    assert len(CachedAVDataset(tmp_path / f"val_r37_s4_v{VERSION}", GEOMETRY, train=False)) == 10
 
 
 def test_real_720p_clip_cached_at_paper_geometry(clips_dir: Path, tmp_path: Path):
@@ -119,7 +119,7 @@ def test_real_720p_clip_cached_at_paper_geometry(clips_dir: Path, tmp_path: Path
     assert cached["audio"].shape == (1000, 128) and cached["video"].shape == (3, 16, 224, 224)
     assert torch.equal(cached["video"], raw["video"])
     torch.testing.assert_close(cached["audio"], raw["audio"], atol=5e-3, rtol=0)
-    assert (tmp_path / "shard_00000.frames").stat().st_size == 76 * 256 * 455 * 3  # 4th of 302 on the grid
+    assert (tmp_path / "shard_00000.frames").stat().st_size == 75 * 256 * 455 * 3  # 4th of 299 on the grid
 
 
 def test_collate_formats_multi_label_and_broken():

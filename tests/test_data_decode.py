@@ -93,14 +93,13 @@ def test_log_mel_is_kaldi_fbank_of_the_clips_own_audio(clips_dir: Path, name: st
 
 
 def test_edit_list_frames_before_zero_are_not_used(clips_dir: Path):
-    """The 720p clip starts with 100 frames that its edit list hides (timestamps < 0), and its last frame
-    comes 0.1 s after the one before (3 frame periods at 29.97 fps)."""
+    """The 720p clip's edit list hides 100 frames before 0 s and one after its end (10.037 s): the grid is
+    the 299 frames on show, 29.97 fps from 0 s, resized while decoding with the aspect kept."""
     path = clips_dir / CLIPS["KlsG1EnBEjc"]
-    reader = decode.video_reader(path, decode.probe(path), 256)
-    indices = decode.clip_frames(reader, 0.0, None).indices
-    assert len(reader) == 400
-    assert indices.tolist() == [*range(100, 399), 398, 399, 399]  # on time: each grid point its nearest frame
-    assert reader[0].shape == (256, 455, 3)  # resized while decoding, aspect kept
+    plan = decode.plan_clip(path)
+    assert plan.origin == 0.0 and plan.pts.tolist() == [3003 * k for k in range(299)]  # 1/90000 s ticks
+    assert abs(1 / plan.step - 30000 / 1001) < 1e-6
+    assert decode.read_frames(plan, np.array([0, 298]), 256).shape == (2, 256, 455, 3)
 
 
 def test_audio_and_video_windows_share_the_relative_offset(tmp_path: Path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from avmae.platform.data import DataConfig
+from avmae.platform.data import DataConfig, build_from_config
 from avmae.platform.data.dataset import AVDataset
 from avmae.platform.data.geometry import AUDIOSET_STATS, ClipGeometry
 from avmae.platform.data.indexes import (
@@ -80,6 +80,30 @@ def test_audioset_published_format(tmp_path: Path):
     ]
 
 
+def test_audioset_comment_with_a_quote_swallows_no_row(tmp_path: Path):
+    index = write(
+        tmp_path / "balanced_train_segments.csv",
+        '# Segments csv created "Sun Mar  5 10:54:31 2017\n'
+        '# num_ytids=2, num_segs=3, "num_unique_labels=2\n'
+        "a, 0.000, 10.000, \"/m/a\"\n"
+        "# YTID, start_seconds, end_seconds, positive_labels \"\n"
+        "b, 10.000, 20.000, \"/m/b\"\n"
+        "\n"
+        "c, 20.000, 30.000, \"/m/a,/m/b\"\n",
+    )
+    table = read_audioset(index, tmp_path, labels_csv(tmp_path))
+    assert [(c.path.name, c.label, c.source) for c in table.clips] == [
+        ("a_0.000.mp4", (0,), f"{index}:3"), ("b_10.000.mp4", (1,), f"{index}:5"),
+        ("c_20.000.mp4", (0, 1), f"{index}:7"),
+    ]
+
+
+def test_an_open_quote_is_an_error_on_its_own_line(tmp_path: Path):
+    index = write(tmp_path / "vggsound.csv", 'a,1,"dog,train\nb,2,cat,train\n')
+    with pytest.raises(IndexFormatError, match=r"vggsound\.csv:1: not CSV: .*check its quotes"):
+        read_vggsound(index, tmp_path)
+
+
 @pytest.mark.parametrize(
     ("row", "message"),
     [
@@ -144,7 +168,7 @@ def test_epic_segments_cut_from_a_long_video(kitchen: Path):
 def test_data_config_builds_per_split_files(kitchen: Path):
     config = DataConfig(kind="epic", root=kitchen, index={"train": FIXTURES / "epic_segments.csv"},
                         target="noun", max_broken_fraction=0.0)
-    dataset = config.dataset("train", ClipGeometry(100, 4, 32, 2), train=True)
+    dataset = build_from_config(config, "train", ClipGeometry(100, 4, 32, 2), train=True)
     assert [c.label for c in dataset.clips] == [8, 13, 13] and dataset.num_classes == 300
     with pytest.raises(ValueError, match="Extra inputs"):
         DataConfig(kind="epic", root=kitchen, bogus=1)

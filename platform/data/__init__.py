@@ -1,7 +1,9 @@
 """Data pipeline: dataset indexes -> decoded audio log-mel + video windows -> batches, plus AV-Digits.
 
-`build_dataset` / `DataConfig` give a Dataset for one split (raw media or decoded cache), `build_loader` the
-DataLoader; `ClipGeometry` ties both to the model's input shapes.
+Data flows one way: settings (`DataConfig`, no torch) -> index adapters and media decoding -> Dataset and
+cache -> loader. `build_from_config` gives a Dataset for one split of a `DataConfig` (raw media or decoded
+cache), `build_loader` the DataLoader, `preflight_index` the index check a study starts with; `ClipGeometry`
+ties the data to the model's input shapes.
 
 Names resolve on first use (PEP 562): reading a study's `DataConfig` must not import torch and torchaudio,
 which most submodules need.
@@ -20,8 +22,27 @@ if TYPE_CHECKING:
     from .config import AVDigitsBuild, DataConfig
     from .dataset import AVDataset
     from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
-    from .indexes import Clip, Index, IndexFormatError, read_audioset, read_epic, read_vggsound
-    from .loader import build_dataset, build_loader, load_index, preflight
+    from .hygiene import HygieneReport, IndexHygieneError, check_splits
+    from .indexes import (
+        Clip,
+        Index,
+        IndexFormatError,
+        read_audioset,
+        read_epic,
+        read_vggsound,
+        read_vggsound_splits,
+    )
+    from .loader import (
+        build_dataset,
+        build_from_config,
+        build_loader,
+        check_index,
+        load_index,
+        load_split,
+        load_splits,
+        preflight,
+        preflight_index,
+    )
     from .scan import ScanReport, TooManyBrokenError, scan_clips
 
 _SUBMODULE = {
@@ -32,16 +53,20 @@ _SUBMODULE = {
     **dict.fromkeys(("AVDigitsBuild", "DataConfig"), "config"),
     "AVDataset": "dataset",
     **dict.fromkeys(("AUDIOSET_STATS", "AudioStats", "ClipGeometry"), "geometry"),
-    **dict.fromkeys(("Clip", "Index", "IndexFormatError", "read_audioset", "read_epic", "read_vggsound"),
-                    "indexes"),
-    **dict.fromkeys(("build_dataset", "build_loader", "load_index", "preflight"), "loader"),
+    **dict.fromkeys(("HygieneReport", "IndexHygieneError", "check_splits"), "hygiene"),
+    **dict.fromkeys(("Clip", "Index", "IndexFormatError", "read_audioset", "read_epic", "read_vggsound",
+                     "read_vggsound_splits"), "indexes"),
+    **dict.fromkeys(("build_dataset", "build_from_config", "build_loader", "check_index", "load_index",
+                     "load_split", "load_splits", "preflight", "preflight_index"), "loader"),
     **dict.fromkeys(("ScanReport", "TooManyBrokenError", "scan_clips"), "scan"),
 }
 __all__ = [
     "AUDIOSET_STATS", "AVCollate", "AVDataset", "AVDigitsBuild", "AudioStats", "BrokenClip", "BrokenLog",
-    "CachedAVDataset", "Clip", "ClipGeometry", "DIGIT_WORDS", "DataConfig", "Index", "IndexFormatError",
-    "REASONS", "ScanReport", "TooManyBrokenError", "build_av_digits", "build_dataset", "build_loader",
-    "load_index", "preflight", "read_audioset", "read_epic", "read_vggsound", "scan_clips", "write_cache",
+    "CachedAVDataset", "Clip", "ClipGeometry", "DIGIT_WORDS", "DataConfig", "HygieneReport", "Index",
+    "IndexFormatError", "IndexHygieneError", "REASONS", "ScanReport", "TooManyBrokenError", "build_av_digits",
+    "build_dataset", "build_from_config", "build_loader", "check_index", "check_splits", "load_index",
+    "load_split", "load_splits", "preflight", "preflight_index", "read_audioset", "read_epic",
+    "read_vggsound", "read_vggsound_splits", "scan_clips", "write_cache",
 ]
 
 

@@ -21,7 +21,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,19 +34,18 @@ from .window import frame_positions
 
 
 @dataclass(frozen=True)
-class _Read:
+class ClipRead:
     """Where one clip of a batch comes from: every random choice already drawn."""
 
-    frames: np.ndarray  # [stored, H, W, 3] uint8, memory-mapped
+    entry: dict[str, Any]  # the clip's cache entry
     positions: np.ndarray  # stored-frame numbers of the window
     top: int
     left: int
     flip: bool
-    fbank: np.ndarray  # [rows, mel] float16, memory-mapped
     audio_frame: int
 
 
-def _unwrap(dataset: Dataset) -> tuple[CachedAVDataset, list[int] | None]:
+def _unwrap(dataset: Dataset, source: type[CachedAVDataset]) -> tuple[CachedAVDataset, list[int] | None]:
     """The cache under (nested) Subsets, and the map from loader indices to cache indices."""
     mapping: list[int] | None = None
     while isinstance(dataset, Subset):
@@ -55,10 +54,9 @@ def _unwrap(dataset: Dataset) -> tuple[CachedAVDataset, list[int] | None]:
         if outer is not None:
             mapping = [mapping[i] for i in outer]
         dataset = dataset.dataset
-    if not isinstance(dataset, CachedAVDataset):
-        raise TypeError(
-            f"CachedBatches reads a CachedAVDataset (or a Subset of one), got {type(dataset).__name__}"
-        )
+    if not isinstance(dataset, source):
+        got = type(dataset).__name__
+        raise TypeError(f"this reader reads a {source.__name__} (or a Subset of one), got {got}")
     return dataset, mapping
 
 
@@ -88,13 +86,16 @@ def _one_intraop_thread() -> None:
 
 class CachedBatches(Dataset):
     """`dataset` (a CachedAVDataset or a Subset of one) with `__getitems__`: one batch read by `threads`
-    threads (0: in the calling thread) into new tensors, pinned when `pin_memory` and CUDA is available."""
+    threads (0: in the calling thread) into new tensors, pinned when `pin_memory` and CUDA is available.
+    Subclasses read other cache formats by overriding `source`, `_frames` and `_fbank`."""
+
+    source: ClassVar[type[CachedAVDataset]] = CachedAVDataset
 
     def __init__(self, dataset: CachedAVDataset | Subset, threads: int = 0, pin_memory: bool = False) -> None:
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
         self.dataset = dataset
-        self.base, self._mapping = _unwrap(dataset)
+        self.base, self._mapping = _unwrap(dataset, self.source)
         self.threads, self.pin_memory = threads, pin_memory and torch.cuda.is_available()
         self._maps: dict[tuple[int, str], np.ndarray] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -111,7 +112,7 @@ class CachedBatches(Dataset):
 
     def __getitems__(self, indices: list[int]) -> Collated:
         base, g = self.base, self.base.geometry
-        reads: list[_Read] = []
+        reads: list[ClipRead] = []
         kept: list[int] = []
         broken: list[tuple[str, str]] = []
         for i in indices:
@@ -149,13 +150,10 @@ class CachedBatches(Dataset):
             broken=broken,
         )
 
-    def _plan(self, index: int) -> _Read:
+    def _plan(self, index: int) -> ClipRead:
         """Draw window, crop and flip as `CachedAVDataset.__getitem__` and `video_tensor` do, same order."""
         entry, g, train = self.base.entries[index], self.base.geometry, self.base.train
-        offset, stored, height, width, _ = entry["frames"]
-        frames = self._map(entry["shard"], "frames")[offset : offset + stored * height * width * 3]
-        start, rows, mel = entry["fbank"]
-        fbank = self._map(entry["shard"], "fbank")[start : start + rows * mel]
+        height, width = entry["frames"][2:4]
         window = cache_window(entry, g, train)
         size = g.img_size
         if train:
@@ -164,36 +162,44 @@ class CachedBatches(Dataset):
         else:
             top, left = (height - size) // 2, (width - size) // 2
         flip = train and bool(torch.rand(()) < 0.5)
-        return _Read(
-            frames.reshape(stored, height, width, 3),
-            frame_positions(window, entry["n_frames"], g) // g.frame_stride,
-            top, left, flip,
-            fbank.reshape(rows, mel),
-            window.audio_frame,
-        )
+        positions = frame_positions(window, entry["n_frames"], g) // g.frame_stride
+        return ClipRead(entry, positions, top, left, flip, window.audio_frame)
 
-    def _fill(self, read: _Read, video: torch.Tensor, video_np: np.ndarray, audio_np: np.ndarray) -> None:
+    def _fill(self, read: ClipRead, video: torch.Tensor, video_np: np.ndarray, audio_np: np.ndarray) -> None:
         """One clip into its batch row: video [T, S, S, 3] uint8, audio [A, mel] normalised float32."""
-        size, positions = self.base.geometry.img_size, read.positions
+        size = self.base.geometry.img_size
+        frames, positions = self._frames(read)
         rows, cols = slice(read.top, read.top + size), slice(read.left, read.left + size)
         # Runs of consecutive frames, one copy each: one run a clip, unless the window passes the clip's end
         # and its last frame repeats.
         cuts = [0, *(np.flatnonzero(np.diff(positions) != 1) + 1).tolist(), len(positions)]
         for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
             first = int(positions[lo])
-            crop = read.frames[first : first + hi - lo, rows, cols]
+            crop = frames[first : first + hi - lo, rows, cols]
             if read.flip:  # torch flips channels-last pixels vectorised; numpy's [:, :, ::-1] is 10x slower
                 video[lo:hi].copy_(torch.flip(torch.from_numpy(crop), [2]))
             else:
                 np.copyto(video_np[lo:hi], crop)
         # Zero-padded past the clip's end before normalising, as `fit_frames` then `audio_tensor` do; float32
         # arithmetic with float32 statistics gives torch's values bit for bit.
-        kept = max(0, min(len(audio_np), len(read.fbank) - read.audio_frame))
-        np.copyto(audio_np[:kept], read.fbank[read.audio_frame : read.audio_frame + kept])
+        fbank = self._fbank(read.entry)
+        kept = max(0, min(len(audio_np), len(fbank) - read.audio_frame))
+        np.copyto(audio_np[:kept], fbank[read.audio_frame : read.audio_frame + kept])
         audio_np[kept:] = 0
         stats = self.base.audio_stats
         np.subtract(audio_np, np.float32(stats.mean), out=audio_np)
         np.divide(audio_np, np.float32(stats.std), out=audio_np)
+
+    def _frames(self, read: ClipRead) -> tuple[np.ndarray, np.ndarray]:
+        """(frames [n, H, W, 3], positions of the window's frames among them): here all stored frames."""
+        offset, stored, height, width, _ = read.entry["frames"]
+        frames = self._map(read.entry["shard"], "frames")[offset : offset + stored * height * width * 3]
+        return frames.reshape(stored, height, width, 3), read.positions
+
+    def _fbank(self, entry: dict[str, Any]) -> np.ndarray:
+        """The clip's whole float16 log-mel [rows, mel]."""
+        start, rows, mel = entry["fbank"]
+        return self._map(entry["shard"], "fbank")[start : start + rows * mel].reshape(rows, mel)
 
     def _map(self, shard: int, kind: str) -> np.ndarray:
         """Copy-on-write maps, never written: writable, so torch.from_numpy takes them without a warning.

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
-REASONS = ("missing", "empty", "truncated", "no_audio", "short_audio", "no_video", "undecodable")
+REASONS = ("missing", "empty", "truncated", "too_short", "no_audio", "short_audio", "no_video", "undecodable")
 
 _already_logged: set[tuple[str, str]] = set()  # per process: each broken file is logged once
 

@@ -1,6 +1,6 @@
 """Decoded cache: decode each clip once into memory-mapped shards, then train from them with cheap crops.
 
-Per clip the cache keeps every `frame_stride`-th frame of the clip's even time grid (`decode.FrameGrid`) as
+Per clip the cache keeps every `frame_stride`-th frame of the clip's even time grid (`decode.ClipPlan`) as
 uint8 at the resize short side (so any window of any length can still be drawn) and the float16 log-mel of the
 whole clip. Shards are written to temporary names and renamed, their JSON last, so an interrupted run resumes
 by skipping finished shards. `broken.csv` lists the clips it skipped, each with its index line.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,16 +23,16 @@ from tqdm import tqdm
 
 from .broken import BrokenClip, BrokenRecord, write_broken_csv
 from .dataset import broken_item, label_tensor
-from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
+from .geometry import AUDIOSET_STATS, MIN_CLIP_SECONDS, AudioStats, ClipGeometry
 from .indexes import Clip
 from .pool import process_pool
 from .window import Window, audio_tensor, choose_window, fit_frames, frame_positions, video_tensor
 
-VERSION = 2  # 2: frames on an even time grid, audio_seconds per clip, short audio broken
+VERSION = 3  # 3: one clock and one geometry (PyAV), real-audio cover, minimum clip length in the header
 BROKEN_REPORT = "broken.csv"  # in the cache directory: every clip caching skipped, with its index line
 
 
-def _layout(geometry: ClipGeometry) -> dict[str, int]:
+def geometry_layout(geometry: ClipGeometry) -> dict[str, int]:
     """The geometry fields a cache is bound to; window lengths stay free."""
     return {
         "short_side": geometry.short_side,
@@ -42,26 +42,46 @@ def _layout(geometry: ClipGeometry) -> dict[str, int]:
     }
 
 
-def decode_whole(clip: Clip, geometry: ClipGeometry) -> tuple[np.ndarray, np.ndarray, int, float, float]:
+def decode_whole(
+    clip: Clip, geometry: ClipGeometry, min_clip_s: float = MIN_CLIP_SECONDS
+) -> tuple[np.ndarray, np.ndarray, int, float, float]:
     """(float16 log-mel [R, mel], uint8 stride-frames [N, H, W, 3], clip frame count, frame rate of its time
-    grid, seconds of audio) of a whole clip."""
+    grid, seconds of audio) of a whole clip; broken by the verdict of `decode.plan_clip`."""
     from . import decode  # here, not at the top: reading the cache needs no decoder libraries
 
-    info = decode.probe(clip.path)
-    reader = decode.video_reader(clip.path, info, geometry.short_side)
-    grid = decode.clip_frames(reader, clip.start, clip.end)
-    if len(grid.indices) == 0:
-        raise BrokenClip(str(clip.path), "truncated", f"no video frames in [{clip.start}, {clip.end}) s")
-    seconds = None if clip.end is None else clip.end - clip.start
-    wave = decode.read_audio(clip.path, clip.start, seconds, geometry.sample_rate)
-    audio_seconds = len(wave) / geometry.sample_rate
-    decode.check_audio_cover(clip.path, audio_seconds, grid.seconds)
-    frames = decode.read_frames(reader, grid.indices[:: geometry.frame_stride], clip.path)
+    plan = decode.plan_clip(clip.path, clip.start, clip.end, min_clip_s)
+    seconds = None if clip.end is None else clip.end - plan.origin
+    wave = decode.read_audio(clip.path, plan.origin, seconds, geometry.sample_rate)
+    frames = decode.read_frames(plan, np.arange(0, len(plan.pts), geometry.frame_stride), geometry.short_side)
     fbank = decode.log_mel(wave, geometry).numpy().astype(np.float16)
-    return fbank, frames, len(grid.indices), 1 / grid.step, audio_seconds
+    return fbank, frames, len(plan.pts), 1 / plan.step, len(wave) / geometry.sample_rate
 
 
-def _write_shard(out: Path, shard: int, clips: Sequence[tuple[int, Clip]], geometry: ClipGeometry) -> int:
+def decode_entry(
+    i: int, clip: Clip, geometry: ClipGeometry, min_clip_s: float
+) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+    """(shard entry, float16 log-mel, uint8 stride-frames) of clip number `i`; the arrays are None and the
+    entry says why when the clip is broken."""
+    entry: dict[str, Any] = {"i": i, "path": str(clip.path), "source": clip.source}
+    try:
+        fbank, frames, n_frames, fps, audio_seconds = decode_whole(clip, geometry, min_clip_s)
+    except BrokenClip as err:
+        return {**entry, "broken": [err.path, err.reason], "detail": err.detail}, None, None
+    return {**entry, "n_frames": n_frames, "fps": fps, "audio_seconds": audio_seconds}, fbank, frames
+
+
+def finish_shard(stem: Path, entries: list[dict[str, Any]]) -> int:
+    """Write a shard's JSON (temporary name, then renamed: last, so its presence marks the shard done);
+    returns how many of its clips were broken."""
+    tmp = stem.with_suffix(f".json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(entries))
+    os.replace(tmp, stem.with_suffix(".json"))
+    return sum("broken" in e for e in entries)
+
+
+def _write_shard(
+    out: Path, shard: int, clips: Sequence[tuple[int, Clip]], geometry: ClipGeometry, min_clip_s: float
+) -> int:
     """Decode and write one shard; returns how many of its clips were broken."""
     entries: list[dict[str, Any]] = []
     stem = out / f"shard_{shard:05d}"
@@ -69,27 +89,19 @@ def _write_shard(out: Path, shard: int, clips: Sequence[tuple[int, Clip]], geome
     frame_tmp, fbank_tmp = stem.with_suffix(".frames" + tmp), stem.with_suffix(".fbank" + tmp)
     with frame_tmp.open("wb") as frames_f, fbank_tmp.open("wb") as fbank_f:
         for i, clip in clips:
-            entry: dict[str, Any] = {"i": i, "path": str(clip.path), "source": clip.source}
-            try:
-                fbank, frames, n_frames, fps, audio_seconds = decode_whole(clip, geometry)
-            except BrokenClip as err:
-                entries.append({**entry, "broken": [err.path, err.reason], "detail": err.detail})
-                continue
-            entry.update(
-                frames=[frames_f.tell(), *frames.shape],
-                fbank=[fbank_f.tell() // fbank.itemsize, *fbank.shape],
-                n_frames=n_frames,
-                fps=fps,
-                audio_seconds=audio_seconds,
-            )
-            frames_f.write(frames.tobytes())
-            fbank_f.write(fbank.tobytes())
+            entry, fbank, frames = decode_entry(i, clip, geometry, min_clip_s)
+            if fbank is not None and frames is not None:
+                entry.update(frames=[frames_f.tell(), *frames.shape],
+                             fbank=[fbank_f.tell() // fbank.itemsize, *fbank.shape])
+                frames_f.write(frames.tobytes())
+                fbank_f.write(fbank.tobytes())
             entries.append(entry)
     os.replace(frame_tmp, stem.with_suffix(".frames"))
     os.replace(fbank_tmp, stem.with_suffix(".fbank"))
-    stem.with_suffix(".json" + tmp).write_text(json.dumps(entries))
-    os.replace(stem.with_suffix(".json" + tmp), stem.with_suffix(".json"))
-    return sum("broken" in e for e in entries)
+    return finish_shard(stem, entries)
+
+
+ShardWriter = Callable[[Path, int, Sequence[tuple[int, Clip]], ClipGeometry, float], int]
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,7 @@ class CacheHeader:
     num_classes: int
     multi_label: bool
     labels: list[Any]
+    min_clip_s: float
 
 
 def write_cache(
@@ -112,18 +125,24 @@ def write_cache(
     workers: int = 1,
     shard_size: int = 32,
     progress: bool = True,
+    min_clip_s: float = MIN_CLIP_SECONDS,
+    writer: ShardWriter = _write_shard,
+    settings: dict[str, Any] | None = None,
 ) -> Path:
-    """Decode `clips` into `out` (resumable: finished shards are kept). Returns `out`."""
+    """Decode `clips` into `out` (resumable: finished shards are kept); clips shorter than `min_clip_s` are
+    broken ("too_short"). `writer` writes one shard (picklable for `workers` > 1); `settings` (its codec's)
+    join the layout the cache is bound to. Returns `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     header = CacheHeader(
         VERSION,
-        _layout(geometry),
+        {**geometry_layout(geometry), **(settings or {})},
         len(clips),
         shard_size,
         num_classes,
         multi_label,
         [list(c.label) if multi_label else c.label for c in clips],
+        min_clip_s,
     )
     header_path = out / "cache.json"
     if header_path.exists():
@@ -150,34 +169,49 @@ def write_cache(
         disable=not (progress and todo),  # a finished cache stays silent
     )
     numbered = list(enumerate(clips))
-    jobs = [(out, s // shard_size, numbered[s : s + shard_size], geometry) for s in todo]
+    jobs = [(out, s // shard_size, numbered[s : s + shard_size], geometry, min_clip_s) for s in todo]
     with bar:
         if workers <= 1:
             for job in jobs:
-                _write_shard(*job)
+                writer(*job)
                 bar.update(len(job[2]))
         else:
             with process_pool(workers) as pool:
-                futures = {pool.submit(_write_shard, *job): len(job[2]) for job in jobs}
+                futures = {pool.submit(writer, *job): len(job[2]) for job in jobs}
                 for future in as_completed(futures):
                     future.result()
                     bar.update(futures[future])
-    write_broken_csv(out / BROKEN_REPORT, _broken(_entries(out, len(clips), shard_size)))
+    write_broken_csv(out / BROKEN_REPORT, _broken(read_entries(out, len(clips), shard_size)))
     return out
 
 
-def _entries(cache_dir: Path, num_clips: int, shard_size: int) -> list[dict[str, Any]]:
-    """Every clip's entry, from the shard JSONs, each with its shard number."""
+def read_entries(
+    cache_dir: Path | str, num_clips: int, shard_size: int, read: Callable[[str], bytes] | None = None
+) -> list[dict[str, Any]]:
+    """Every clip's entry, from the shard JSONs (read by `read(name)`, default from the folder), each with
+    its shard number."""
+    read = read or (lambda name: (Path(cache_dir) / name).read_bytes())
     entries: list[dict[str, Any]] = [{} for _ in range(num_clips)]
     for s in range(0, num_clips, shard_size):
-        shard_json = cache_dir / f"shard_{s // shard_size:05d}.json"
-        if not shard_json.exists():
-            raise FileNotFoundError(
-                f"cache {cache_dir} is incomplete ({shard_json.name} missing); rerun caching"
-            )
-        for entry in json.loads(shard_json.read_text()):
+        name = f"shard_{s // shard_size:05d}.json"
+        try:
+            shard = json.loads(read(name))
+        except FileNotFoundError:
+            missing = f"cache {cache_dir} is incomplete ({name} missing); rerun caching"
+            raise FileNotFoundError(missing) from None
+        for entry in shard:
             entries[entry["i"]] = {**entry, "shard": s // shard_size}
     return entries
+
+
+def read_header(text: str | bytes, where: str | Path, layout: dict[str, Any]) -> CacheHeader:
+    """The header of the cache at `where`; raises ValueError unless it is this format's, made for `layout`."""
+    header = CacheHeader(**json.loads(text))
+    if header.version != VERSION:
+        raise ValueError(f"cache {where} has format {header.version}; this avmae reads {VERSION}: rebuild it")
+    if header.layout != layout:
+        raise ValueError(f"cache {where} was made for {header.layout}, not {layout}")
+    return header
 
 
 def _broken(entries: Sequence[dict[str, Any]]) -> list[BrokenRecord]:
@@ -209,15 +243,10 @@ class CachedAVDataset(Dataset):
             train,
             audio_stats,
         )
-        header = CacheHeader(**json.loads((self.cache_dir / "cache.json").read_text()))
-        if header.version != VERSION:
-            raise ValueError(
-                f"cache {cache_dir} has format {header.version}; this avmae reads {VERSION}: rebuild it"
-            )
-        if header.layout != _layout(geometry):
-            raise ValueError(f"cache {cache_dir} was made for {header.layout}, not {_layout(geometry)}")
+        text = (self.cache_dir / "cache.json").read_text()
+        header = read_header(text, cache_dir, geometry_layout(geometry))
         self.header = header
-        self.entries = _entries(self.cache_dir, header.num_clips, header.shard_size)
+        self.entries = read_entries(self.cache_dir, header.num_clips, header.shard_size)
         self._maps: dict[tuple[int, str], np.memmap] = {}  # opened lazily, per worker process
 
     def __len__(self) -> int:
@@ -237,17 +266,24 @@ class CachedAVDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_maps": {}}  # memmaps are reopened in each DataLoader worker
 
+    def stored_frames(self, entry: dict[str, Any], positions: np.ndarray) -> np.ndarray:
+        """uint8 [len(positions), H, W, 3]: the clip's stored frames at `positions`."""
+        offset, stored, height, width, _ = entry["frames"]
+        frames = self._map(entry["shard"], "frames")[offset : offset + stored * height * width * 3]
+        return frames.reshape(stored, height, width, 3)[positions]
+
+    def fbank(self, entry: dict[str, Any]) -> np.ndarray:
+        """float16 [rows, mel]: the clip's whole log-mel."""
+        start, rows, mel = entry["fbank"]
+        return self._map(entry["shard"], "fbank")[start : start + rows * mel].reshape(rows, mel)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry, g = self.entries[index], self.geometry
         if "broken" in entry:
             return broken_item(index, BrokenClip(*entry["broken"], entry["detail"]), entry["source"])
-        offset, stored, height, width, _ = entry["frames"]
-        frames = self._map(entry["shard"], "frames")[offset : offset + stored * height * width * 3]
-        frames = frames.reshape(stored, height, width, 3)
-        start, rows, mel = entry["fbank"]
-        fbank = self._map(entry["shard"], "fbank")[start : start + rows * mel].reshape(rows, mel)
         window = cache_window(entry, g, self.train)
-        picked = frames[frame_positions(window, entry["n_frames"], g) // g.frame_stride]
+        picked = self.stored_frames(entry, frame_positions(window, entry["n_frames"], g) // g.frame_stride)
+        fbank = self.fbank(entry)
         audio = torch.from_numpy(
             fbank[window.audio_frame : window.audio_frame + g.audio_frames].astype(np.float32)
         )

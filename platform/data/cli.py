@@ -1,4 +1,4 @@
-"""`avmae data ...`: build AV-Digits, fill the decoded cache, scan a dataset for broken files."""
+"""`avmae data ...`: build AV-Digits, fill the decoded cache, scan a dataset's index and files."""
 
 from __future__ import annotations
 
@@ -12,16 +12,19 @@ from pydantic import ValidationError
 
 from .avdigits import build_av_digits, read_manifest
 from .cache import BROKEN_REPORT, CachedAVDataset, write_cache
-from .config import DEFAULT_MAX_BROKEN, KINDS, AVDigitsBuild
+from .codecs import default_codec
+from .config import CACHE_FORMATS, DEFAULT_MAX_BROKEN, KINDS, AVDigitsBuild, DataConfig
 from .geometry import ClipGeometry
+from .hygiene import check_splits
 from .indexes import Index, IndexFormatError
-from .loader import cache_path, load_index
+from .loader import cache_path, load_split, load_splits
 from .scan import ScanReport, TooManyBrokenError, scan_clips
+from .shards import ShardedAVDataset, write_shards
 
 
 @click.group("data")
 def data() -> None:
-    """Datasets: AV-Digits benchmark, decoded cache, broken-file scan."""
+    """Datasets: AV-Digits benchmark, decoded cache, index check and broken-file scan."""
 
 
 def build_options(command: Callable) -> Callable:
@@ -74,9 +77,35 @@ def av_digits(out: Path, speech: Path | None, workers: int, **settings: object) 
     )
 
 
-def _load(*args: object) -> Index:
+IndexOption = Path | dict[str, Path] | None
+
+
+def _index(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> IndexOption:
+    """`--index FILE`, or `--index SPLIT=FILE` once per split (as a study's `data.index` maps them)."""
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        files: dict[str | None, Path] = {None: Path(values[0])}
+    elif all("=" in value for value in values):
+        files = {split: Path(file) for split, file in (value.split("=", 1) for value in values)}
+    else:
+        raise click.BadParameter("give one FILE, or SPLIT=FILE for every split")
+    for path in files.values():
+        if not path.is_file():
+            raise click.BadParameter(f"{path} is not a file")
+    return files[None] if None in files else files
+
+
+def _config(**options: object) -> DataConfig:
     try:
-        return load_index(*args)
+        return DataConfig(**options)
+    except ValidationError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _load(config: DataConfig, split: str | None) -> Index:
+    try:
+        return load_split(config, split)
     except (IndexFormatError, ValueError) as err:
         raise click.ClickException(str(err)) from err
 
@@ -93,11 +122,17 @@ def _dataset_options(command: Callable) -> Callable:
         ),
         click.option(
             "--index",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            default=None,
-            help="Index file (VGGSound format: default ROOT/vggsound.csv).",
+            multiple=True,
+            callback=_index,
+            metavar="FILE | SPLIT=FILE",
+            help="Index file (VGGSound format: default ROOT/vggsound.csv), or SPLIT=FILE once per split "
+            "(AudioSet, EPIC publish one file per split).",
         ),
-        click.option("--split", default=None, help="Split to use (VGGSound-format split column)."),
+        click.option(
+            "--split",
+            default=None,
+            help="Split to use (VGGSound-format split column, or a SPLIT of --index).",
+        ),
         click.option("--pattern", default=None, help="File name pattern, str.format fields per kind."),
         click.option(
             "--labels",
@@ -123,10 +158,21 @@ def _dataset_options(command: Callable) -> Callable:
 @click.option("--img-size", type=int, default=224, show_default=True, help="Model crop size.")
 @click.option("--frame-stride", type=int, default=4, show_default=True)
 @click.option("--shard-size", type=int, default=32, show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(CACHE_FORMATS),
+    default="uint8",
+    show_default=True,
+    help="Frames in the cache; per 10 s 720p clip at the paper's geometry (docs/benchmarks.md, Training "
+    "formats): uint8 26.5 MB on disk, 5.8 MB read a sample, ~850 samples per CPU-second; jpeg (q90) 3.1 MB, "
+    "0.87 MB, ~67/s (GPU-decodable); h264 (GOP 8, crf 20) 0.83 MB, 0.41 MB, ~72/s. Sizes include the "
+    "float16 log-mel; jpeg and h264 are two files a shard, for object storage.",
+)
 def cache(
     kind: str,
     root: Path,
-    index: Path | None,
+    index: IndexOption,
     split: str | None,
     pattern: str | None,
     labels: Path | None,
@@ -136,16 +182,24 @@ def cache(
     img_size: int,
     frame_stride: int,
     shard_size: int,
+    fmt: str,
 ) -> None:
-    """Decode every clip once into OUT/<split>_r<short side>_s<stride> (resumable)."""
-    table = _load(kind, root, index, split, pattern, labels, target)
+    """Decode every clip once into OUT/<split>_r<short side>_s<stride>_v<version>[_<format>] (resumable)."""
+    config = _config(kind=kind, root=root, index=index, pattern=pattern, labels=labels, target=target)
+    table = _load(config, split)
     geometry = ClipGeometry(audio_frames=1, num_frames=1, img_size=img_size, frame_stride=frame_stride)
-    path = cache_path(out, split, geometry)
+    path = cache_path(out, split, geometry, fmt)
+    classes, multi_label = len(table.classes), table.multi_label
     try:
-        write_cache(table.clips, path, geometry, len(table.classes), table.multi_label, workers, shard_size)
+        if fmt == "uint8":
+            write_cache(table.clips, path, geometry, classes, multi_label, workers, shard_size)
+        else:
+            codec = default_codec(fmt)
+            write_shards(table.clips, path, geometry, classes, codec, multi_label, workers, shard_size)
     except ValueError as err:
         raise click.ClickException(str(err)) from err
-    report = ScanReport(len(table.clips), CachedAVDataset(path, geometry, train=False).broken)
+    reader = CachedAVDataset if fmt == "uint8" else ShardedAVDataset
+    report = ScanReport(len(table.clips), reader(path, geometry, train=False).broken)
     click.echo(f"cached {len(table.clips) - len(report.broken)} of {len(table.clips)} clips in {path}")
     if report.broken:
         click.echo(f"skipped {report.describe()}")
@@ -164,7 +218,7 @@ def cache(
 def scan(
     kind: str,
     root: Path,
-    index: Path | None,
+    index: IndexOption,
     split: str | None,
     pattern: str | None,
     labels: Path | None,
@@ -172,10 +226,26 @@ def scan(
     workers: int,
     max_broken: float,
 ) -> None:
-    """Probe every clip; list broken ones by reason; exit non-zero above --max-broken."""
-    table = _load(kind, root, index, split, pattern, labels, target)
-    report = scan_clips(table.clips, workers=workers, progress=True)
+    """Check the index, then probe every clip (of --split, else of every split); list what is wrong with
+    its file:line; exit non-zero on an index error or above --max-broken.
+
+    The index check reads every split the index holds, whatever --split says. Errors (a study refuses to
+    start on them): conflicting labels, one clip under two labels; overlap, one clip in two splits (a test
+    clip seen in training). Warning (reported, the study runs): duplicate rows, one clip listed twice in a
+    split with the same label, which only draws it twice as often.
+    """
+    config = _config(kind=kind, root=root, index=index, pattern=pattern, labels=labels, target=target)
+    try:
+        splits = load_splits(config)
+    except (IndexFormatError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    hygiene = check_splits(splits)
+    click.echo(hygiene.describe(examples=len(hygiene.findings)))
+    tables = [_load(config, split)] if split is not None else list(splits.values())
+    report = scan_clips([clip for table in tables for clip in table.clips], workers=workers, progress=True)
     click.echo(report.describe())
+    if hygiene.errors:
+        raise click.ClickException("the index has errors (listed above with their file:line): fix those rows")
     try:
         report.check(max_broken)
     except TooManyBrokenError as err:

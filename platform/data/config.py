@@ -1,24 +1,22 @@
-"""A dataset, as a study config describes it: validated without importing torch.
+"""A dataset, as a study config describes it: settings only, validated without importing torch.
 
-The driver and `avmae sweep --dry-run` read this before any data is touched; building the Dataset (torch,
-torchaudio) happens only in `DataConfig.dataset`.
+The driver and `avmae sweep --dry-run` read this before any data is touched; `loader.build_from_config`
+builds a split's Dataset from it. Of this package it imports at most `geometry` (no torch).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .geometry import AudioStats, ClipGeometry
-
-if TYPE_CHECKING:
-    from .cache import CachedAVDataset
-    from .dataset import AVDataset
+from .geometry import MIN_CLIP_SECONDS
 
 Kind = Literal["vggsound", "audioset", "epic", "av-digits"]
 KINDS: tuple[str, ...] = get_args(Kind)
+CacheFormat = Literal["uint8", "jpeg", "h264"]
+CACHE_FORMATS: tuple[str, ...] = get_args(CacheFormat)
 DEFAULT_MAX_BROKEN = 0.05  # fraction of broken clips a split may have before preflight refuses it
 
 
@@ -74,7 +72,11 @@ class DataConfig(BaseModel):
     audio_mean: float | None = None
     audio_std: float | None = None
     cache_dir: Path | None = None
+    cache_format: CacheFormat = Field(
+        "uint8", description="Frames in the cache: uint8 (no decoding, ~10x the source's bytes), jpeg or "
+        "h264 (compressed shards, decoded per sample; docs/benchmarks.md, Training formats).")
     max_broken_fraction: float | None = DEFAULT_MAX_BROKEN
+    min_clip_s: float = Field(MIN_CLIP_SECONDS, gt=0, description="Shorter clips are broken (too_short).")
     workers: int = 1
 
     @model_validator(mode="after")
@@ -83,23 +85,10 @@ class DataConfig(BaseModel):
             raise ValueError("set audio_mean and audio_std together (or neither, for the dataset's defaults)")
         return self
 
-    def dataset(self, split: str, geometry: ClipGeometry, train: bool) -> AVDataset | CachedAVDataset:
-        # Lazy: the driver and --dry-run read this config and must not pay for importing torch.
-        from .loader import build_dataset
-
-        stats = None if self.audio_mean is None else AudioStats(self.audio_mean, self.audio_std)
-        return build_dataset(
-            self.kind,
-            self.root,
-            self.index[split] if isinstance(self.index, dict) else self.index,
-            split,
-            geometry,
-            train,
-            pattern=self.pattern,
-            labels=self.labels,
-            target=self.target,
-            audio_stats=stats,
-            cache_dir=self.cache_dir,
-            max_broken_fraction=self.max_broken_fraction,
-            workers=self.workers,
-        )
+    def index_file(self, split: str | None) -> Path | None:
+        """The index file `split` reads: its own when `index` maps splits to files, else `index`."""
+        if not isinstance(self.index, dict):
+            return self.index
+        if split not in self.index:
+            raise ValueError(f"the index has no file for split {split!r}; it maps: {', '.join(self.index)}")
+        return self.index[split]

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .broken import BrokenClip, log_broken_once
-from .geometry import AUDIOSET_STATS, HOP_SECONDS, AudioStats, ClipGeometry
+from .geometry import AUDIOSET_STATS, HOP_SECONDS, MIN_CLIP_SECONDS, AudioStats, ClipGeometry
 from .indexes import Clip
 from .window import audio_tensor, choose_window, fit_frames, frame_positions, video_tensor
 
@@ -30,10 +30,11 @@ def broken_item(index: int, err: BrokenClip, source: str = "") -> dict[str, Any]
 
 
 class AVDataset(Dataset):
-    """Decodes clips straight from their media files (decord frames, PyAV audio, Kaldi fbank).
+    """Decodes clips straight from their media files (PyAV frames and audio on one clock, Kaldi fbank).
 
-    Items are dicts `audio` [A, mel], `video` [3, T, S, S], `label`, `index`; a broken clip yields
-    `{"index", "broken": (path, reason)}` for `collate_av` to drop and count.
+    Items are dicts `audio` [A, mel], `video` [3, T, S, S], `label`, `index`; a broken clip (the verdict of
+    `decode.plan_clip`, as the preflight and the cache give it) yields `{"index", "broken": (path, reason)}`
+    for `collate_av` to drop and count.
     """
 
     def __init__(
@@ -44,9 +45,11 @@ class AVDataset(Dataset):
         num_classes: int,
         multi_label: bool = False,
         audio_stats: AudioStats = AUDIOSET_STATS,
+        min_clip_s: float = MIN_CLIP_SECONDS,
     ) -> None:
         self.clips, self.geometry, self.train = list(clips), geometry, train
         self.num_classes, self.multi_label, self.audio_stats = num_classes, multi_label, audio_stats
+        self.min_clip_s = min_clip_s
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -69,21 +72,14 @@ class AVDataset(Dataset):
         from . import decode  # here, not at the top: training from the cache needs no decoder libraries
 
         g = self.geometry
-        info = decode.probe(clip.path)
-        reader = decode.video_reader(clip.path, info, g.short_side)
-        grid = decode.clip_frames(reader, clip.start, clip.end)
-        if len(grid.indices) == 0:
-            raise BrokenClip(str(clip.path), "truncated", f"no video frames in [{clip.start}, {clip.end}) s")
+        plan = decode.plan_clip(clip.path, clip.start, clip.end, self.min_clip_s)
         # The clip's audio, as far as a window can reach: the video's span, or one window when that is longer.
-        seconds = max(grid.seconds, g.audio_samples / g.sample_rate)
+        seconds = max(plan.seconds, g.audio_samples / g.sample_rate)
         if clip.end is not None:  # a segment of a longer file: its audio stops where the segment does
-            seconds = min(seconds, clip.end - clip.start)
-        wave = decode.read_audio(clip.path, clip.start, seconds, g.sample_rate)
-        audio_seconds = len(wave) / g.sample_rate
-        decode.check_audio_cover(clip.path, audio_seconds, grid.seconds)
-        window = choose_window(len(grid.indices), grid.seconds, g, self.train, audio_seconds)
-        positions = frame_positions(window, len(grid.indices), g)
-        frames = decode.read_frames(reader, grid.indices[positions], clip.path)
+            seconds = min(seconds, clip.end - plan.origin)
+        wave = decode.read_audio(clip.path, plan.origin, seconds, g.sample_rate)
+        window = choose_window(len(plan.pts), plan.seconds, g, self.train, len(wave) / g.sample_rate)
+        frames = decode.read_frames(plan, frame_positions(window, len(plan.pts), g), g.short_side)
         first = window.audio_frame * round(g.sample_rate * HOP_SECONDS)
         wave = wave[first : first + g.audio_samples]
         return fit_frames(decode.log_mel(wave, g), g.audio_frames), frames

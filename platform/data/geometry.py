@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 HOP_SECONDS = 0.010  # Kaldi fbank frame shift (10 ms): audio_frames / 100 = seconds
 WINDOW_SECONDS = 0.025  # Kaldi fbank frame length (25 ms)
+MIN_CLIP_SECONDS = 0.5  # default shortest usable clip; below it a window is mostly repeats and padding
 
 
 @dataclass(frozen=True)

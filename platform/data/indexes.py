@@ -47,21 +47,28 @@ class Index:
 
 
 def _rows(path: Path, skip_comments: bool = False) -> Iterator[tuple[int, list[str]]]:
-    """(line number, stripped cells) of each non-blank row. A UTF-8 BOM (spreadsheet exports write one) is
-    dropped; a file that is not UTF-8 CSV text raises IndexFormatError naming it."""
+    """(1-based line number, stripped cells) of each non-blank line; with `skip_comments`, lines starting with
+    `#` are skipped whatever they hold. Every line is one row: a quote left open at its end is an error, never
+    a field that runs on into the next line. A UTF-8 BOM (spreadsheet exports write one) is dropped; a file
+    that is not UTF-8 CSV text raises IndexFormatError naming it."""
     with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f, skipinitialspace=True)
         try:
-            for row in reader:
-                if not row or (skip_comments and row[0].lstrip().startswith("#")):
+            for line, text in enumerate(f, 1):
+                if not text.strip() or (skip_comments and text.lstrip().startswith("#")):
                     continue
-                if any("\0" in cell for cell in row):
-                    raise IndexFormatError(path, reader.line_num, "binary data (NUL bytes), not a CSV index")
-                yield reader.line_num, [cell.strip() for cell in row]
+                if "\0" in text:
+                    raise IndexFormatError(path, line, "binary data (NUL bytes), not a CSV index")
+                yield line, [cell.strip() for cell in _cells(path, line, text)]
         except UnicodeDecodeError:
             raise _not_utf8(path) from None
-        except csv.Error as exc:
-            raise IndexFormatError(path, reader.line_num + 1, f"not CSV: {exc}") from None
+
+
+def _cells(path: Path, line: int, text: str) -> list[str]:
+    """The cells of one line of CSV text (its line break dropped)."""
+    try:
+        return next(csv.reader([text.rstrip("\r\n")], skipinitialspace=True, strict=True))
+    except csv.Error as exc:
+        raise IndexFormatError(path, line, f"not CSV: {exc} (a row is one line: check its quotes)") from None
 
 
 def _not_utf8(path: Path) -> IndexFormatError:
@@ -105,13 +112,44 @@ def read_vggsound(
     pattern: str = VGGSOUND_PATTERN,
     classes: Sequence[str] | None = None,
 ) -> Index:
-    """`vggsound.csv`: no header, rows `youtube_id,start_seconds,label,split`.
+    """`vggsound.csv`: no header, rows `youtube_id,start_seconds,label,split`; the clips of `split` (None:
+    every row), in file order.
 
     Classes are the sorted labels of the whole file (all splits agree), unless `classes` fixes them; then an
     unknown label is an error. Pattern fields: youtube_id, start (int), label, split. An empty file, or a
     `split` no row has, is an error: an empty split would give a silent empty loader (val/loss 0.0).
     """
-    index, root = Path(index), Path(root)
+    rows, names = _vggsound_rows(Path(index), Path(root), pattern, classes)
+    clips = [clip for row_split, clip in rows if split is None or row_split == split]
+    if not clips:
+        present = ", ".join(sorted({row_split for row_split, _ in rows}))
+        raise IndexFormatError(
+            index,
+            None,
+            f"no clips in split {split!r} (the file has splits: {present}); "
+            "set data.train_split / data.val_split (or evaluation.*_split) to one of them",
+        )
+    return Index(clips, names)
+
+
+def read_vggsound_splits(
+    index: str | Path,
+    root: str | Path,
+    pattern: str = VGGSOUND_PATTERN,
+    classes: Sequence[str] | None = None,
+) -> dict[str, Index]:
+    """Every split of a `vggsound.csv` (as `read_vggsound` reads each), keyed by the split column."""
+    rows, names = _vggsound_rows(Path(index), Path(root), pattern, classes)
+    splits: dict[str, list[Clip]] = {}
+    for row_split, clip in rows:
+        splits.setdefault(row_split, []).append(clip)
+    return {name: Index(clips, names) for name, clips in splits.items()}
+
+
+def _vggsound_rows(
+    index: Path, root: Path, pattern: str, classes: Sequence[str] | None
+) -> tuple[list[tuple[str, Clip]], list[str]]:
+    """(split, clip) of every row in file order, and the class names."""
     rows = []
     for line, row in _rows(index):
         if len(row) != 4:
@@ -131,21 +169,11 @@ def read_vggsound(
     for line, youtube_id, start, label, row_split in rows:
         if label not in lookup:
             raise IndexFormatError(index, line, f"unknown label {label!r}")
-        if split is not None and row_split != split:
-            continue
         path = _file(
             root, pattern, index, line, youtube_id=youtube_id, start=start, label=label, split=row_split
         )
-        clips.append(Clip(path, lookup[label], source=f"{index}:{line}"))
-    if not clips:
-        present = ", ".join(sorted({r[4] for r in rows}))
-        raise IndexFormatError(
-            index,
-            None,
-            f"no clips in split {split!r} (the file has splits: {present}); "
-            "set data.train_split / data.val_split (or evaluation.*_split) to one of them",
-        )
-    return Index(clips, names)
+        clips.append((row_split, Clip(path, lookup[label], source=f"{index}:{line}")))
+    return clips, names
 
 
 def read_audioset_labels(path: str | Path) -> list[str]:

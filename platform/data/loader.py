@@ -1,11 +1,15 @@
 """One entry point from a dataset description to a DataLoader: index -> (cached or raw) Dataset -> batches.
 
+`build_from_config` builds a split from a study's `DataConfig`; `preflight_index` checks the whole index
+(every split) before a study starts.
+
 Batches are dicts made by `collate.AVCollate` (or, from the decoded cache, by `batch_reader.CachedBatches`:
 the same keys, dtypes, shapes and values).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -13,11 +17,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from . import avdigits
 from .batch_reader import CachedBatches
+from .cache import VERSION as CACHE_VERSION
 from .cache import CachedAVDataset, write_cache
+from .codecs import default_codec
 from .collate import AVCollate
-from .config import DEFAULT_MAX_BROKEN, KINDS
+from .config import DEFAULT_MAX_BROKEN, KINDS, DataConfig
 from .dataset import AVDataset
-from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
+from .geometry import AUDIOSET_STATS, MIN_CLIP_SECONDS, AudioStats, ClipGeometry
+from .hygiene import HygieneReport, check_splits
 from .indexes import (
     AUDIOSET_PATTERN,
     EPIC_PATTERN,
@@ -26,8 +33,13 @@ from .indexes import (
     read_audioset,
     read_epic,
     read_vggsound,
+    read_vggsound_splits,
 )
 from .scan import ScanReport, scan_clips
+from .shards import ShardBatches, ShardedAVDataset, write_shards
+from .store import is_uri
+
+log = logging.getLogger(__name__)
 
 
 def load_index(
@@ -60,19 +72,74 @@ def load_index(
     raise ValueError(f"unknown dataset kind {kind!r}; choose from {', '.join(KINDS)}")
 
 
-def cache_path(cache_dir: str | Path, split: str | None, geometry: ClipGeometry) -> Path:
-    """Caches are per split and per (short side, stride), so sweeping img_size never reads a wrong cache."""
-    return Path(cache_dir) / f"{split or 'all'}_r{geometry.short_side}_s{geometry.frame_stride}"
+def load_split(config: DataConfig, split: str | None) -> Index:
+    """`load_index` for one split of a study's dataset."""
+    index = config.index_file(split)
+    return load_index(config.kind, config.root, index, split, config.pattern, config.labels, config.target)
+
+
+def load_splits(config: DataConfig) -> dict[str, Index]:
+    """Every split the dataset's index holds: each file of an `index` mapping, each value of a VGGSound-format
+    file's split column, or one AudioSet or EPIC file as the split "all"."""
+    if isinstance(config.index, dict):
+        return {split: load_split(config, split) for split in config.index}
+    if config.kind in ("vggsound", "av-digits"):
+        root = Path(config.root)
+        classes = avdigits.DIGIT_WORDS if config.kind == "av-digits" else None
+        return read_vggsound_splits(
+            config.index or root / "vggsound.csv", root, config.pattern or VGGSOUND_PATTERN, classes
+        )
+    return {"all": load_split(config, None)}
+
+
+def check_index(config: DataConfig) -> HygieneReport:
+    """Conflicting labels, split overlap and duplicate rows across every split of the dataset's index."""
+    return check_splits(load_splits(config))
+
+
+def preflight_index(config: DataConfig) -> HygieneReport:
+    """Before a study: raise IndexHygieneError (every row named) when the index has errors; log warnings."""
+    report = check_index(config).check()
+    if report.warnings:
+        log.warning("%s", report.describe())
+    return report
+
+
+def cache_path(cache_dir: str | Path, split: str | None, geometry: ClipGeometry, fmt: str = "uint8") -> Path:
+    """Caches are per split, per (short side, stride), per cache version and per frame format
+    (`cache_format`), so sweeping img_size never reads a wrong cache and a new avmae writes its own beside an
+    old one instead of refusing it."""
+    name = f"{split or 'all'}_r{geometry.short_side}_s{geometry.frame_stride}_v{CACHE_VERSION}"
+    return Path(cache_dir) / (name if fmt == "uint8" else f"{name}_{fmt}")
+
+
+def open_cache(
+    clips: list, cache_dir: str | Path, split: str | None, geometry: ClipGeometry, train: bool,
+    num_classes: int, multi_label: bool, audio_stats: AudioStats, fmt: str, workers: int, min_clip_s: float,
+) -> CachedAVDataset:
+    """The split's cache in format `fmt`, written first unless it is there; a URI (`s3://...`) names a
+    compressed cache already written and uploaded, read through `store.ShardStore`."""
+    if is_uri(cache_dir):
+        name = cache_path("", split, geometry, fmt).name
+        return ShardedAVDataset(f"{str(cache_dir).rstrip('/')}/{name}", geometry, train, audio_stats)
+    path = cache_path(cache_dir, split, geometry, fmt)
+    if fmt == "uint8":
+        write_cache(clips, path, geometry, num_classes, multi_label, workers=workers, min_clip_s=min_clip_s)
+        return CachedAVDataset(path, geometry, train, audio_stats)
+    write_shards(clips, path, geometry, num_classes, default_codec(fmt), multi_label, workers=workers,
+                 min_clip_s=min_clip_s)
+    return ShardedAVDataset(path, geometry, train, audio_stats)
 
 
 def preflight(
-    dataset: Dataset, max_broken_fraction: float = DEFAULT_MAX_BROKEN, workers: int = 1
+    dataset: Dataset, max_broken_fraction: float = DEFAULT_MAX_BROKEN, workers: int = 1,
+    min_clip_s: float = MIN_CLIP_SECONDS,
 ) -> ScanReport:
     """Count broken clips (probe for raw data, recorded at caching for a cache); raise when too many."""
     if isinstance(dataset, CachedAVDataset):
         report = ScanReport(len(dataset), dataset.broken)
     else:
-        report = scan_clips(dataset.clips, workers=workers)
+        report = scan_clips(dataset.clips, workers=workers, min_clip_s=min_clip_s)
     return report.check(max_broken_fraction)
 
 
@@ -91,11 +158,15 @@ def build_dataset(
     cache_dir: str | Path | None = None,
     max_broken_fraction: float | None = DEFAULT_MAX_BROKEN,
     workers: int = 1,
+    min_clip_s: float = MIN_CLIP_SECONDS,
+    cache_format: str = "uint8",
 ) -> AVDataset | CachedAVDataset:
-    """A split's Dataset: raw decoding when `cache_dir` is None, else the decoded cache (made on first use).
+    """A split's Dataset: raw decoding when `cache_dir` is None, else the decoded cache in `cache_format`
+    (made on first use; `open_cache`).
 
     `audio_stats` defaults to AudioSet's, or to the measured stats for AV-Digits. `workers` processes scan and
     cache. Unless `max_broken_fraction` is None, a preflight raises TooManyBrokenError above that fraction.
+    Clips shorter than `min_clip_s` seconds are broken (`too_short`) in all three.
     """
     table = load_index(kind, root, index, split, pattern, labels, target)
     if audio_stats is None:
@@ -103,15 +174,38 @@ def build_dataset(
     num_classes = len(table.classes)
     if cache_dir is None:
         dataset: AVDataset | CachedAVDataset = AVDataset(
-            table.clips, geometry, train, num_classes, table.multi_label, audio_stats
+            table.clips, geometry, train, num_classes, table.multi_label, audio_stats, min_clip_s=min_clip_s
         )
     else:
-        path = cache_path(cache_dir, split, geometry)
-        write_cache(table.clips, path, geometry, num_classes, table.multi_label, workers=workers)
-        dataset = CachedAVDataset(path, geometry, train, audio_stats)
+        dataset = open_cache(table.clips, cache_dir, split, geometry, train, num_classes, table.multi_label,
+                             audio_stats, cache_format, workers, min_clip_s)
     if max_broken_fraction is not None:
-        preflight(dataset, max_broken_fraction, workers)
+        preflight(dataset, max_broken_fraction, workers, min_clip_s)
     return dataset
+
+
+def build_from_config(
+    config: DataConfig, split: str, geometry: ClipGeometry, train: bool
+) -> AVDataset | CachedAVDataset:
+    """`build_dataset` for one split of a study's dataset."""
+    stats = None if config.audio_mean is None else AudioStats(config.audio_mean, config.audio_std)
+    return build_dataset(
+        config.kind,
+        config.root,
+        config.index_file(split),
+        split,
+        geometry,
+        train,
+        pattern=config.pattern,
+        labels=config.labels,
+        target=config.target,
+        audio_stats=stats,
+        cache_dir=config.cache_dir,
+        max_broken_fraction=config.max_broken_fraction,
+        workers=config.workers,
+        min_clip_s=config.min_clip_s,
+        cache_format=config.cache_format,
+    )
 
 
 def build_loader(
@@ -144,7 +238,8 @@ def build_loader(
         num_classes, multi_label = base.num_classes, base.multi_label
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     if isinstance(base, CachedAVDataset):
-        dataset, num_workers = CachedBatches(dataset, threads=num_workers, pin_memory=pin_memory), 0
+        reader = ShardBatches if isinstance(base, ShardedAVDataset) else CachedBatches
+        dataset, num_workers = reader(dataset, threads=num_workers, pin_memory=pin_memory), 0
     return DataLoader(
         dataset,
         batch_size=batch_size,

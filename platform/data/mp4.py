@@ -33,7 +33,7 @@ def write_mp4(
             video.pix_fmt = "yuv420p"
             # mbtree off: with it, x264's SIMD code depends on memory it never initialised, and the same
             # frames encoded to different bytes from one call to the next, so an AV-Digits seed gave a
-            # different benchmark (issue 17; tests/test_data_mp4.py). Files are larger at the same crf.
+            # different benchmark (tests/test_data_mp4.py). Files are larger at the same crf.
             video.options = {"preset": "veryfast", "crf": str(crf), "threads": "1", "x264-params": "mbtree=0"}
         sound = None
         if audio is not None:

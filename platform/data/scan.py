@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from tqdm import tqdm
 
 from . import decode
 from .broken import BrokenClip, BrokenRecord
 from .config import DEFAULT_MAX_BROKEN
+from .geometry import MIN_CLIP_SECONDS
 from .indexes import Clip
 from .pool import process_pool
 
@@ -55,37 +57,32 @@ def _example(record: BrokenRecord) -> str:
     return f"{record.path} ({about})" if about else record.path
 
 
-def probe_clip(clip: Clip) -> BrokenRecord | None:
-    """Why the clip is broken, or None: container, both streams, first frames, span, audio cover."""
+def probe_clip(clip: Clip, min_clip_s: float = MIN_CLIP_SECONDS) -> BrokenRecord | None:
+    """Why the clip is broken, or None: the verdict raw training and the cache give it (`decode.plan_clip`),
+    from demuxed timestamps and first frames, without a full decode."""
     try:
-        decode.probe(clip.path)
-        video_end, audio_end = decode.decode_first_frames(clip.path)
-        if video_end is not None and clip.start >= video_end:
-            raise BrokenClip(
-                str(clip.path), "truncated", f"segment starts at {clip.start} s, video ends at {video_end} s"
-            )
-        if video_end is not None and audio_end is not None:
-            end = video_end if clip.end is None else min(clip.end, video_end)
-            audio = (audio_end if clip.end is None else min(clip.end, audio_end)) - clip.start
-            decode.check_audio_cover(clip.path, max(audio, 0.0), end - clip.start)
+        decode.plan_clip(clip.path, clip.start, clip.end, min_clip_s)
     except BrokenClip as err:
         return BrokenRecord(err.path, err.reason, clip.source, err.detail)
     return None
 
 
-def scan_clips(clips: Sequence[Clip], workers: int = 1, progress: bool = False) -> ScanReport:
+def scan_clips(
+    clips: Sequence[Clip], workers: int = 1, progress: bool = False, min_clip_s: float = MIN_CLIP_SECONDS
+) -> ScanReport:
     """Probe every clip (in `workers` processes); cheap: no full decode."""
+    probe = partial(probe_clip, min_clip_s=min_clip_s)
     bar = tqdm(total=len(clips), desc="scanning", unit="clip", disable=not progress)
     with bar:
         if workers <= 1:
             results = []
             for clip in clips:
-                results.append(probe_clip(clip))
+                results.append(probe(clip))
                 bar.update()
         else:
             with process_pool(workers) as pool:
                 results = []
-                for result in pool.map(probe_clip, clips, chunksize=16):
+                for result in pool.map(probe, clips, chunksize=16):
                     results.append(result)
                     bar.update()
     return ScanReport(len(clips), [r for r in results if r is not None])

@@ -5,7 +5,7 @@ Shared by the raw and the cached dataset so both yield the same distribution of 
 Temporal choice: the video window starts at a multiple of `frame_stride` within the clip (so the cache can
 store every stride-th frame and still offer every window); audio starts at the same *relative* offset u in
 [0, 1] of its own slack (Scenic's rule), so with a 10 s audio window and a 2.56 s video window the video
-always lies inside the audio window. Stride counts frames of the clip's even time grid (`decode.FrameGrid`:
+always lies inside the audio window. Stride counts frames of the clip's even time grid (`decode.ClipPlan`:
 the file's own frames at a constant frame rate): 16 frames at stride 4 span 64 of them, whatever the file's
 fps. Train draws the window at random, eval takes the middle one.
 """
