@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SPEECH ?=
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test lint clean
+.PHONY: install quickstart test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: no Ray runtime, no browser, no servers (under 3 minutes on 2 cores). `make test` is the suite.
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not ray and not browser and not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -24,9 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from avmae.platform.prepare import absolute, prepare_data
-from avmae.platform.spec import StudySpec, parse_spec
-from avmae.platform.study import Launch, free_port, run_study
+from avmae.platform.study.prepare import absolute, prepare_data
+from avmae.platform.study.record import Launch
+from avmae.platform.study.runner import run_study
+from avmae.platform.study.runtime import free_port
+from avmae.platform.study.spec import StudySpec, parse_spec
 from ray import tune
 
 BIN = Path(sys.executable).parent  # the venv's `ray`

@@ -2,7 +2,7 @@
 encoder under the study's own probe, and does the raw input already solve the task?
 
 For each seed: the random-init encoder of that seed is probed, then pretrained from that same init (the
-recipe and step the platform trains with, `platform/learning.py`) on the train split held in memory
+recipe and step the platform trains with, `platform/evaluation/learning.py`) on the train split held in memory
 (unaugmented, centred windows), and probed again; the raw input is probed once. Prints, per pooling and
 probe setting, the mean over seeds with 95% t intervals and the paired difference pretrained - random init.
 The defaults are the recipe of experiments/miniature.yaml. The docs table (docs/miniature.md) is its output:
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from avmae.dashboards.stats import mean_ci, paired_difference
 from avmae.platform.data import AVDigitsBuild
-from avmae.platform.learning import Miniature, measure
-from avmae.platform.probe import Pooling
-from avmae.platform.spec import PROBE_MODALITIES
+from avmae.platform.evaluation.learning import Miniature, measure
+from avmae.platform.evaluation.probe import Pooling
+from avmae.platform.study.spec import PROBE_MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,6 +18,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from checkout import import_module
@@ -194,22 +195,11 @@ def main() -> None:
     print(f"# {device_name}, torch {torch.__version__}", flush=True)
     results, naive = [], {}
     for cfg in configs:
-        try:
-            flops = count_flops(models, cfg, device)
-            rows = args.profile_rows if cfg.name in args.profile else 0
-            with sdpa_backend(cfg.attention):
-                res = run(models, cfg, device, warmup, steps, rows)
-        except torch.OutOfMemoryError:
-            print(f"{cfg.name}: out of memory at batch {cfg.batch}", flush=True)
-            torch.cuda.empty_cache()
+        rows = args.profile_rows if cfg.name in args.profile else 0
+        res = measure_config(models, cfg, device, warmup, steps, rows)
+        if res is None:
             continue
-        except Exception as err:  # one failing configuration must not cost the run's other figures
-            print(f"{cfg.name}: failed: {type(err).__name__}: {err}", flush=True)
-            torch.cuda.empty_cache()
-            continue
-        tflops = flops / 1e12 * res["clips_per_s"] / cfg.batch
-        res.update(name=cfg.name, config=asdict(cfg), tflop_per_step=flops / 1e12, tflops=tflops,
-                   mfu=tflops / PEAK_BF16_TFLOPS, device=device_name, torch=torch.__version__)
+        res["device"] = device_name
         if cfg.naive:
             naive[cfg.family] = res["clips_per_s"]
         res["x_naive"] = res["clips_per_s"] / naive.get(cfg.family, float("nan"))
@@ -217,12 +207,36 @@ def main() -> None:
         print(json.dumps(res), flush=True)
         if args.json:  # after every configuration: a run cut short keeps what it measured
             args.json.write_text(json.dumps(results, indent=1))
+    print_table(results)
+
+
+def measure_config(models: Any, cfg: Any, device: torch.device, warmup: int, steps: int, rows: int
+                   ) -> dict[str, Any] | None:
+    """One configuration's step time, throughput and FLOP rate; None (and why, printed) when it failed."""
+    try:
+        flops = count_flops(models, cfg, device)
+        with sdpa_backend(cfg.attention):
+            res = run(models, cfg, device, warmup, steps, rows)
+    except torch.OutOfMemoryError:
+        print(f"{cfg.name}: out of memory at batch {cfg.batch}", flush=True)
+        torch.cuda.empty_cache()
+        return None
+    except Exception as err:  # one failing configuration must not cost the run's other figures
+        print(f"{cfg.name}: failed: {type(err).__name__}: {err}", flush=True)
+        torch.cuda.empty_cache()
+        return None
+    tflops = flops / 1e12 * res["clips_per_s"] / cfg.batch
+    res.update(name=cfg.name, config=asdict(cfg), tflop_per_step=flops / 1e12, tflops=tflops,
+               mfu=tflops / PEAK_BF16_TFLOPS, torch=torch.__version__)
+    return res
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
     header = ("config", "clips/s", "ms/step", "TFLOP/s", "MFU", "mem GiB", "x naive")
     print("\n{:28} {:>9} {:>8} {:>8} {:>6} {:>8} {:>8}".format(*header))
     for r in results:
         print(f"{r['name']:28} {r['clips_per_s']:9.1f} {r['ms_per_step']:8.1f} {r['tflops']:8.1f} "
               f"{100 * r['mfu']:5.1f}% {r['peak_mem_gib']:8.1f} {r['x_naive']:8.2f}")
-
 
 if __name__ == "__main__":
     main()

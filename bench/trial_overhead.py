@@ -27,10 +27,11 @@ from typing import Any
 
 import ray
 import ray.train
-from avmae.platform.prepare import absolute, prepare_data
-from avmae.platform.reports import FIRST_STEP_AT
-from avmae.platform.spec import StudySpec, parse_spec
-from avmae.platform.study import Launch, run_study
+from avmae.platform.study.prepare import absolute, prepare_data
+from avmae.platform.study.record import Launch
+from avmae.platform.study.runner import run_study
+from avmae.platform.study.spec import StudySpec, parse_spec
+from avmae.platform.train.reports import FIRST_STEP_AT
 from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -114,11 +115,11 @@ def timeline(tasks: list[Any], start: float, first_step: float) -> list[str]:
 
 def baseline_trial(config: dict[str, Any], spec: StudySpec, storage: str) -> None:
     """stack.md's working pattern, nothing more."""
-    from avmae.platform.trainer import train  # the training module, imported by the trial process
+    from avmae.platform.train.ray_worker import train  # the training module, imported by the trial process
 
     TorchTrainer(
         train,
-        train_loop_config={"spec": spec, "params": config},  # the spec object: its imports follow it
+        train_loop_config={"spec": spec, "trial": spec.resolve_trial(config)},  # their imports follow
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.99}),
         run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=storage,
                                        callbacks=[TuneReportCallback()]),

@@ -138,21 +138,23 @@ class ComputeMatched:
 
 def compute_matched(scores: Mapping[str, Sequence[float]], costs: Mapping[str, Sequence[float]],
                     higher_is_better: bool = True, replace: bool = True, alpha: float = ALPHA,
-                    seed: int = BOOTSTRAP_SEED, n_permutations: int = N_BOOTSTRAP) -> ComputeMatched:
-    """Which cell is ahead at the budget the cheapest cell spent (in GPU-hours) and at each cell's whole
-    spend: `scores[cell][j]` is trial j's score (NaN where it has none), `costs[cell][j]` its GPU-hours."""
+                    seed: int = BOOTSTRAP_SEED, n_permutations: int = N_BOOTSTRAP, unit: str = "GPU-hours"
+                    ) -> ComputeMatched:
+    """Which cell is ahead at the budget the cheapest cell spent and at each cell's whole spend:
+    `scores[cell][j]` is trial j's score (NaN where it has none), `costs[cell][j]` its cost in `unit`
+    (GPU-hours; CPU-hours for a study without GPUs)."""
     trials = {cell: (np.asarray(scores[cell], dtype=float) * (1.0 if higher_is_better else -1.0),
                      np.asarray(costs[cell], dtype=float)) for cell in scores}
     matched = min((float(c.sum()) for _, c in trials.values()), default=math.nan)
-    return ComputeMatched(*(_verdict(trials, hours, higher_is_better, replace, alpha, seed, n_permutations)
-                            for hours in (matched, None)))
+    return ComputeMatched(*(_verdict(trials, hours, higher_is_better, replace, alpha, seed, n_permutations,
+                                     unit) for hours in (matched, None)))
 
 
 def _verdict(trials: Mapping[str, tuple[np.ndarray, np.ndarray]], hours: float | None, higher_is_better: bool,
-             replace: bool, alpha: float, seed: int, n_permutations: int) -> BudgetVerdict:
+             replace: bool, alpha: float, seed: int, n_permutations: int, unit: str) -> BudgetVerdict:
     """`trials[cell]`: (scores, higher is better, NaN where none; costs)."""
     sign = 1.0 if higher_is_better else -1.0
-    where = f"at {hours:.3g} GPU-hours" if hours is not None else "at each cell's whole budget"
+    where = f"at {hours:.3g} {unit}" if hours is not None else "at each cell's whole budget"
     bought, best, sd = {}, {}, {}
     for cell, (s, c) in trials.items():
         n, cost = _cost_per_scored_trial(s, c)

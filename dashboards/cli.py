@@ -57,7 +57,7 @@ def dashboard(studies: tuple[str, ...], tracking_uri: str | None, out: Path | No
 
 def _running(uri: str, study: str) -> bool:
     """Whether the study's parent run is still RUNNING (its sweep has not ended)."""
-    from avmae.platform import tracking as T
+    from avmae.platform.tracking import layout as T
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)

@@ -1,4 +1,4 @@
-"""MLflow -> tidy pandas frames for one study, using only the layout in `avmae.platform.tracking`.
+"""MLflow -> tidy pandas frames for one study, using only the layout in `avmae.platform.tracking.layout`.
 
 Only MLflow's client API is used, so the same code reads a local SQLite store or a remote server, and
 dashboards can be rebuilt while Ray is down or long after the sweep ended.
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pandas as pd
-from avmae.platform import tracking as T
+from avmae.platform.tracking import layout as T
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -58,6 +58,12 @@ class StudyData:
     epochs: pd.DataFrame
     baselines: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=BASELINE_COLUMNS))
     settings: dict[str, str] = field(default_factory=dict)  # the study run's params: its flattened config
+    heartbeat_ms: int | None = None  # when the study's driver last beat (`T.HEARTBEAT_TAG`); None: no beat
+
+    @property
+    def driver_lost(self) -> bool:
+        """The study run says RUNNING but its driver stopped beating (killed, its machine gone)."""
+        return T.driver_lost(self.parent_status, self.heartbeat_ms, int(time.time() * 1000))
 
     @property
     def interrupted(self) -> bool:
@@ -151,6 +157,7 @@ def collect_study(client: MlflowClient, study: str) -> StudyData:
         epochs=_curve_frame(runs, histories, EPOCH_METRICS, "epoch"),
         baselines=_baselines(client, parent),
         settings=dict(parent.data.params),
+        heartbeat_ms=T.heartbeat_ms(parent.data.tags),
     )
 
 

@@ -7,6 +7,8 @@ Traces carry `meta` (trial id, metric, role) so the figures can be checked by th
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,7 +48,7 @@ from avmae.dashboards.verdicts import (
     gains_over_random_init,
     lr_verdicts,
 )
-from avmae.platform import tracking as T
+from avmae.platform.tracking import layout as T
 from plotly.colors import sample_colorscale, sequential
 from plotly.subplots import make_subplots
 
@@ -87,40 +89,60 @@ def learning_curves(data: StudyData) -> go.Figure:
         column_titles=[f"objective={o}" for o in objectives], row_titles=[f"fusion={f}" for f in fusions],
         vertical_spacing=0.06, horizontal_spacing=0.05,
     )
-    color = _lr_colors(trials["lr"] if "lr" in trials else pd.Series(dtype=float))
+    lrs = trials["lr"] if "lr" in trials else pd.Series(dtype=float)
     for metric, frame, x in views:
-        legend_shown = False
-        for trial_id, points in frame.dropna(subset=[metric]).groupby("trial_id", sort=False):
-            trial = trials.loc[trial_id]
-            row, col = fusions.index(trial["fusion"]) + 1, objectives.index(trial["objective"]) + 1
-            lr = trial.get("lr", math.nan)
-            fig.add_trace(go.Scatter(
-                x=points[x], y=points[metric], mode="lines", showlegend=False, visible=metric == views[0][0],
-                line={"color": color(lr), "dash": STATUS_DASH.get(trial["status"], "solid"), "width": 1.5},
-                name=f"trial {trial_id}", meta={"role": "curve", "trial_id": trial_id, "metric": metric},
-                hovertemplate=f"trial {trial_id} ({trial['status']})<br>{trial['cell']}<br>lr={_fmt(lr)}"
-                              f"<br>{x}=%{{x}}<br>{metric}=%{{y:.4f}}<extra></extra>",
-            ), row=row, col=col)
-            if trial["status"] == DIVERGED:
-                at = trial["diverged_step"] if x == "step" else points[x].iloc[-1]
-                fig.add_trace(go.Scatter(
-                    x=[at], y=[points[metric].iloc[-1]], mode="markers", visible=metric == views[0][0],
-                    marker=DIVERGED_MARKER, name="diverged", legendgroup=DIVERGED,
-                    showlegend=not legend_shown,
-                    meta={"role": "diverged", "trial_id": trial_id, "metric": metric},
-                    hovertemplate=f"trial {trial_id} diverged at step {trial['diverged_step']:.0f}"
-                                  f"<br>lr={_fmt(lr)}<br>last finite {metric}=%{{y:.4f}}<extra></extra>",
-                ), row=row, col=col)
-                legend_shown = True
-    for status in STATUSES:  # legend entries that explain the line styles
-        if status != DIVERGED and (trials["status"] == status).any():
-            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{status} trial",
-                                     line={"color": "#555", "dash": STATUS_DASH[status]}))
-    fig.add_trace(_lr_colorbar(trials["lr"] if "lr" in trials else pd.Series(dtype=float)))
+        _curve_traces(fig, trials, frame, metric, x, visible=metric == views[0][0], color=_lr_colors(lrs),
+                      cells=(fusions, objectives))
+    _status_legend(fig, trials)
+    fig.add_trace(_lr_colorbar(lrs))
     for r, fusion in enumerate(fusions, start=1):
         for c, objective in enumerate(objectives, start=1):
             if not ((trials["fusion"] == fusion) & (trials["objective"] == objective)).any():
                 _note(fig, "not run", r, c)
+    _curve_layout(fig, title, views, fusions, objectives)
+    return fig
+
+
+def _curve_traces(fig: go.Figure, trials: pd.DataFrame, frame: pd.DataFrame, metric: str, x: str,
+                  visible: bool, color: Any, cells: tuple[list[str], list[str]]) -> None:
+    """One line per trial of `metric` vs `x` in its (fusion, objective) panel, and a ✕ where it diverged."""
+    fusions, objectives = cells
+    legend_shown = False
+    for trial_id, points in frame.dropna(subset=[metric]).groupby("trial_id", sort=False):
+        trial = trials.loc[trial_id]
+        row, col = fusions.index(trial["fusion"]) + 1, objectives.index(trial["objective"]) + 1
+        lr = trial.get("lr", math.nan)
+        fig.add_trace(go.Scatter(
+            x=points[x], y=points[metric], mode="lines", showlegend=False, visible=visible,
+            line={"color": color(lr), "dash": STATUS_DASH.get(trial["status"], "solid"), "width": 1.5},
+            name=f"trial {trial_id}", meta={"role": "curve", "trial_id": trial_id, "metric": metric},
+            hovertemplate=f"trial {trial_id} ({trial['status']})<br>{trial['cell']}<br>lr={_fmt(lr)}"
+                          f"<br>{x}=%{{x}}<br>{metric}=%{{y:.4f}}<extra></extra>",
+        ), row=row, col=col)
+        if trial["status"] == DIVERGED:
+            at = trial["diverged_step"] if x == "step" else points[x].iloc[-1]
+            fig.add_trace(go.Scatter(
+                x=[at], y=[points[metric].iloc[-1]], mode="markers", visible=visible,
+                marker=DIVERGED_MARKER, name="diverged", legendgroup=DIVERGED,
+                showlegend=not legend_shown,
+                meta={"role": "diverged", "trial_id": trial_id, "metric": metric},
+                hovertemplate=f"trial {trial_id} diverged at step {trial['diverged_step']:.0f}"
+                              f"<br>lr={_fmt(lr)}<br>last finite {metric}=%{{y:.4f}}<extra></extra>",
+            ), row=row, col=col)
+            legend_shown = True
+
+
+def _status_legend(fig: go.Figure, trials: pd.DataFrame) -> None:
+    """Legend entries that explain the line styles of the statuses present."""
+    for status in STATUSES:
+        if status != DIVERGED and (trials["status"] == status).any():
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{status} trial",
+                                     line={"color": "#555", "dash": STATUS_DASH[status]}))
+
+
+def _curve_layout(fig: go.Figure, title: str, views: list[tuple[str, pd.DataFrame, str]], fusions: list[str],
+                  objectives: list[str]) -> None:
+    """Log loss axes, the x title of the bottom row, and the dropdown that shows one metric at a time."""
     bottom = [fig.get_subplot(len(fusions), c + 1).xaxis.plotly_name for c in range(len(objectives))]
     heading = "{} per trial vs {}, colour = learning rate, ✕ = diverged"
     buttons = [
@@ -141,7 +163,6 @@ def learning_curves(data: StudyData) -> go.Figure:
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
         margin={"t": 110}, template=TEMPLATE,
     )
-    return fig
 
 
 def lr_stability(data: StudyData) -> go.Figure:
@@ -154,6 +175,10 @@ def lr_stability(data: StudyData) -> go.Figure:
     title = "Learning-rate stability"
     if "lr" not in trials or not pd.api.types.is_numeric_dtype(trials["lr"]) or not (trials["lr"] > 0).any():
         return _empty(title, "no trial has a numeric learning rate yet")
+    lrs = sorted(set(trials.loc[trials["lr"] > 0, "lr"]))
+    if len(lrs) == 1:
+        return _empty(title, f"this study asked no learning-rate question: every trial ran at base lr "
+                             f"{lrs[0]:g}")
     trials = trials[trials["lr"] > 0].assign(**{CONFIG: configurations(data)})
     objectives = axis_values(trials["objective"], "objective")
     loss, score = loss_metric(trials), primary_score(trials)
@@ -199,45 +224,13 @@ def _wrap(sentence: str) -> str:
 
 def _stability_panel(fig: go.Figure, group: pd.DataFrame, metric: str, diverged_at: str, row: int, col: int
                      ) -> None:
+    """One objective's `metric` vs lr: the per-lr mean of finished trials, each finished configuration, the
+    pruned trials, and the diverged ones drawn in a band beyond the data."""
     has_value = group[metric].notna() if metric in group else pd.Series(False, index=group.index)
     finished = group[(group["status"] == FINISHED) & has_value]
     if len(finished):
-        # The same per-lr means and intervals as the verdict: stats.lr_verdict does the binning.
-        higher = metric.startswith(T.PROBE_PREFIX)
-        ended = group[group["status"].isin([FINISHED, PRUNED, DIVERGED])]
-        scores = ended[metric].where(ended["status"] == FINISHED)
-        verdict = lr_verdict("", metric, ended["lr"], scores, ended["status"] == DIVERGED,
-                             higher_is_better=higher)
-        points = [p for p in verdict.points if p.score.n]
-        mean = np.array([p.score.mean for p in points])
-        upper = np.array([p.score.hi - p.score.mean if p.score.has_interval else 0.0 for p in points])
-        lower = np.array([p.score.mean - p.score.lo if p.score.has_interval else 0.0 for p in points])
-        fig.add_trace(go.Scatter(
-            x=[p.lr for p in points], y=mean, mode="lines+markers", name="mean of finished trials, 95% CI",
-            line={"color": "#333"}, marker={"size": 6}, showlegend=_once(fig, "mean"), legendgroup="mean",
-            error_y={"type": "data", "symmetric": False, "array": upper, "arrayminus": lower,
-                     "color": "#999"},
-            customdata=[[p.score.n, p.n_diverged, p.n_trials, p.spikes] for p in points],
-            meta={"role": "mean", "metric": metric},
-            hovertemplate="lr≈%{x:.3g}<br>mean=%{y:.4f}<br>n=%{customdata[0]} finished<br>"
-                          "diverged %{customdata[1]}/%{customdata[2]}<br>grad-norm spikes %{customdata[3]}"
-                          "<extra></extra>",
-        ), row=row, col=col)
-        configs = [(config, mean_ci(runs[metric], bounds=score_bounds(metric)), runs)
-                   for config, runs in finished.groupby(CONFIG, sort=False)]
-        fig.add_trace(go.Scatter(
-            x=[t["lr"].iloc[0] for _, _, t in configs], y=[ci.mean for _, ci, _ in configs], mode="markers",
-            name="finished configuration (mean over seeds)",
-            marker={"symbol": "circle", "size": 8, "color": STATUS_COLOR[FINISHED], "opacity": 0.8},
-            error_y={"type": "data", "symmetric": False, "color": STATUS_COLOR[FINISHED],
-                     "array": [ci.hi - ci.mean if ci.has_interval else 0.0 for _, ci, _ in configs],
-                     "arrayminus": [ci.mean - ci.lo if ci.has_interval else 0.0 for _, ci, _ in configs]},
-            showlegend=_once(fig, FINISHED), legendgroup=FINISHED,
-            customdata=[[", ".join(t["trial_id"].astype(str)), ci.n, ci.text()] for _, ci, t in configs],
-            meta={"role": FINISHED, "metric": metric},
-            hovertemplate="trial(s) %{customdata[0]}<br>lr=%{x:.3g}<br>" + metric
-                          + "=%{customdata[2]}<br>n=%{customdata[1]} seed(s)<extra></extra>",
-        ), row=row, col=col)
+        fig.add_trace(_lr_means(fig, group, metric), row=row, col=col)
+        fig.add_trace(_finished_configurations(fig, finished, metric), row=row, col=col)
     points = group[(group["status"] == PRUNED) & has_value]
     if len(points):
         fig.add_trace(go.Scatter(
@@ -250,19 +243,66 @@ def _stability_panel(fig: go.Figure, group: pd.DataFrame, metric: str, diverged_
     diverged = group[group["status"] == DIVERGED]
     if len(diverged):
         y = _band(group.loc[has_value & group["status"].isin([FINISHED, PRUNED]), metric], diverged_at)
-        steps = diverged["diverged_step"].fillna(-1).astype(int)
-        fig.add_trace(go.Scatter(
-            x=diverged["lr"], y=[y] * len(diverged), mode="markers+text", name="diverged (no final value)",
-            text=["diverged"] * len(diverged), textfont={"color": STATUS_COLOR[DIVERGED], "size": 10},
-            textposition="bottom center" if diverged_at == "top" else "top center",
-            marker=DIVERGED_MARKER, showlegend=_once(fig, DIVERGED), legendgroup=DIVERGED,
-            meta={"role": DIVERGED, "metric": metric},
-            customdata=np.stack([diverged["trial_id"].astype(str), steps], axis=-1),
-            hovertemplate="trial %{customdata[0]} diverged at step %{customdata[1]}"
-                          "<br>lr=%{x:.3g}<extra></extra>",
-        ), row=row, col=col)
+        fig.add_trace(_diverged_band(fig, diverged, metric, y, diverged_at), row=row, col=col)
     if not has_value.any() and not len(diverged):
         _note(fig, f"no {metric} yet", row, col)
+
+
+def _lr_means(fig: go.Figure, group: pd.DataFrame, metric: str) -> go.Scatter:
+    """The per-lr mean of finished trials with its 95% interval: the same binning as the verdict
+    (`stats.lr_verdict`), so the line and the sentence agree."""
+    ended = group[group["status"].isin([FINISHED, PRUNED, DIVERGED])]
+    scores = ended[metric].where(ended["status"] == FINISHED)
+    verdict = lr_verdict("", metric, ended["lr"], scores, ended["status"] == DIVERGED,
+                         higher_is_better=metric.startswith(T.PROBE_PREFIX))
+    points = [p for p in verdict.points if p.score.n]
+    mean = np.array([p.score.mean for p in points])
+    upper = np.array([p.score.hi - p.score.mean if p.score.has_interval else 0.0 for p in points])
+    lower = np.array([p.score.mean - p.score.lo if p.score.has_interval else 0.0 for p in points])
+    return go.Scatter(
+        x=[p.lr for p in points], y=mean, mode="lines+markers", name="mean of finished trials, 95% CI",
+        line={"color": "#333"}, marker={"size": 6}, showlegend=_once(fig, "mean"), legendgroup="mean",
+        error_y={"type": "data", "symmetric": False, "array": upper, "arrayminus": lower, "color": "#999"},
+        customdata=[[p.score.n, p.n_diverged, p.n_trials, p.spikes] for p in points],
+        meta={"role": "mean", "metric": metric},
+        hovertemplate="lr≈%{x:.3g}<br>mean=%{y:.4f}<br>n=%{customdata[0]} finished<br>"
+                      "diverged %{customdata[1]}/%{customdata[2]}<br>grad-norm spikes %{customdata[3]}"
+                      "<extra></extra>",
+    )
+
+
+def _finished_configurations(fig: go.Figure, finished: pd.DataFrame, metric: str) -> go.Scatter:
+    """One marker per finished configuration: its mean over seeds with the 95% interval."""
+    configs = [(config, mean_ci(runs[metric], bounds=score_bounds(metric)), runs)
+               for config, runs in finished.groupby(CONFIG, sort=False)]
+    return go.Scatter(
+        x=[t["lr"].iloc[0] for _, _, t in configs], y=[ci.mean for _, ci, _ in configs], mode="markers",
+        name="finished configuration (mean over seeds)",
+        marker={"symbol": "circle", "size": 8, "color": STATUS_COLOR[FINISHED], "opacity": 0.8},
+        error_y={"type": "data", "symmetric": False, "color": STATUS_COLOR[FINISHED],
+                 "array": [ci.hi - ci.mean if ci.has_interval else 0.0 for _, ci, _ in configs],
+                 "arrayminus": [ci.mean - ci.lo if ci.has_interval else 0.0 for _, ci, _ in configs]},
+        showlegend=_once(fig, FINISHED), legendgroup=FINISHED,
+        customdata=[[", ".join(t["trial_id"].astype(str)), ci.n, ci.text()] for _, ci, t in configs],
+        meta={"role": FINISHED, "metric": metric},
+        hovertemplate="trial(s) %{customdata[0]}<br>lr=%{x:.3g}<br>" + metric
+                      + "=%{customdata[2]}<br>n=%{customdata[1]} seed(s)<extra></extra>",
+    )
+
+
+def _diverged_band(fig: go.Figure, diverged: pd.DataFrame, metric: str, y: float, where: str) -> go.Scatter:
+    """Diverged trials have no final value: a ✕ per trial at `y`, labelled, with the step it diverged at."""
+    steps = diverged["diverged_step"].fillna(-1).astype(int)
+    return go.Scatter(
+        x=diverged["lr"], y=[y] * len(diverged), mode="markers+text", name="diverged (no final value)",
+        text=["diverged"] * len(diverged), textfont={"color": STATUS_COLOR[DIVERGED], "size": 10},
+        textposition="bottom center" if where == "top" else "top center",
+        marker=DIVERGED_MARKER, showlegend=_once(fig, DIVERGED), legendgroup=DIVERGED,
+        meta={"role": DIVERGED, "metric": metric},
+        customdata=np.stack([diverged["trial_id"].astype(str), steps], axis=-1),
+        hovertemplate="trial %{customdata[0]} diverged at step %{customdata[1]}"
+                      "<br>lr=%{x:.3g}<extra></extra>",
+    )
 
 
 def _band(values: pd.Series, where: str) -> float:
@@ -289,21 +329,16 @@ def ablation_table(data: StudyData) -> go.Figure:
     modality = next(iter(scores), None)  # the primary score's modality: AV when logged
     summary = cell_summary(data)
     best = best_cells(data, summary)
-    cells = summary
-    if modality:  # cells that differ on a further axis share a square: the best of them shows
-        cells = cells.sort_values(modality, ascending=False, na_position="last")
-    cells = cells.drop_duplicates(list(CELL_AXES)).set_index(list(CELL_AXES))
+    cells = _one_per_square(summary, modality)
     objectives = axis_values(trials["objective"], "objective")
-    fusions, decoders = axis_values(trials["fusion"], "fusion"), axis_values(trials["decoder"], "decoder")
-    grids = {o: np.array([[cells.loc[(f, d, o), modality] if modality and (f, d, o) in cells.index else np.nan
-                           for d in decoders] for f in fusions], dtype=float) for o in objectives}
+    axes = axis_values(trials["fusion"], "fusion"), axis_values(trials["decoder"], "decoder")
+    grids = {o: _score_grid(cells, modality, o, *axes) for o in objectives}
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     hi = hi if hi > lo else lo + 0.01  # one score still needs a colour range
     verdict = {o: _verdict_text(best[o], summary) if o in best else "" for o in objectives}
     table = _ablation_rows(summary, scores, baseline_rows(data), best, gains_over_random_init(data, summary))
-    table_px = 60 + 26 * len(table.cells.values[0])
-    grid_px = 110 * len(fusions) + 60
+    table_px, grid_px = 60 + 26 * len(table.cells.values[0]), 110 * len(axes[0]) + 60
     fig = make_subplots(
         rows=2, cols=len(objectives), row_heights=[grid_px, table_px], horizontal_spacing=0.08,
         vertical_spacing=90 / (grid_px + table_px + 90),
@@ -311,27 +346,9 @@ def ablation_table(data: StudyData) -> go.Figure:
                [{"type": "table", "colspan": len(objectives)}] + [None] * (len(objectives) - 1)],
         subplot_titles=[f"objective={o}<br><sub>{verdict[o]}</sub>" for o in objectives] + [""])
     for c, objective in enumerate(objectives, start=1):
-        z = grids[objective]
-        fig.add_trace(go.Heatmap(
-            x=decoders, y=fusions, z=z, coloraxis="coloraxis", xgap=3, ygap=3, hoverinfo="skip",
-            meta={"role": "scores", "objective": objective},
-        ), row=1, col=c)
-        xs, ys = np.meshgrid(decoders, fusions)
-        dark = np.nan_to_num((z - lo) / (hi - lo or 1.0)) > 0.6  # white text on the darker cells
-        fig.add_trace(go.Scatter(
-            x=xs.ravel(), y=ys.ravel(), mode="text", showlegend=False, hoverinfo="text",
-            text=[_cell_text(cells, (f, d, objective), scores) for f in fusions for d in decoders],
-            textfont={"size": 12, "color": np.where(dark.ravel(), "white", "#222")},
-            meta={"role": "cell_text", "objective": objective, "verdict": verdict[objective]},
-        ), row=1, col=c)
         winner = best[objective].winner if objective in best else None
-        if winner is not None:
-            f, d = (summary.set_index("cell").loc[winner, axis] for axis in ("fusion", "decoder"))
-            i, j = fusions.index(f), decoders.index(d)
-            fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, row=1, col=c,
-                          line={"color": "#e15759", "width": 4}, name=f"best:{f},{d}")
-        fig.update_xaxes(title_text="decoder", row=1, col=c)
-        fig.update_yaxes(autorange="reversed", row=1, col=c)
+        _ObjectivePanel(objective, grids[objective], verdict[objective], *axes, col=c).draw(
+            fig, cells, scores, (lo, hi), winner, summary)
     fig.add_trace(table, row=2, col=1)
     fig.update_yaxes(title_text="encoder fusion", row=1, col=1)
     ranked_by = scores.get(modality) or loss_metric(trials)
@@ -345,6 +362,59 @@ def ablation_table(data: StudyData) -> go.Figure:
         height=grid_px + table_px + 190, margin={"t": 130}, template=TEMPLATE,
     )
     return fig
+
+
+def _one_per_square(summary: pd.DataFrame, modality: str | None) -> pd.DataFrame:
+    """Cells indexed by (fusion, decoder, objective); cells that differ on a further axis share a square, and
+    the best of them by the primary score shows."""
+    cells = summary.sort_values(modality, ascending=False, na_position="last") if modality else summary
+    return cells.drop_duplicates(list(CELL_AXES)).set_index(list(CELL_AXES))
+
+
+def _score_grid(cells: pd.DataFrame, modality: str | None, objective: str, fusions: list[str],
+                decoders: list[str]) -> np.ndarray:
+    """The primary score of each (fusion, decoder) square of one objective; NaN where no cell ran."""
+    return np.array([[cells.loc[(f, d, objective), modality]
+                      if modality and (f, d, objective) in cells.index else np.nan
+                      for d in decoders] for f in fusions], dtype=float)
+
+
+@dataclass(frozen=True)
+class _ObjectivePanel:
+    """One objective's fusion x decoder heatmap in column `col` of the ablation figure."""
+
+    objective: str
+    z: np.ndarray
+    verdict: str
+    fusions: list[str]
+    decoders: list[str]
+    col: int
+
+    def draw(self, fig: go.Figure, cells: pd.DataFrame, scores: dict[str, str], span: tuple[float, float],
+             winner: str | None, summary: pd.DataFrame) -> None:
+        """The scores as colour, each square's text, and a box around the significantly best cell."""
+        lo, hi = span
+        fig.add_trace(go.Heatmap(
+            x=self.decoders, y=self.fusions, z=self.z, coloraxis="coloraxis", xgap=3, ygap=3,
+            hoverinfo="skip",
+            meta={"role": "scores", "objective": self.objective},
+        ), row=1, col=self.col)
+        xs, ys = np.meshgrid(self.decoders, self.fusions)
+        dark = np.nan_to_num((self.z - lo) / (hi - lo or 1.0)) > 0.6  # white text on the darker cells
+        fig.add_trace(go.Scatter(
+            x=xs.ravel(), y=ys.ravel(), mode="text", showlegend=False, hoverinfo="text",
+            text=[_cell_text(cells, (f, d, self.objective), scores)
+                  for f in self.fusions for d in self.decoders],
+            textfont={"size": 12, "color": np.where(dark.ravel(), "white", "#222")},
+            meta={"role": "cell_text", "objective": self.objective, "verdict": self.verdict},
+        ), row=1, col=self.col)
+        if winner is not None:
+            f, d = (summary.set_index("cell").loc[winner, axis] for axis in ("fusion", "decoder"))
+            i, j = self.fusions.index(f), self.decoders.index(d)
+            fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, row=1, col=self.col,
+                          line={"color": "#e15759", "width": 4}, name=f"best:{f},{d}")
+        fig.update_xaxes(title_text="decoder", row=1, col=self.col)
+        fig.update_yaxes(autorange="reversed", row=1, col=self.col)
 
 
 def _verdict_text(best: Best, cells: pd.DataFrame) -> str:
@@ -505,7 +575,7 @@ def machine_load(data: StudyData) -> go.Figure:
                 showlegend=_once(fig, f"load-{status}"), legendgroup=status,
                 meta={"role": "load", "use": column}), row=1, col=col)
         fig.update_xaxes(title_text=f"{column} (%)", row=1, col=col)
-    fig.update_yaxes(title_text="train/clips_per_s", row=1, col=1)
+    fig.update_yaxes(title_text=T.TRAIN_CLIPS_PER_S, row=1, col=1)
     fig.update_layout(title=title, height=PANEL_HEIGHT + 80, template=TEMPLATE)
     return fig
 
@@ -550,7 +620,7 @@ def importances(data: StudyData) -> go.Figure:
 def overview(data: StudyData) -> go.Figure:
     """Where does the study stand? Trials by status, compute time per cell, and each cell's best config."""
     trials = data.trials
-    state = "interrupted" if data.interrupted else "still running"
+    state = "interrupted" if data.interrupted else "driver lost" if data.driver_lost else "still running"
     partial = f" — partial: study {state}" if data.partial else ""
     title = f"Study overview: {data.name}{partial}"
     if trials.empty:

@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 from avmae.dashboards.collect import StudyData
 from avmae.dashboards.summary import cell_axes, searched_params
-from avmae.platform.tracking import TrialStatus
+from avmae.platform.tracking.layout import TrialStatus
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 

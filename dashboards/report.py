@@ -16,9 +16,11 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 from avmae.dashboards import figures
+from avmae.dashboards.budget_view import budget_view
 from avmae.dashboards.collect import StudyData, collect_study
-from avmae.dashboards.verdicts import gains_lines
-from avmae.platform.tracking import TrialStatus
+from avmae.dashboards.cost import cost_lines
+from avmae.dashboards.verdicts import gains_lines, seeds_to_settle, unsettled_gains
+from avmae.platform.tracking.layout import DRIVER_LOST_AFTER_S, TrialStatus
 from mlflow.tracking import MlflowClient
 
 ARTIFACT_DIR = "dashboard"  # under the study run: dashboard.html, trials.csv, figures/<name>.json
@@ -38,6 +40,8 @@ SECTIONS = (
             figures.learning_curves),
     Section("lr_stability", "Which objective is stable over which learning rates?", figures.lr_stability),
     Section("ablation", "Which fusion × decoder works best, for each objective?", figures.ablation_table),
+    Section("budget", "What does each cell reach for its compute, and which is ahead at equal compute?",
+            budget_view),
     Section("masking", "Which audio / video masking ratios work?", figures.masking_ratios),
     Section("importance", "Which searched parameter mattered?", figures.importances),
     Section("parallel", "How do the searched parameters go with the study metric and the probes?",
@@ -58,13 +62,24 @@ def build_study_dashboard(
     return write_dashboard(client, collect_study(client, study), out, log_to_mlflow)
 
 
-def study_outcome(study: str, tracking_uri: str, out: Path | None = None) -> tuple[Path, list[str]]:
-    """What a sweep ends with, from one read of MLflow: its dashboard (written and logged, as
-    `build_study_dashboard`) and the lines of each cell's gain over the random-init encoder, paired by seed,
-    with the raw input's scores (`verdicts.gains_lines`; none where the study logged no reference rows)."""
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What a sweep ends with: its dashboard, the lines of each cell's gain over the random-init encoder
+    (`verdicts.gains_lines`; none where the study logged no reference rows), and the seeds per configuration
+    that would settle the gains still open (None where none is open, or no number of seeds can)."""
+
+    page: Path
+    lines: list[str]
+    settle_repeats: int | None
+
+
+def study_outcome(study: str, tracking_uri: str, out: Path | None = None) -> StudyOutcome:
+    """The study's outcome from one read of MLflow; the dashboard written and logged as
+    `build_study_dashboard` does."""
     client = MlflowClient(tracking_uri=tracking_uri)
     data = collect_study(client, study)
-    return write_dashboard(client, data, out, log_to_mlflow=True), gains_lines(data)
+    page = write_dashboard(client, data, out, log_to_mlflow=True)
+    return StudyOutcome(page, gains_lines(data) + cost_lines(data), seeds_to_settle(unsettled_gains(data)))
 
 
 def write_dashboard(client: MlflowClient, data: StudyData, out: Path | None, log_to_mlflow: bool) -> Path:
@@ -112,6 +127,10 @@ def _header(data: StudyData) -> str:
         banner = ('<div class="banner" id="partial-banner">partial: study interrupted — '
                   f"{stopped} trial(s) stopped mid-run (`avmae sweep FILE --resume` continues it); "
                   "figures show a snapshot</div>")
+    elif data.driver_lost:
+        banner = ('<div class="banner" id="partial-banner">partial: driver lost — the study run says running '
+                  f"but its driver has not beaten for over {DRIVER_LOST_AFTER_S:.0f} s (`avmae sweep FILE "
+                  "--resume` continues it); figures show a snapshot</div>")
     elif data.partial:
         running = int(counts.get(TrialStatus.RUNNING.value, 0))
         banner = ('<div class="banner" id="partial-banner">partial: study still running — '

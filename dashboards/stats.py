@@ -30,6 +30,7 @@ from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
+from avmae.platform.tracking.layout import PROBE_PREFIX
 from scipy import stats as sps
 
 CONFIDENCE = 0.95
@@ -73,7 +74,7 @@ class Interval:
 
 def score_bounds(metric: str) -> tuple[float, float] | None:
     """The range a metric's mean lies in: [0, 1] for a probe score (accuracy, mAP), none for a loss."""
-    return (0.0, 1.0) if metric.startswith("probe/") else None
+    return (0.0, 1.0) if metric.startswith(PROBE_PREFIX) else None
 
 
 def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE,

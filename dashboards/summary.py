@@ -22,7 +22,7 @@ from avmae.dashboards.collect import (
     score_columns,
 )
 from avmae.dashboards.stats import mean_ci, score_bounds
-from avmae.platform.tracking import SEED_PARAM, TrialStatus
+from avmae.platform.tracking.layout import SEED_PARAM, TrialStatus
 
 STATUSES = tuple(s.value for s in TrialStatus)
 NOT_SEARCHED = (SEED_PARAM, REPEAT)  # vary across trials on purpose, but are no hyperparameters

@@ -6,12 +6,14 @@ asks `stats` and returns what the figures state, so every sentence on the page c
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 from avmae.dashboards import stats
 from avmae.dashboards.collect import REPEAT, StudyData, axis_values, in_axis_order, score_columns
+from avmae.dashboards.power import SeedsNeeded, next_run_paired
 from avmae.dashboards.summary import cell_summary, ranking
-from avmae.platform.tracking import BASELINES, TRAIN_GRAD_NORM, TrialStatus
+from avmae.platform.tracking.layout import BASELINES, TRAIN_GRAD_NORM, TrialStatus
 
 BASELINE_LABEL = {"random_init": "random-init encoder", "raw_input": "raw input"}
 ENDED = (TrialStatus.FINISHED.value, TrialStatus.PRUNED.value, TrialStatus.DIVERGED.value)
@@ -70,17 +72,52 @@ def gains_over_random_init(data: StudyData, cells: pd.DataFrame | None = None
     The reference row's means alone cannot say: seeds move both. The platform draws that encoder with the
     first cell's architecture: for cells built alike it is the very init the trial started from, for others
     (another fusion) a random encoder of the same seed. Empty where no random-init row is logged."""
+    gains: dict[str, dict[str, stats.Comparison]] = {}
+    for cell, column, pretrained, init in _paired_with_random_init(data, cells):
+        gains.setdefault(cell, {})[column] = stats.paired_difference(pretrained, init, cell, "random_init")
+    return gains
+
+
+def _paired_with_random_init(data: StudyData, cells: pd.DataFrame | None
+                             ) -> list[tuple[str, str, dict[int, float], dict[int, float]]]:
+    """(cell, probe column, its best configuration's score by repeat k, the random-init row's by k)."""
     frame = data.baselines[data.baselines["baseline"] == "random_init"]
     if frame.empty:
-        return {}
+        return []
     cells = cell_summary(data) if cells is None else cells
     init = {probe: dict(zip(group[REPEAT].astype(int), group["value"], strict=True))
             for probe, group in frame.groupby("probe")}
     scores = {m: c for m, c in score_columns(data.trials).items() if c in init}
-    return {row["cell"]: {column: stats.paired_difference(row[f"by_repeat:{m}"], init[column], row["cell"],
-                                                          "random_init")
-                          for m, column in scores.items()}
-            for _, row in cells.iterrows()}
+    return [(row["cell"], column, row[f"by_repeat:{m}"], init[column])
+            for _, row in cells.iterrows() for m, column in scores.items()]
+
+
+@dataclass(frozen=True)
+class Unsettled:
+    """A gain over the random-init encoder whose 95% interval includes 0, and the seeds per cell a paired
+    t-test needs to find a gain of that size with 80% power at the spread measured."""
+
+    cell: str
+    column: str
+    gain: stats.Interval
+    needed: SeedsNeeded
+
+
+def unsettled_gains(data: StudyData, cells: pd.DataFrame | None = None) -> list[Unsettled]:
+    """Every gain over the random-init encoder that the seeds run so far do not settle, with its plan."""
+    unsettled = []
+    for cell, column, pretrained, init in _paired_with_random_init(data, cells):
+        gain = stats.paired_difference(pretrained, init, cell, "random_init").diff
+        if gain.n and not (gain.has_interval and (gain.lo > 0 or gain.hi < 0)):
+            unsettled.append(Unsettled(cell, column, gain, next_run_paired(pretrained, init)))
+    return unsettled
+
+
+def seeds_to_settle(unsettled: list[Unsettled]) -> int | None:
+    """The seeds per configuration that settle every open gain that some number of seeds can (the largest
+    plan, at most the plans' cap); None where none can (no gain measured, or no spread)."""
+    plans = [u.needed.n for u in unsettled if u.needed.n is not None]
+    return max(plans) if plans else None
 
 
 def lr_verdicts(data: StudyData, by: str = "objective") -> list[stats.LrVerdict]:
@@ -146,4 +183,17 @@ def gains_lines(data: StudyData) -> list[str]:
     if raw:
         scores = " · ".join(f"{name} {raw[c].mean:.3f}" for c, name in names.items() if c in raw)
         lines.append(f"Raw input: {scores} (where it is already high, that probe cannot show learning)")
+    return lines + unsettled_lines(unsettled_gains(data), names)
+
+
+def unsettled_lines(unsettled: list[Unsettled], names: dict[str, str]) -> list[str]:
+    """'Not settled: ...' with each open gain's plan, and how many seeds per configuration settle them all."""
+    if not unsettled:
+        return []
+    lines = ["Not settled (interval includes 0) — seeds per cell to find each gain as measured, 80% power:"]
+    lines += [f"  {u.cell} {names.get(u.column, u.column)} {gain_text(u.gain)} (n = {u.gain.n}): "
+              f"{u.needed.text()}" for u in unsettled]
+    settle = seeds_to_settle(unsettled)
+    if settle is not None:
+        lines.append(f"Seeds per configuration that settle them: {settle}.")
     return lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,15 @@ def run_cli(args: list[str], timeout: float, env: dict[str, str] | None = None, 
     except ProcessLookupError:
         pass
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
+
+
+# What a user must never see on a study's console unless something is wrong: Python warnings, log records
+# at WARNING or above, glog error lines from Ray's core worker, tracebacks, download progress bars.
+NOISE = re.compile(r"(Warning\b|\bWARNING\b|\bERROR\b|^\S*E\d{4} \d\d:\d\d|Traceback|Downloading artifacts"
+                   r"|Validating input example|^\s*warnings\.warn)", re.MULTILINE)
+
+
+def console_noise(output: str, expected: tuple[str, ...] = ()) -> list[str]:
+    """The lines of `output` a user would read as a warning or an error, less those containing `expected`."""
+    return [line for line in output.splitlines()
+            if NOISE.search(line) and not any(text in line for text in expected)]

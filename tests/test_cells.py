@@ -1,6 +1,6 @@
-"""Every cell in one Tune experiment (platform/cells.py), without a Ray runtime: trials dealt round-robin
-from a search per cell, a per-cell cap, Optuna's history kept per cell, ASHA comparing a trial with its own
-cell only, and the study's budget."""
+"""Every cell in one Tune experiment (platform/study/cells.py), without a Ray runtime: trials dealt
+round-robin from a search per cell, a per-cell cap, Optuna's history kept per cell, ASHA comparing a
+trial with its own cell only, and the study's budget."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from avmae.platform import tracking as T
-from avmae.platform.cells import BudgetStopper, CellScheduler, cell_of
-from avmae.platform.spec import parse_spec
-from avmae.platform.study import study_search
+from avmae.platform.study.cells import BudgetStopper, CellScheduler, cell_of
+from avmae.platform.study.runner import study_search
+from avmae.platform.study.spec import REPEAT_KEY, parse_spec
+from avmae.platform.tracking import layout as T
 from conftest import TINY_STUDY
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
@@ -127,3 +127,63 @@ def test_a_failed_trial_that_resume_restarts_still_teaches_its_cells_optuna(capl
     assert "already finished" not in caplog.text
     others = [t.state.name for key in CELLS[1:] for t in search.searches[key]._ot_study.trials]
     assert others == ["RUNNING"] * 3  # the other cells' trials, each in its own study, untold
+
+
+def resume_with_repeats(search, spec, record: Path, tmp_path: Path, repeats: int):
+    """What `--resume` with more seeds does to the search Tune restores: the new record, then `restore`."""
+    saved = tmp_path / "search.pkl"
+    search.save(str(saved))
+    grown = spec.model_copy(update={"repeats": repeats})
+    record.write_text(json.dumps({"spec": grown.model_dump(mode="json")}))
+    resumed = study_search(spec, str(record))
+    resumed.restore(str(saved))
+    return resumed
+
+
+def deal_all(search, start: int) -> list[dict]:
+    configs, i = [], start
+    while (config := search.suggest(f"t{i}")) != search.FINISHED:
+        assert config is not None
+        configs.append(config)
+        search.on_trial_complete(f"t{i}", {T.TRAIN_LOSS: 0.5, "time_total_s": 1.0})
+        i += 1
+    return configs
+
+
+def seeds_by_configuration(spec, configs: list[dict], searched: tuple[str, ...]) -> dict[tuple, list[int]]:
+    runs: dict[tuple, list[int]] = {}
+    for c in configs:
+        runs.setdefault((cell_of(spec, c), *(c[n] for n in searched)), []).append(c[REPEAT_KEY])
+    return runs
+
+
+def test_more_repeats_on_resume_run_only_the_missing_seeds_of_a_grid(tmp_path: Path):
+    spec = parse_spec({**TINY_STUDY, "search": {"lr": {"dist": "grid", "values": [1e-2, 1e-3]}},
+                       "trials_per_cell": 1, "repeats": 2})  # 4 cells x 2 lrs x 2 seeds
+    record = tmp_path / "study.json"
+    record.write_text(json.dumps({"spec": spec.model_dump(mode="json")}))
+    search = study_search(spec, str(record))
+    first = deal(search, 10)  # every cell's first lr with both seeds, two cells' second lr begun
+    for i in range(10):
+        search.on_trial_complete(f"t{i}", {T.TRAIN_LOSS: 0.5, "time_total_s": 1.0})
+    added = deal_all(resume_with_repeats(search, spec, record, tmp_path, 3), start=10)
+    runs = seeds_by_configuration(spec, first + added, ("lr",))
+    assert len(runs) == 8 and all(sorted(seeds) == [0, 1, 2] for seeds in runs.values())  # each seed once
+    assert len(added) == 24 - 10
+
+
+def test_more_repeats_on_resume_give_optunas_configurations_their_missing_seeds(tmp_path: Path):
+    spec = parse_spec({**TINY_STUDY, "repeats": 2})  # Optuna: 4 cells x 3 configurations x 2 seeds
+    record = tmp_path / "study.json"
+    record.write_text(json.dumps({"spec": spec.model_dump(mode="json")}))
+    search = study_search(spec, str(record))
+    first = deal(search, 8)  # each cell's first configuration with both seeds
+    for i in range(8):
+        search.on_trial_complete(f"t{i}", {T.TRAIN_LOSS: first[i]["lr"], "time_total_s": 1.0})
+    resumed = resume_with_repeats(search, spec, record, tmp_path, 3)
+    added = deal_all(resumed, start=8)
+    runs = seeds_by_configuration(spec, first + added, ("lr", "mask_ratio_video"))
+    assert len(runs) == 12 and all(sorted(seeds) == [0, 1, 2] for seeds in runs.values())
+    assert {cell_of(spec, c) for c in added[:4]} == set(CELLS) and all(c[REPEAT_KEY] == 2 for c in added[:4])
+    for cell_search in resumed.searches.values():  # Optuna learnt each configuration once, from its mean
+        assert len(cell_search.searcher._ot_study.trials) == 3

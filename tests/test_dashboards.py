@@ -7,9 +7,7 @@ import ast
 import dataclasses
 import json
 import math
-import os
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,12 +19,22 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 from avmae.dashboards import StudyNotFound, build_study_dashboard, figures, stats
+from avmae.dashboards.budget_view import budget_view
 from avmae.dashboards.cli import dashboard
-from avmae.dashboards.collect import StudyData, best_col, collect_study
+from avmae.dashboards.collect import REPEAT, StudyData, best_col, collect_study
+from avmae.dashboards.cost import (
+    budget_text,
+    cell_costs,
+    cost_lines,
+    matched_verdict,
+    resources,
+    scores_and_costs,
+)
 from avmae.dashboards.importance import NotEnoughTrials, param_importances
+from avmae.dashboards.power import next_run_paired
 from avmae.dashboards.summary import cell_summary, configurations
-from avmae.dashboards.verdicts import BadSetting, gain_text, gains_lines, lr_verdicts
-from avmae.platform import tracking as T
+from avmae.dashboards.verdicts import BadSetting, gain_text, gains_lines, lr_verdicts, unsettled_gains
+from avmae.platform.tracking import layout as T
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
@@ -541,6 +549,72 @@ def test_a_sweep_ends_with_each_cells_gain_and_the_raw_input(repeated: StudyData
     assert gains_lines(sweep) == []  # no reference rows logged: nothing to say
 
 
+def test_a_gain_the_seeds_do_not_settle_says_how_many_seeds_would(repeated: StudyData) -> None:
+    """A random-init row planted within noise of one cell's AV scores: that gain is open, and its plan is the
+    paired t-test's at the measured gain and spread; the settled gains get none."""
+    row = cell_summary(repeated).iloc[0]
+    pretrained = row["by_repeat:av"]
+    noise = {k: 0.03 if k % 2 else -0.03 for k in pretrained}
+    frame = repeated.baselines.copy()
+    planted = (frame["baseline"] == "random_init") & (frame["probe"] == T.probe_metric("av", "acc"))
+    frame.loc[planted, "value"] = [pretrained[int(k)] - 0.01 + noise[int(k)]
+                                   for k in frame.loc[planted, REPEAT]]
+    data = dataclasses.replace(repeated, baselines=frame)
+    unsettled = unsettled_gains(data)
+    (open_gain,) = [u for u in unsettled if u.cell == row["cell"]]
+    assert open_gain.column == T.probe_metric("av", "acc") and open_gain.gain.n == REPEATS
+    init = {k: pretrained[k] - 0.01 + noise[k] for k in pretrained}
+    assert open_gain.needed == next_run_paired(pretrained, init) and REPEATS < open_gain.needed.n < 100
+    assert all(u.column == T.probe_metric("av", "acc") for u in unsettled)  # audio and video stay settled
+    lines = gains_lines(data)
+    first = lines.index("Not settled (interval includes 0) — seeds per cell to find each gain as measured, "
+                        "80% power:")
+    assert len(lines) == first + 1 + len(unsettled) + 1 and row["cell"] in "".join(lines[first:])
+    assert lines[-1] == f"Seeds per configuration that settle them: {max(u.needed.n for u in unsettled)}."
+    assert unsettled_gains(repeated) == []  # every planted gain is settled
+
+
+def test_every_trial_is_charged_to_its_cell_in_the_units_its_resources_make(sweep: StudyData) -> None:
+    on_gpus = dataclasses.replace(sweep, settings={**sweep.settings, "resources.workers": "2",
+                                                   "resources.gpus_per_worker": "1",
+                                                   "resources.cpus_per_worker": "8", "budget.gpu_hours": "1"})
+    costs = {c.cell: c for c in cell_costs(on_gpus)}
+    for cell, group in sweep.trials.groupby("cell"):  # finished, pruned, diverged and failed trials alike
+        hours = group["compute_s"].sum() / 3600
+        assert costs[cell].trials == len(group) and costs[cell].trial_hours == pytest.approx(hours)
+        assert costs[cell].gpu_hours == pytest.approx(2 * hours)
+        assert costs[cell].cpu_hours == pytest.approx(16 * hours)
+        assert costs[cell].clips_per_s == 120.0  # every trial logs 120 clips/s
+    spent = sum(c.gpu_hours for c in costs.values())
+    assert budget_text(on_gpus, list(costs.values())).startswith(
+        f"Spent {spent:.3g} of the budget's 1 gpu-hours ({100 * spent:.0f}%)")
+    assert resources(sweep).unit == "CPU-hours" and resources(on_gpus).unit == "GPU-hours"
+
+
+def test_the_budget_view_draws_each_cells_expected_best_and_states_the_compute_matched_verdict(
+        repeated: StudyData) -> None:
+    verdict = matched_verdict(repeated)
+    assert verdict is not None and verdict.matched.hours == pytest.approx(
+        min(c.sum() for c in scores_and_costs(repeated)[1].values()))
+    fig = budget_view(repeated)
+    curves = [t for t in fig.data if isinstance(t.meta, dict) and t.meta.get("role") == "expected_best"]
+    scored = {c for c, s in scores_and_costs(repeated)[0].items() if np.isfinite(s).any()}
+    assert {t.meta["cell"] for t in curves} == scored
+    assert len(curves) == 2 * len(scored)  # against trials and against hours
+    assert fig.layout.meta["verdict"] == verdict.text()
+    lines = cost_lines(repeated)
+    assert lines[0].startswith("Cost per cell") and lines[-1].startswith("Compute-matched (expected best")
+
+
+def test_a_single_lr_study_says_it_asked_no_lr_question_instead_of_drawing_empty_axes(
+        repeated: StudyData) -> None:
+    one_lr = dataclasses.replace(repeated, trials=repeated.trials.assign(lr=0.01))
+    fig = figures.lr_stability(one_lr)
+    assert fig.layout.meta["empty"] == ("this study asked no learning-rate question: every trial ran at "
+                                        "base lr 0.01")
+    assert not fig.data and fig.layout.xaxis.visible is False
+
+
 def test_lr_stability_states_the_planted_verdict_and_draws_one_marker_per_configuration(repeated: StudyData
                                                                                           ) -> None:
     fig = figures.lr_stability(repeated)
@@ -666,7 +740,7 @@ def test_dashboard_is_one_offline_html_and_is_logged_to_the_study_run(store: str
     page = out.read_text()
     assert page.count("plotly.js v") == 1  # plotly.js embedded exactly once
     assert "<script src" not in page and "<link" not in page  # nothing to fetch
-    for name in ("overview", "learning_curves", "lr_stability", "ablation", "masking", "importance",
+    for name in ("overview", "learning_curves", "lr_stability", "ablation", "budget", "masking", "importance",
                  "parallel"):
         assert f'id="fig-{name}"' in page
     client = MlflowClient(tracking_uri=store)
@@ -688,7 +762,7 @@ def test_dashboards_never_import_ray() -> None:
                 for name in (prefix + a.name for a in node.names):
                     where = f"{module.name} imports {name}"
                     assert name.split(".")[0] != "ray", where
-                    tracking = name.startswith("avmae.platform.tracking")
+                    tracking = name.startswith("avmae.platform.tracking.layout")
                     assert tracking or not name.startswith("avmae.platform."), where
 
 
@@ -699,23 +773,12 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 def chromium() -> Path:
-    """Debian's Chromium, installed on demand; skip (saying why) only where it truly cannot be."""
+    """Debian's Chromium (`.ci/run` installs it); skip, saying why, where it is missing."""
     if not CHROMIUM.exists():
-        steps = (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"])
-        for step in steps:
-            try:
-                done = subprocess.run(step, capture_output=True, text=True, timeout=600,
-                                      env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-            except (OSError, subprocess.TimeoutExpired) as error:
-                pytest.skip(f"{CHROMIUM} missing and `{' '.join(step)}` could not run: {error}")
-            if done.returncode:
-                pytest.skip(f"{CHROMIUM} missing and `{' '.join(step)}` failed: {done.stderr.strip()[-300:]}")
-    if not CHROMIUM.exists():
-        pytest.skip(f"apt-get installed chromium but {CHROMIUM} is still missing")
+        pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does)")
     return CHROMIUM
 
 
-@pytest.mark.browser
 @contextmanager
 def offline_pages(tmp_path: Path) -> Iterator[tuple[Callable[[], Any], list[str], list[str]]]:
     """Headless Chromium that may load `file:` URLs only: yields (new page, URLs it tried to fetch, console
@@ -750,6 +813,7 @@ def offline_pages(tmp_path: Path) -> Iterator[tuple[Callable[[], Any], list[str]
             browser.close()
 
 
+@pytest.mark.browser
 def test_dashboard_renders_offline_in_headless_chromium(store: str, repeated: StudyData, tmp_path: Path
                                                         ) -> None:
     """Both pages draw every figure offline and without errors; the page of the study with repeats shows
@@ -768,8 +832,8 @@ def test_dashboard_renders_offline_in_headless_chromium(store: str, repeated: St
             text[study] = {n: page.eval_on_selector(f"#fig-{n}", "e => e.textContent") for n in names[study]}
             page.screenshot(path=str(tmp_path / f"{study}.png"), full_page=True)
     for study in ("sweep", "repeats"):
-        assert names[study] == ["overview", "learning_curves", "lr_stability", "ablation", "masking",
-                                "importance", "parallel", "load"]
+        assert names[study] == ["overview", "learning_curves", "lr_stability", "ablation", "budget",
+                                "masking", "importance", "parallel", "load"]
         assert (tmp_path / f"{study}.png").stat().st_size > 50_000
     assert attempted == [] and errors == []
     ablation, stability = text["repeats"]["ablation"], text["repeats"]["lr_stability"]

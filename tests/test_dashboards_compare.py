@@ -13,7 +13,7 @@ from avmae.dashboards import stats
 from avmae.dashboards.cli import dashboard
 from avmae.dashboards.collect import collect_study
 from avmae.dashboards.compare import build_comparison_dashboard, comparison_table, match_cells
-from avmae.platform import tracking as T
+from avmae.platform.tracking import layout as T
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from test_dashboards import (

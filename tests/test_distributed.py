@@ -1,5 +1,5 @@
 """Multi-worker trials train the recipe they print: real Ray Train workers (2 CPU workers, gloo) running the
-trainer's own `setup` and `run`, instrumented to record what each rank fed each step.
+trainer's own `ray_worker.setup` and `trainer.run`, instrumented to record what each rank fed each step.
 
 One 2-worker trial, the same trial crashed in its second epoch and resumed from its checkpoint, and the
 1-worker trial of the same global batch; rank 1 gets a batch of broken clips only in its second step. They
@@ -22,12 +22,12 @@ import ray.cloudpickle
 import ray.train
 import torch
 from avmae import models
-from avmae.platform import tracking as T
-from avmae.platform import trainer
-from avmae.platform.prepare import absolute, prepare_data
-from avmae.platform.ray_compat import TorchTrainer
-from avmae.platform.spec import StudySpec, parse_spec
-from avmae.platform.study import ray_runtime
+from avmae.platform.study.prepare import absolute, prepare_data
+from avmae.platform.study.runtime import ray_runtime
+from avmae.platform.study.spec import StudySpec, parse_spec
+from avmae.platform.tracking import layout as T
+from avmae.platform.train import ray_worker, trainer
+from avmae.platform.train.ray_compat import TorchTrainer
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
@@ -53,9 +53,9 @@ def digest(t: torch.Tensor) -> str:
 
 
 def instrumented_loop(config: dict[str, Any]) -> None:
-    """`trainer.train`, with each rank's inputs and mask RNG state recorded per step (and the first step's
+    """`ray_worker.train`, with each rank's inputs and mask RNG state recorded per step (and the first step's
     inputs and all-reduced gradient saved), rank 1's second batch emptied, and an optional crash."""
-    worker = trainer.setup(config)
+    worker = ray_worker.setup(config["spec"], config["trial"])
     out, rank, records = Path(config["out"]), worker.rank, []
     step, batches = worker.train_step, worker.loader
 
@@ -89,14 +89,14 @@ def instrumented_loop(config: dict[str, Any]) -> None:
     worker.optimizer.register_step_pre_hook(save_first_gradient)
     worker.train_step, worker.loader = recorded_step, BreakOneBatch()
     try:
-        trainer.run(worker)
+        trainer.run(worker, ray_worker.report)
     finally:
         (out / f"steps-{rank}-{config['tag']}.json").write_text(json.dumps(records))
 
 
 def fit(spec: StudySpec, storage: Path, name: str, workers: int, batch: int, out: Path, **extra: Any):
     spec = spec.model_copy(update={"train": spec.train.model_copy(update={"batch_size": batch})})
-    config = {"spec": spec.model_dump(mode="json"), "params": {}, "out": str(out), "tag": name, **extra}
+    config = {"spec": spec, "trial": spec.resolve_trial({}), "out": str(out), "tag": name, **extra}
     return TorchTrainer(
         instrumented_loop,
         train_loop_config=config,

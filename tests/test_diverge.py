@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import ray.train
 import torch
-from avmae.platform import tracking as T
-from avmae.platform.ray_compat import TorchTrainer
-from avmae.platform.reports import DIVERGED
-from avmae.platform.spec import parse_spec
-from avmae.platform.study import ray_runtime
-from avmae.platform.trainer import CHECKPOINT_FILE
-from avmae.platform.trial import train_loop_per_worker
+from avmae.platform.study.runtime import ray_runtime
+from avmae.platform.study.spec import parse_spec
+from avmae.platform.tracking import layout as T
+from avmae.platform.train.ray_compat import TorchTrainer
+from avmae.platform.train.reports import DIVERGED
+from avmae.platform.train.trainer import CHECKPOINT_FILE
+from avmae.platform.train.trial import train_loop_per_worker
 
 HUGE_LR = 1e9  # base LR, no warmup: the gradient of the second step is already NaN
 FACTOR = 1e-10  # the LR after the rewind: 1e9 x 8 / 256 x 1e-10 = 3e-3
@@ -41,8 +41,7 @@ def test_a_diverged_trial_rewinds_to_its_last_good_state_and_goes_on(tmp_path: P
     })
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"),
-                           "params": {"objective": "joint", "lr": HUGE_LR}},
+        train_loop_config={"spec": spec, "trial": spec.resolve_trial({"objective": "joint", "lr": HUGE_LR})},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name="rewind", storage_path=str(tmp_path)),
     )

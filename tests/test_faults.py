@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from avmae.platform import tracking as T
-from avmae.platform.mlflow_queue import JOURNAL_DIR
-from avmae.platform.study import reserved_port
+from avmae.platform.study.runtime import reserved_port
+from avmae.platform.tracking import layout as T
+from avmae.platform.tracking.queue import JOURNAL_DIR
 from mlflow.tracking import MlflowClient
 
 EPOCHS, STEPS, LOG_EVERY = 6, 5, 5  # 5 steps: the 20 training clips of `tiny_av_digits` in batches of 4

@@ -26,10 +26,10 @@ def test_stdlib_platform_wins_in_repo_root():
 def test_one_import_namespace_maps_onto_the_folders():
     import avmae.dashboards
     import avmae.models
-    import avmae.platform.tracking
+    import avmae.platform.tracking.layout
 
     assert avmae.models.__file__.startswith(str(REPO / "models"))
-    assert avmae.platform.tracking.__file__.startswith(str(REPO / "platform"))
+    assert avmae.platform.tracking.layout.__file__.startswith(str(REPO / "platform"))
     assert avmae.dashboards.__path__[0].startswith(str(REPO / "dashboards"))
 
 

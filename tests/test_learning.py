@@ -18,8 +18,10 @@ import torch
 from avmae import models
 from avmae.models import avmae as avmae_module
 from avmae.platform.data import AVDigitsBuild, ClipGeometry
-from avmae.platform.learning import Miniature, concat, load_split, pretrain, probe
-from avmae.platform.probe import encoder_features
+from avmae.platform.evaluation.learning import Miniature, concat, load_split, pretrain, probe
+from avmae.platform.evaluation.probe import encoder_features
+
+pytestmark = pytest.mark.slow  # pretrains for minutes
 
 # DTMF tones (no download, no ../shared) and grey video: the video probe is the one pretraining lifts on this
 # build (with a random hue per clip the MAE learns colour). Val + test are scored together: 180 unseen clips.

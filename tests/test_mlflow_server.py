@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # starts real MLflow servers
+
 SCRIPT = REPO / "platform" / "cluster" / "mlflow-server.sh"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}  # trust auth (stack.md)
 ADMIN = "admin"

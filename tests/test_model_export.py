@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 from avmae.models import AVClassifier, create_model, extract_features
-from avmae.platform import model_export as E
-from avmae.platform import tracking as T
+from avmae.platform.tracking import layout as T
+from avmae.platform.tracking import model_export as E
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 STUDY = "export"
 METRIC = "val/loss"
 # trial -> (cell, status, val/loss per epoch, probe/av_acc at the end)
@@ -256,6 +256,6 @@ def test_a_checkpoint_uri_and_bad_checkpoints(tmp_path, monkeypatch):
 
 
 def test_the_checkpoint_file_name_is_the_trainers():
-    from avmae.platform.trainer import CHECKPOINT_FILE
+    from avmae.platform.train.trainer import CHECKPOINT_FILE
 
     assert E.CHECKPOINT_FILE == CHECKPOINT_FILE

@@ -131,6 +131,7 @@ def test_train_step_clips_when_asked():
 @pytest.mark.parametrize(("objective", "fusion", "decoder"), [
     ("joint", "mid", "shared"), ("inpainting", "late", "joint"),
 ])
+@pytest.mark.slow
 def test_tiny_model_overfits_one_batch(objective, fusion, decoder):
     """One fixed batch with fixed masks (the global seed is reset before each step) is memorised."""
     torch.manual_seed(0)

@@ -15,19 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from avmae.platform import ray_logging
-from avmae.platform import tracking as T
-from avmae.platform.spec import REPEAT_KEY, parse_spec
-from avmae.platform.study import (
-    Launch,
-    StudyExistsError,
-    archive_study,
-    cell_seed,
-    reserved_port,
-    runtime_env,
-    study_record,
-    study_search,
-)
+from avmae.platform.study.record import Launch, StudyExistsError, archive_study, study_record
+from avmae.platform.study.runner import cell_seed, study_search
+from avmae.platform.study.runtime import reserved_port, runtime_env
+from avmae.platform.study.spec import REPEAT_KEY, parse_spec
+from avmae.platform.tracking import layout as T
+from avmae.platform.train import ray_logging
 from conftest import TINY_STUDY
 from mlflow.tracking import MlflowClient
 
@@ -56,9 +49,10 @@ def test_a_cells_points_are_the_same_in_every_run():
     assert cell_seed(other.train.seed, cell) != cell_seed(spec.train.seed, cell)
 
 
+@pytest.mark.slow
 def test_the_cell_seed_does_not_depend_on_the_process():
     """Python's str hash() changes with PYTHONHASHSEED; the cell seed must not."""
-    code = ("from avmae.platform.study import cell_seed; "
+    code = ("from avmae.platform.study.runner import cell_seed; "
             "print(cell_seed(0, {'objective': 'joint', 'fusion': 'mid'}))")
     seeds = {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -127,6 +121,11 @@ def test_resume_compares_what_the_study_trains_not_which_version_wrote_its_recor
     record["spec"]["budget"] = {"trial_hours": 1.0}  # a budget may grow on resume
     path.write_text(json.dumps(record))
     study_record(resume, spec)
+    more_seeds = spec.model_copy(update={"repeats": 3})  # seeds may be added (only the missing ones run)
+    study_record(resume, more_seeds)
+    assert json.loads(path.read_text())["spec"]["repeats"] == 3  # where the restored search reads them
+    with pytest.raises(StudyExistsError, match="repeats: 3 then, 2 now"):  # never taken away
+        study_record(resume, spec.model_copy(update={"repeats": 2}))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the port is held only on Linux (BSD sockets refuse the "

@@ -1,5 +1,5 @@
-"""The probe protocol (platform/probe.py) on a tiny real AV-Digits: the reference rows every study measures
-beside its trials, and the online probe's schedule."""
+"""The probe protocol (platform/evaluation/probe.py) on a tiny real AV-Digits: the reference rows every
+study measures beside its trials, and the online probe's schedule."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from avmae.platform import tracking as T
-from avmae.platform.prepare import absolute, prepare_data
-from avmae.platform.probe import baseline_scores, pool, raw_features
-from avmae.platform.spec import EvalSpec, SpecError, parse_spec
+from avmae.platform.evaluation.probe import baseline_scores, pool, raw_features
+from avmae.platform.study.prepare import absolute, prepare_data
+from avmae.platform.study.spec import EvalSpec, SpecError, parse_spec
+from avmae.platform.tracking import layout as T
 from conftest import TINY_STUDY
 
 
+@pytest.mark.slow
 def test_the_reference_rows_are_scored_for_every_modality_and_seed(tiny_av_digits: Path, one_torch_thread):
     spec = absolute(parse_spec({
         **TINY_STUDY, "axes": {}, "search": {},

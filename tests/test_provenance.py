@@ -10,10 +10,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from avmae.platform import provenance as P
 from avmae.platform.data.loader import cache_path
-from avmae.platform.prepare import geometries
-from avmae.platform.spec import StudySpec, parse_spec
+from avmae.platform.study.prepare import geometries
+from avmae.platform.study.spec import StudySpec, parse_spec
+from avmae.platform.tracking import provenance as P
 from mlflow.tracking import MlflowClient
 
 ROWS = ["a,0,dog,train", "b,0,cat,train", "c,0,dog,train", "d,0,cat,train", "e,0,dog,val", "f,0,cat,test"]

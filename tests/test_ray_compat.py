@@ -1,16 +1,18 @@
-"""The Ray internals the platform leans on (platform/ray_compat.py) are still where it expects them: a Ray
-upgrade that moves one fails here, by name, instead of silently in a sweep."""
+"""The Ray internals the platform leans on (platform/train/ray_compat.py), and the alpha APIs it relies on,
+are still where it expects them: a Ray upgrade that moves one fails here, by name, instead of silently in a
+sweep."""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import ray.train.torch
-from avmae.platform import ray_compat
+from avmae.platform.train import ray_compat
 
 
 def test_the_private_modules_and_names_still_exist():
@@ -18,7 +20,19 @@ def test_the_private_modules_and_names_still_exist():
     module, name = ray_compat.DATASETS_CALLBACK
     assert isinstance(getattr(importlib.import_module(module), name), type)
     importlib.import_module(ray_compat.CLEANER_LOGGER)  # the cleaner's logger is named after its module
+    notice = importlib.import_module(ray_compat.AUTH_LOGGER)  # so is the token-auth notice's
+    assert ray_compat.TOKEN_AUTH_NOTICE in inspect.getsource(notice)
     assert hasattr(ray.train.torch.TorchTrainer, "_create_default_callbacks")
+
+
+def test_the_wait_for_a_registered_report_is_still_there():
+    """`ray_worker.report` waits with Train's alpha `get_all_reported_checkpoints` in COMMITTED mode, which
+    blocks until the controller has registered every report this worker made (tests/test_report_commit.py
+    shows what it guards against)."""
+    import inspect
+
+    assert ray.train.CheckpointConsistencyMode("COMMITTED") is ray.train.CheckpointConsistencyMode.COMMITTED
+    assert "consistency_mode" in inspect.signature(ray.train.get_all_reported_checkpoints).parameters
 
 
 def test_our_trainer_drops_only_the_datasets_callback_and_pickles_by_reference():
@@ -35,7 +49,7 @@ def test_our_trainer_drops_only_the_datasets_callback_and_pickles_by_reference()
 def test_the_worker_setup_hook_imports_no_ray_train():
     """Every Ray worker process runs it (tests/test_platform_study.py checks what it filters): it must not
     import Ray Train or torch, seconds on 2 cores."""
-    code = "import sys, avmae.platform.ray_logging as m; m.setup_worker(); print(sorted(sys.modules))"
+    code = "import sys, avmae.platform.train.ray_logging as m; m.setup_worker(); print(sorted(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "'ray.train" not in loaded and "'torch'" not in loaded
 
@@ -63,3 +77,6 @@ def test_a_saved_search_state_can_be_reopened(tmp_path: Path):
     restored = SearchGenerator(Nothing())
     restored.restore_from_dir(str(tmp_path))
     assert restored.get_state()["finished"] is False
+    assert ray_compat.reopen_search(str(tmp_path), total_trials=12)  # more seeds: more trials to ask for
+    restored.restore_from_dir(str(tmp_path))
+    assert restored.total_samples == 12 and not restored.is_finished()

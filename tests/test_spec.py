@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from avmae.platform.spec import REPEAT_KEY, Grid, Range, SpecError, load_spec, parse_spec, rank_seed
-from avmae.platform.study import study_search, tune_config
-from avmae.platform.sweep_cli import sweep
+from avmae.platform.cli.sweep import sweep
+from avmae.platform.study.runner import study_search, tune_config
+from avmae.platform.study.spec import REPEAT_KEY, Grid, Range, SpecError, load_spec, parse_spec, rank_seed
 from click.testing import CliRunner
 from conftest import REPO, TINY_STUDY
 from ray import tune
@@ -200,8 +200,8 @@ def test_speech_is_only_for_av_digits(tmp_path: Path):
 
 
 def test_one_experiment_holds_every_cell_with_optuna_only_without_grid():
-    from avmae.platform.cells import CellScheduler, GridPoints, search_space
-    from avmae.platform.study import study_search, tune_config
+    from avmae.platform.study.cells import CellScheduler, GridPoints, search_space
+    from avmae.platform.study.runner import study_search, tune_config
     from ray.tune.search.optuna import OptunaSearch
 
     spec = parse_spec(TINY_STUDY)
@@ -229,9 +229,9 @@ def test_reading_a_study_does_not_import_torch():
 
     code = (
         "import sys, pathlib\n"
-        "from avmae.platform.plan import describe\n"
-        "from avmae.platform.prepare import absolute\n"
-        "from avmae.platform.spec import load_spec\n"
+        "from avmae.platform.study.plan import describe\n"
+        "from avmae.platform.study.prepare import absolute\n"
+        "from avmae.platform.study.spec import load_spec\n"
         "for path in sorted(pathlib.Path('experiments').rglob('*.yaml')):\n"
         "    describe(absolute(load_spec(path)), '/tmp/studies', 'sqlite:///mlflow.db', None)\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
@@ -244,7 +244,7 @@ def test_reading_a_study_does_not_import_torch():
 def test_each_av_digits_build_decodes_into_its_own_cache(tmp_path: Path):
     """AV-Digits is rebuilt in place when its settings change, with the same clip ids and labels: a cache per
     build (audio kind and settings) keeps a study from reading the old build's decoded clips."""
-    from avmae.platform.prepare import absolute
+    from avmae.platform.study.prepare import absolute
 
     def cache(av_digits: dict, speech: Path | None = None) -> Path:
         data = {"kind": "av-digits", "root": str(tmp_path / "d"), "cache_dir": str(tmp_path / "c"),

@@ -3,15 +3,18 @@ through `tracking`'s functions, as a sweep does."""
 
 from __future__ import annotations
 
+import re
+import time
 from collections import Counter
 
 import pytest
-from avmae.platform import tracking as T
-from avmae.platform.cli import main
-from avmae.platform.status import Trials, eta_seconds, expected_trials, status
+from avmae.platform.cli.main import main
+from avmae.platform.cli.status import Trials, eta_seconds, expected_trials, status
+from avmae.platform.tracking import layout as T
 from click.testing import CliRunner
 
 S = T.TrialStatus
+LOST_FOR_MS = 10 * 60 * 1000
 CONFIG = {
     "name": "demo",
     "metric": "val/loss",
@@ -53,6 +56,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     gone = T.start_study_run(client, "killed", {**CONFIG, "name": "killed"})
     T.start_trial_run(client, gone, "t0", {"fusion": "early"}, {})
     T.end_study_run(client, gone, "KILLED")
+    # A fourth, whose driver was SIGKILLed 10 minutes ago: its run still says RUNNING, its beats stopped.
+    lost = T.start_study_run(client, "lost", {**CONFIG, "name": "lost"})
+    T.start_trial_run(client, lost, "t0", {"fusion": "early"}, {})
+    client.set_tag(lost, T.HEARTBEAT_TAG, T.heartbeat_text(int(time.time() * 1000) - LOST_FOR_MS))
     return uri
 
 
@@ -83,11 +90,30 @@ def test_without_a_study_it_lists_the_studies_in_the_store(store):
     out = CliRunner().invoke(main, ["status", "--tracking-uri", store])  # through `avmae`, as users run it
     assert out.exit_code == 0, out.output
     rows = {line.split()[0]: line for line in out.output.splitlines()[2:]}
-    assert set(rows) == {"demo", "older", "killed"}
+    assert set(rows) == {"demo", "older", "killed", "lost"}
     assert rows["demo"].split()[1:3] == ["running", "6"]
     assert "1 running, 2 finished, 1 pruned, 1 diverged, 1 failed" in rows["demo"]
     assert rows["older"].split()[1:3] == ["finished", "1"] and "1 finished" in rows["older"]
     assert rows["killed"].split()[1] == "interrupted"
+    assert rows["lost"].split()[1:3] == ["driver", "lost"]  # not "running"
+
+
+def test_a_study_whose_driver_stopped_beating_is_shown_as_driver_lost(store):
+    out = run("lost", "--tracking-uri", store)
+    assert ": driver lost, started " in out.splitlines()[0] and "ETA" not in out
+    assert "Driver lost: no heartbeat since " in out and re.search(r"\(10 min \d\d s ago", out)
+    assert "--resume" in out and "avmae mlflow flush" in out
+
+
+def test_a_heartbeat_is_stale_after_three_intervals():
+    now = 1_800_000_000_000
+    beat = T.heartbeat_ms({T.HEARTBEAT_TAG: T.heartbeat_text(now)})
+    assert beat == now and T.DRIVER_LOST_AFTER_S == 3 * T.HEARTBEAT_INTERVAL_S
+    assert not T.driver_lost("RUNNING", beat, now + int(T.DRIVER_LOST_AFTER_S * 1000))
+    assert T.driver_lost("RUNNING", beat, now + int(T.DRIVER_LOST_AFTER_S * 1000) + 1)
+    assert not T.driver_lost("FINISHED", beat, now + 10**9)  # an ended study is not waiting on a driver
+    assert not T.driver_lost("RUNNING", None, now)  # no beat (an older avmae): its MLflow status stands
+    assert T.heartbeat_ms({T.HEARTBEAT_TAG: "garbled"}) is None
 
 
 def test_a_study_whose_sweep_is_gone_says_how_to_continue(store):
@@ -99,7 +125,7 @@ def test_a_study_whose_sweep_is_gone_says_how_to_continue(store):
 def test_an_unknown_study_names_the_ones_there(store):
     result = CliRunner().invoke(status, ["nope", "--tracking-uri", store])
     assert result.exit_code == 1
-    assert "no study 'nope'" in result.output and "demo, killed, older" in result.output
+    assert "no study 'nope'" in result.output and "demo, killed, lost, older" in result.output
 
 
 def test_no_local_store_is_created_by_looking(tmp_path, monkeypatch):

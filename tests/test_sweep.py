@@ -1,5 +1,6 @@
 """`avmae sweep` end to end on a local Ray runtime: 2 cells x 2 trials of the tiny model on a tiny AV-Digits,
-one trial at an LR that diverges; then the MLflow layout, a resume, and a refused fresh rerun."""
+one trial at an LR that diverges; then the MLflow layout, a resume, a refused fresh rerun, and more seeds
+added on resume."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from avmae.platform import tracking as T
-from avmae.platform.prepare import absolute
-from avmae.platform.reports import DIVERGED_SCORE
-from avmae.platform.spec import load_spec
-from avmae.platform.study import Launch, StudyExistsError, run_study
-from conftest import run_cli
+from avmae.dashboards.collect import collect_study
+from avmae.dashboards.summary import cell_summary
+from avmae.platform.study.prepare import absolute
+from avmae.platform.study.record import Launch, StudyExistsError
+from avmae.platform.study.runner import run_study
+from avmae.platform.study.spec import load_spec
+from avmae.platform.tracking import layout as T
+from avmae.platform.train.reports import DIVERGED_SCORE
+from conftest import console_noise, run_cli
 from mlflow.tracking import MlflowClient
 
 HUGE_LR = 1e4  # base LR: AdamW steps of ~300 in every weight, the loss leaves the floats within a few steps
@@ -50,6 +54,7 @@ def test_a_study_runs_every_cell_and_lands_in_mlflow(tmp_path: Path, tiny_av_dig
     out = run_cli(["sweep", *args], timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-6000:]
     assert "Stopped early: budget spent" in out.stdout and "--resume with a larger budget" in out.stdout
+    assert not console_noise(out.stdout), out.stdout[-6000:]  # nothing a user would read as a warning
     assert "MLflow:" in out.stdout and tracking in out.stdout
     assert (tmp_path / "cells-dashboard.html").is_file()  # avmae.dashboards, called at the end
     client = MlflowClient(tracking)
@@ -65,6 +70,7 @@ def test_a_study_runs_every_cell_and_lands_in_mlflow(tmp_path: Path, tiny_av_dig
     path.write_text(yaml.safe_dump({**spec, "budget": {"trial_hours": 10.0}}))
     resumed = run_cli(["sweep", *args, "--resume"], timeout=600, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-6000:]
+    assert not console_noise(resumed.stdout), resumed.stdout[-6000:]
     assert "objective=joint" in resumed.stdout and "objective=inpainting" in resumed.stdout  # summary table
     # ... and the answer read back from MLflow: each cell against the random-init encoder of its seed
     assert "Gain over the random-init encoder, paired by seed" in resumed.stdout
@@ -113,6 +119,19 @@ def test_a_study_runs_every_cell_and_lands_in_mlflow(tmp_path: Path, tiny_av_dig
     spec = absolute(load_spec(tmp_path / "cells.yaml"))
     with pytest.raises(StudyExistsError, match="--resume"):
         run_study(spec, None, Launch("cells", str(tmp_path / "runs" / "cells"), tracking))
+
+    # More seeds on resume: only the missing ones run, beside the finished runs, which are kept as they were.
+    grown = run_cli(["sweep", *args, "--resume", "--repeats", "2"], timeout=600, cwd=tmp_path)
+    assert grown.returncode == 0, grown.stdout[-6000:]
+    trials = client.search_runs([experiment.experiment_id], f"tags.`{T.ROLE_TAG}` = 'trial'")
+    seeds = sorted((r.data.tags[T.CELL_TAG], float(r.data.params["lr"]), r.data.params[T.SEED_PARAM])
+                   for r in trials)
+    assert seeds == sorted((cell, lr, seed) for cell in ("objective=joint", "objective=inpainting")
+                           for lr in (2e-3, HUGE_LR) for seed in ("0", "1"))
+    kept = {r.info.run_id for r in runs if r.data.tags[T.ROLE_TAG] == "trial"}
+    assert kept <= {r.info.run_id for r in trials}
+    summary = cell_summary(collect_study(client, "cells"))  # what the page and the closing lines read
+    assert list(summary["n_repeats"]) == [2, 2]
 
 
 def test_a_study_whose_data_is_unusable_fails_cleanly_and_can_be_fixed(tmp_path: Path, tiny_av_digits: Path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from avmae.platform import tracking as T
+from avmae.platform.tracking import layout as T
 from conftest import run_cli
 from mlflow.tracking import MlflowClient
 

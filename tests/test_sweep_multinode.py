@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from avmae.platform import tracking as T
+from avmae.platform.tracking import layout as T
 from conftest import REPO, run_cli
 from mlflow.tracking import MlflowClient
 

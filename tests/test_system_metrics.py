@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from avmae.platform import system_metrics as S
+from avmae.platform.tracking import system_metrics as S
 
 LINUX = Path("/proc/stat").is_file()
 needs_proc = pytest.mark.skipif(not LINUX, reason="the process tree and machine figures are read from /proc")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import sys
@@ -11,12 +12,17 @@ from types import SimpleNamespace
 
 import pytest
 import ray.cloudpickle
-from avmae.platform import tracking as T
-from avmae.platform.callbacks import MlflowTrials, trial_status
-from avmae.platform.mlflow_cli import mlflow_group
-from avmae.platform.mlflow_queue import JOURNAL_DIR
-from avmae.platform.progress import CellSummary, StudyProgress, summary_table
-from avmae.platform.reports import (
+from avmae.platform.cli.flush import mlflow_group
+from avmae.platform.study import steps
+from avmae.platform.study.progress import CellSummary, StudyProgress, summary_table
+from avmae.platform.study.runtime import free_port, ray_runtime
+from avmae.platform.study.spec import REPEAT_KEY, parse_spec
+from avmae.platform.tracking import entries as E
+from avmae.platform.tracking import layout as T
+from avmae.platform.tracking.callbacks import MlflowTrials, trial_status
+from avmae.platform.tracking.provenance import split_datasets
+from avmae.platform.tracking.queue import JOURNAL_DIR, open_queue
+from avmae.platform.train.reports import (
     BACKLOG,
     CHECKPOINT_PATH,
     DIVERGED,
@@ -26,8 +32,6 @@ from avmae.platform.reports import (
     NODE_ID,
     EpochReport,
 )
-from avmae.platform.spec import REPEAT_KEY, parse_spec
-from avmae.platform.study import free_port, ray_runtime
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -64,6 +68,16 @@ def test_study_and_trial_runs_are_found_again_by_their_tags(client: MlflowClient
     assert run.data.tags[T.PARENT_TAG] == study and run.data.tags[T.CELL_TAG] == "objective=joint"
     assert run.data.params["lr"] == "0.1"
     assert client.get_run(study).data.params["a.b"] == "1"
+
+
+def test_the_study_experiment_opens_as_model_training_in_the_mlflow_ui(client: MlflowClient):
+    """The MLflow UI opens an experiment at its runs table, not the GenAI view, by this tag; an experiment an
+    older avmae made gets it when the study resumes."""
+    T.start_study_run(client, "kind", {})
+    assert client.get_experiment_by_name("kind").tags[T.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    client.create_experiment("older")
+    T.start_study_run(client, "older", {})
+    assert client.get_experiment_by_name("older").tags[T.EXPERIMENT_KIND_TAG] == T.EXPERIMENT_KIND
 
 
 def test_history_is_logged_in_batches_and_non_finite_values_are_dropped(client: MlflowClient):
@@ -143,6 +157,21 @@ def test_the_callback_mirrors_a_trial_into_a_nested_run(client: MlflowClient, tm
     assert [m.step for m in client.get_metric_history(run.info.run_id, T.VAL_LOSS)] == [1, 2]
     assert run.data.metrics[T.probe_metric("av", "acc")] == 0.5
     assert T.TRAIN_LOSS in run.data.metrics and run.data.metrics[T.EPOCH] == 2
+    assert_datasets(run)
+
+
+def assert_datasets(run) -> None:
+    """The run holds each split the study reads as an MLflow dataset input, once."""
+    import mlflow.data
+
+    inputs = run.inputs.dataset_inputs
+    splits = {i.tags[0].value: i.dataset for i in inputs if i.tags[0].key == T.DATASET_CONTEXT_TAG}
+    assert len(inputs) == len(splits) and sorted(splits) == ["test", "train"]  # probe splits included
+    expected = {d["split"]: d for d in split_datasets(SPEC)}
+    for split, dataset in splits.items():
+        assert dataset.name == "av-digits" and dataset.digest == expected[split]["digest"]
+        assert mlflow.data.get_source(dataset).uri == "/data/avd"
+    assert splits["test"].digest != splits["train"].digest
 
 
 def test_diverged_and_failed_trials_say_so(client: MlflowClient, tmp_path: Path):
@@ -191,6 +220,7 @@ def test_writes_wait_in_the_journal_while_mlflow_is_down_and_a_replay_sends_them
     journal = folder / JOURNAL_DIR
     callback = MlflowTrials(f"http://127.0.0.1:{free_port()}", study, SPEC, str(journal), flush_wait_s=1)
     trial = fake_trial("o_00000", {"objective": "joint", "lr": 0.01})
+    callback.setup()  # what Tune calls as the experiment starts
     began = time.monotonic()
     callback.on_trial_start(0, [trial], trial)
     for epoch in (1, 2):
@@ -201,12 +231,11 @@ def test_writes_wait_in_the_journal_while_mlflow_is_down_and_a_replay_sends_them
     callback.on_experiment_end([trial])
     assert f"avmae mlflow flush {folder}" in capsys.readouterr().out
     entries = {p.name: p.read_bytes() for p in journal.glob("*.json")}
-    assert len(entries) == 4  # the run, two epochs, the end
+    assert len(entries) == 6  # the run, its two splits, two epochs, the end
 
     for _ in range(2):
-        flush = ["flush", str(folder), "--tracking-uri", client.tracking_uri]
-        flushed = CliRunner().invoke(mlflow_group, flush)
-        assert flushed.exit_code == 0 and "Sent 4 of 4" in flushed.output, flushed.output
+        flushed = flush(folder, client)
+        assert flushed.exit_code == 0 and "Sent 6 of 6" in flushed.output, flushed.output
         assert not list(journal.glob("*.json"))
         for name, body in entries.items():
             (journal / name).write_bytes(body)
@@ -215,6 +244,101 @@ def test_writes_wait_in_the_journal_while_mlflow_is_down_and_a_replay_sends_them
     assert run.data.tags[T.STATUS_TAG] == "finished" and run.info.status == "FINISHED"
     assert epoch_steps(client, run.info.run_id) == {
         T.EPOCH: [1, 2], T.VAL_LOSS: [1, 2], T.TRAIN_LOSS: [1, 2, 3, 4]}
+    assert_datasets(client.get_run(run.info.run_id))
+
+
+def flush(folder: Path, client: MlflowClient):
+    return CliRunner().invoke(mlflow_group, ["flush", str(folder), "--tracking-uri", client.tracking_uri])
+
+
+def down_queue(journal: Path, monkeypatch: pytest.MonkeyPatch):
+    """The study's queue, its MLflow a port where no server answers."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    return open_queue(str(journal), f"http://127.0.0.1:{free_port()}")
+
+
+def test_the_study_level_writes_wait_in_the_journal_while_mlflow_is_down(
+    client: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    """The study's end, its reference rows, a step's failure, its provenance params and an interrupted
+    trial's end, all written while MLflow is down, reach it with `avmae mlflow flush`, as of when they
+    happened."""
+    study = T.start_study_run(client, "study-outage", {})
+    trial = T.start_trial_run(client, study, "s_00000", {"objective": "joint"}, {})
+    folder = tmp_path / "study-outage"
+    queue = down_queue(folder / JOURNAL_DIR, monkeypatch)
+    monkeypatch.setattr(steps.ray, "get", lambda rows: rows)  # the baseline task's result, here at once
+    steps.log_baselines(queue, study, {"random_init": {0: {"probe/av_acc": 0.1}, 1: {"probe/av_acc": 0.2}}})
+    steps.tell_failure(queue, study, "log_models", "the encoders were not logged", RuntimeError("no disk"))
+    queue.put(E.StudyParams(study, {"provenance.torch": "2.14.1"}))
+    stopped = E.InterruptTrials(study, time_ms=1_700_000_000_000)
+    queue.put(stopped)
+    queue.put(E.EndStudy(study, "KILLED", time_ms=stopped.time_ms + 5))
+    assert queue.close(1) == 6
+    assert client.get_run(study).info.status == "RUNNING"  # nothing reached MLflow
+
+    flushed = flush(folder, client)
+    assert flushed.exit_code == 0 and "Sent 6 of 6" in flushed.output, flushed.output
+    run = client.get_run(study)
+    assert (run.info.status, run.info.end_time) == ("KILLED", stopped.time_ms + 5)
+    baseline = T.baseline_metric("random_init", "probe/av_acc")
+    assert [(m.step, m.value) for m in client.get_metric_history(study, baseline)] == [(0, 0.1), (1, 0.2)]
+    assert run.data.tags[T.ERROR_TAG] == "log_models: no disk"
+    assert run.data.params["provenance.torch"] == "2.14.1"
+    ended = client.get_run(trial)
+    assert ended.data.tags[T.STATUS_TAG] == "interrupted" and ended.info.end_time == stopped.time_ms
+
+
+def test_the_study_driver_and_the_trials_callback_share_one_queue(client: MlflowClient, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture):
+    """One sender and one numbering of entries per journal folder in a process, however its URI is spelled;
+    the callback lets go at the sweep's end, and the driver, the last holder, waits for MLflow."""
+    study = T.start_study_run(client, "shared", {})
+    journal = tmp_path / "shared" / JOURNAL_DIR
+    driver = open_queue(str(journal), client.tracking_uri)
+    callback = MlflowTrials(client.tracking_uri, study, SPEC, f"file://{journal}/")
+    assert callback.queue is driver
+    trial = fake_trial("q_00000", {"objective": "joint", "lr": 0.01})
+    callback.on_trial_start(0, [trial], trial)
+    callback.on_experiment_end([trial])
+    driver.put(E.EndStudy(study, "FINISHED"))
+    assert driver.close(60) == 0 and "warning" not in capsys.readouterr().out
+    assert client.get_run(study).info.status == "FINISHED" and T.find_trial_run(client, study, "q_00000")
+    again = open_queue(str(journal), client.tracking_uri)
+    assert again is not driver and again.close(0) == 0  # a closed queue is not handed out
+
+
+def test_entries_an_older_avmae_left_in_the_journal_are_sent(client: MlflowClient, tmp_path: Path):
+    """A study interrupted under an older avmae left its entries as plain dicts: they are read as typed
+    entries and sent. An entry no avmae wrote is kept aside, unsent, and said so."""
+    study = T.start_study_run(client, "old-journal", {})
+    journal = tmp_path / "old-journal" / JOURNAL_DIR
+    journal.mkdir(parents=True)
+    old = [
+        {"op": "trial_run", "study_run": study, "trial": "t_0", "cell": {"objective": "joint"},
+         "params": {"lr": 0.01}, "repeat": 1},
+        {"op": "epochs", "study_run": study, "trial": "t_0", "records": [
+            {"epoch": 1, "time_ms": 1_700_000_000_000, "metrics": {T.VAL_LOSS: 0.5, T.EPOCH: 1.0},
+             "history": [{"step": 1, T.TRAIN_LOSS: 0.7}]}]},
+        {"op": "tags", "study_run": study, "trial": "t_0", "tags": {T.HOST_TAG: "h1"}},
+        {"op": "end", "study_run": study, "trial": "t_0", "status": "pruned",
+         "tags": {T.CHECKPOINT_TAG: "/c"}, "time_ms": 1_700_000_000_500},
+        {"op": "from_the_future", "study_run": study},
+    ]
+    for i, entry in enumerate(old):
+        (journal / f"{i:012d}.json").write_text(json.dumps(entry))
+    assert E.decode(old[3]) == E.End(study, "t_0", T.TrialStatus.PRUNED, {T.CHECKPOINT_TAG: "/c"},
+                                     1_700_000_000_500)
+
+    flushed = flush(journal.parent, client)
+    assert flushed.exit_code == 0 and "000000000004.json is unreadable" in flushed.stderr, flushed.output
+    assert [p.name for p in journal.iterdir()] == ["000000000004.json.unreadable"]
+    run = client.get_run(T.find_trial_run(client, study, "t_0"))
+    assert run.data.tags[T.STATUS_TAG] == "pruned" and run.info.status == "KILLED"
+    assert run.data.tags[T.REPEAT_TAG] == "1" and run.data.tags[T.HOST_TAG] == "h1"
+    assert run.data.tags[T.CHECKPOINT_TAG] == "/c" and run.info.end_time == 1_700_000_000_500
+    assert epoch_steps(client, run.info.run_id) == {T.EPOCH: [1], T.VAL_LOSS: [1], T.TRAIN_LOSS: [1]}
 
 
 def test_a_restored_trial_logs_the_epochs_its_checkpoint_holds_that_mlflow_lacks(client: MlflowClient,

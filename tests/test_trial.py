@@ -1,4 +1,4 @@
-"""How a trial hands Ray Train's reports to Tune (platform/trial.py), on a real Ray runtime.
+"""How a trial hands Ray Train's reports to Tune (platform/train/trial.py), on a real Ray runtime.
 
 Ray's own `TuneReportCallback` passes them through Tune's result thread, which races the trial function's
 return: when that thread takes the last report only after the Train run has ended, the trial hangs for good.
@@ -17,8 +17,8 @@ import pytest
 import ray.cloudpickle
 import ray.train
 import ray.train.torch
-from avmae.platform.study import ray_runtime
-from avmae.platform.trial import TuneReports, fit_reporting
+from avmae.platform.study.runtime import ray_runtime
+from avmae.platform.train.trial import TuneReports, fit_reporting
 from ray import tune
 
 EPOCHS = 3

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from avmae.platform.uris import redact
+from avmae.platform.tracking.uris import redact
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""`avmae mlflow flush STUDY_DIR`: send to MLflow what a sweep left in its queue (`mlflow_queue`), for a
-study that is not running (a sweep that ended while the server was down, or whose driver was killed)."""
+"""`avmae mlflow flush STUDY_DIR`: send to MLflow what a sweep left in its queue (`tracking.queue`): its
+trials' records and its study-level writes (reference rows, failures, its end), for a study that is not
+running (a sweep that ended while the server was down, or whose driver was killed)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import click
 import pyarrow.fs
-from avmae.platform.uris import MASK, redact
+from avmae.platform.tracking.uris import MASK, redact
 
 STUDY_FILE = "study.json"  # study.STUDY_FILE (study.py imports Ray, which this command does not need)
 
@@ -40,8 +41,8 @@ def mlflow_group() -> None:
               help="Give up after so many seconds without an empty queue (what is left stays queued).")
 def flush(study_dir: str, tracking_uri: str | None, wait_s: float) -> None:
     """Send the writes queued in STUDY_DIR (`<storage>/<study>`) to MLflow; exit 1 if some are left."""
-    from avmae.platform.journal import Journal
-    from avmae.platform.mlflow_queue import JOURNAL_DIR, MlflowQueue
+    from avmae.platform.tracking.journal import Journal
+    from avmae.platform.tracking.queue import JOURNAL_DIR, open_queue
 
     if "://" not in study_dir:
         study_dir = str(Path(study_dir).resolve())
@@ -51,7 +52,7 @@ def flush(study_dir: str, tracking_uri: str | None, wait_s: float) -> None:
                                    "--tracking-uri")
     journal = f"{study_dir}/{JOURNAL_DIR}"
     queued = len(Journal(journal).pending())
-    queue = MlflowQueue(journal, uri)
+    queue = open_queue(journal, uri)
     left = queue.close(wait_s)
     click.echo(f"Sent {queued - left} of {queued} queued writes to MLflow at {redact(uri)}.")
     if left:

@@ -9,10 +9,11 @@ import click
 # name -> ("module:attribute" of a click command or group, one-line help shown by `avmae --help`).
 SUBCOMMANDS = {
     "data": ("avmae.platform.data.cli:data", "Build AV-Digits, scan a dataset for broken files, cache it."),
-    "sweep": ("avmae.platform.sweep_cli:sweep", "Run a study file: Ray Tune + Optuna over AV-MAE variants."),
+    "sweep": ("avmae.platform.cli.sweep:sweep", "Run a study file: Ray Tune + Optuna over AV-MAE variants."),
     "dashboard": ("avmae.dashboards.cli:dashboard", "Build a study's HTML dashboard from MLflow."),
-    "status": ("avmae.platform.status:status", "List the studies in MLflow, or a study's progress and ETA."),
-    "mlflow": ("avmae.platform.mlflow_cli:mlflow_group", "Send to MLflow what a study left queued (flush)."),
+    "status": ("avmae.platform.cli.status:status",
+               "List the studies in MLflow, or a study's progress and ETA."),
+    "mlflow": ("avmae.platform.cli.flush:mlflow_group", "Send to MLflow what a study left queued (flush)."),
 }
 
 
@@ -48,6 +49,3 @@ def main() -> None:
     Run `avmae COMMAND --help` for a command's options.
     """
 
-
-if __name__ == "__main__":
-    main()

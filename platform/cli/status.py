@@ -3,7 +3,8 @@
 Only MLflow's client and the run layout of `tracking` are used (no torch, no Ray, no storage access), so it
 works from a laptop against a cluster's MLflow server, while the sweep runs or long after. Study names are
 never put into MLflow filter strings (their grammar has no escape); runs are found by their experiment and
-fixed tag values, then matched here.
+fixed tag values, then matched here. A study run still RUNNING whose driver stopped beating
+(`layout.driver_lost`) is shown as `driver lost`, never as running.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from avmae.platform import tracking as T
-from avmae.platform.uris import redact
+from avmae.platform.tracking import layout as T
+from avmae.platform.tracking.uris import redact
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -129,7 +130,23 @@ def search(client: MlflowClient, exp_ids: list[str], role: str) -> list[Run]:
             return runs
 
 
-def list_studies(client: MlflowClient) -> str:
+def study_state(run: Run, now_ms: int) -> str:
+    """running, finished, failed, interrupted, or `layout.DRIVER_LOST` for a running study whose driver
+    stopped beating."""
+    if T.driver_lost(run.info.status, T.heartbeat_ms(run.data.tags), now_ms):
+        return T.DRIVER_LOST
+    return STUDY_STATE.get(run.info.status, run.info.status.lower())
+
+
+def driver_lost_line(run: Run, now_ms: int) -> str:
+    beat = T.heartbeat_ms(run.data.tags) or now_ms
+    return (f"Driver lost: no heartbeat since {when(beat)} ({duration((now_ms - beat) / 1000)} ago; it beats "
+            f"every {T.HEARTBEAT_INTERVAL_S:.0f} s). The sweep is gone (killed, or its machine lost): "
+            "`avmae sweep FILE --resume` continues it. A sweep that ended while MLflow was down left its "
+            "last writes queued: `avmae mlflow flush STUDY_DIR` sends them.")
+
+
+def list_studies(client: MlflowClient, now_ms: int) -> str:
     exp_ids = [e.experiment_id for e in client.search_experiments()]
     studies = search(client, exp_ids, "study") if exp_ids else []
     if not studies:
@@ -138,7 +155,7 @@ def list_studies(client: MlflowClient) -> str:
     for run in search(client, exp_ids, "trial"):
         trials[run.data.tags.get(T.STUDY_TAG, "")].add(run, None)
     rows = [
-        [name, STUDY_STATE.get(run.info.status, run.info.status.lower()), str(trials[name].total),
+        [name, study_state(run, now_ms), str(trials[name].total),
          counts_text(trials[name].counts), when(run.info.start_time)]
         for run in sorted(studies, key=lambda r: r.info.start_time or 0, reverse=True)
         for name in [run.data.tags.get(T.STUDY_TAG, run.info.run_name)]
@@ -168,7 +185,7 @@ def study_report(client: MlflowClient, study: str, now_ms: int) -> str:
     best_name = f"best {metric}" if metric else "best"
     rows = [[cell, *(str(trials.counts[s]) for s in STATUSES), score(trials.best)]
             for cell, trials in sorted(cells.items())]
-    state = STUDY_STATE.get(parent.info.status, parent.info.status.lower())
+    state = study_state(parent, now_ms)
     expected = expected_trials(params)
     lines = [
         f"Study {study} in {redact(client.tracking_uri)}: {state}, started {when(parent.info.start_time)}",
@@ -181,11 +198,15 @@ def study_report(client: MlflowClient, study: str, now_ms: int) -> str:
         eta = eta_seconds(overall, expected, now_ms)
         lines.append(f"ETA: {duration(eta)} at the rate trials have ended so far" if eta is not None
                      else "ETA: after the first trial ends")
+    elif state == T.DRIVER_LOST:
+        lines.append(driver_lost_line(parent, now_ms))
     elif overall.counts[T.TrialStatus.RUNNING.value]:
         lines.append(f"{overall.counts[T.TrialStatus.RUNNING.value]} trial run(s) still say running, but the "
                      f"study run is {state}: its sweep is gone. `avmae sweep FILE --resume` continues them.")
     elif state == "interrupted":
         lines.append("Interrupted: `avmae sweep FILE --resume` continues it.")
+    if client.tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"MLflow UI: {T.runs_page(redact(client.tracking_uri), experiment.experiment_id)}")
     return "\n".join(lines)
 
 
@@ -211,7 +232,8 @@ def status(study: str | None, tracking_uri: str | None) -> None:
 
     client = MlflowClient(tracking_uri)
     try:
-        report = study_report(client, study, int(time.time() * 1000)) if study else list_studies(client)
+        now_ms = int(time.time() * 1000)
+        report = study_report(client, study, now_ms) if study else list_studies(client, now_ms)
     except MlflowException as error:
         raise click.ClickException(f"{redact(tracking_uri)}: {error.message}") from None
     click.echo(report)

@@ -22,9 +22,9 @@ import torch
 from avmae import models
 from avmae.platform.data import AVDigitsBuild, ClipGeometry, build_av_digits
 from avmae.platform.data.loader import build_dataset
-from avmae.platform.prepare import av_digits_build_name
-from avmae.platform.probe import Pooling, encoder_features, probe_accuracy, raw_features
-from avmae.platform.spec import PROBE_MODALITIES
+from avmae.platform.evaluation.probe import Pooling, encoder_features, probe_accuracy, raw_features
+from avmae.platform.study.prepare import av_digits_build_name
+from avmae.platform.study.spec import PROBE_MODALITIES
 
 log = logging.getLogger(__name__)
 Clips = dict[str, torch.Tensor]  # audio [N, A, mel], video uint8 [N, 3, T, S, S], label [N]

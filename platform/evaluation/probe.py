@@ -22,9 +22,9 @@ import torch
 from avmae import models
 from avmae.models.avmae import build_tokenizers
 from avmae.models.downstream import select
-from avmae.platform import tracking as T
-from avmae.platform.data import ClipGeometry, build_loader
-from avmae.platform.spec import StudySpec
+from avmae.platform.data import ClipGeometry, build_from_config, build_loader
+from avmae.platform.study.spec import StudySpec
+from avmae.platform.tracking import layout as T
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
@@ -42,7 +42,7 @@ def pool(tokens: Mapping[str, Tensor], pooling: Pooling) -> Tensor:
 def eval_loader(spec: StudySpec, split: str, geometry: ClipGeometry,
                 max_clips: int | None = None) -> DataLoader:
     """A split in fixed order, unaugmented; with `max_clips`, the same random subset in every trial."""
-    dataset = spec.data.dataset(split, geometry, train=False)
+    dataset = build_from_config(spec.data, split, geometry, train=False)
     if max_clips is not None and len(dataset) > max_clips:
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_clips]
         dataset = Subset(dataset, keep.tolist())

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow.fs
-from avmae.platform import tracking as T
-from avmae.platform.spec import REPEAT_KEY, BudgetSpec, Grid, ResourceSpec, StudySpec
+from avmae.platform.study.spec import REPEAT_KEY, BudgetSpec, Grid, ResourceSpec, StudySpec
+from avmae.platform.tracking import layout as T
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Repeater, Searcher
@@ -72,6 +72,17 @@ class GridPoints(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass
 
+    def grow_repeats(self, old: int, new: int) -> None:
+        """Run every configuration not yet begun with `new` seeds instead of `old` (the ones begun get their
+        missing seeds from `StudySearch.grow_repeats`). A configuration's seeds are consecutive points, the
+        first with repeat index 0: one whose first point is still here has not begun."""
+        grown: list[dict[str, Any]] = []
+        for point in self._points:
+            grown.append(point)
+            if point[REPEAT_KEY] == old - 1 and len(grown) >= old and grown[-old][REPEAT_KEY] == 0:
+                grown += [{**point, REPEAT_KEY: k} for k in range(old, new)]
+        self._points = grown
+
 
 def cell_search(spec: StudySpec, seed: int) -> Searcher:
     """One cell's search: Optuna (TPE, seeded) wrapped in a `Repeater` when configurations repeat, or the
@@ -114,6 +125,8 @@ class StudySearch(Searcher):
         self.finished_cells: set[str] = set()
         self.turn = 0
         self.stopped: str | None = None  # why no new trial starts (a spent budget), once it happened
+        self.extra: dict[str, list[dict[str, Any]]] = {}  # seeds added on resume to configurations begun
+        self.extra_trials: set[str] = set()  # their trials: no cell search knows them
         StudySearch.live[record] = self
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
@@ -132,7 +145,7 @@ class StudySearch(Searcher):
                 self.finished_cells.add(key)
             if key in self.finished_cells or (cap is not None and self.running()[key] >= cap):
                 continue
-            config = self.searches[key].suggest(trial_id)
+            config = self.next_config(key, trial_id)
             if config == Searcher.FINISHED:
                 self.finished_cells.add(key)
                 continue
@@ -145,11 +158,20 @@ class StudySearch(Searcher):
             return {**self.cells[key], **config}
         return Searcher.FINISHED if len(self.finished_cells) == len(keys) else None
 
+    def next_config(self, key: str, trial_id: str) -> dict[str, Any] | str | None:
+        """The cell's next trial: an added seed of a configuration already begun, else its search's."""
+        if self.extra.get(key):
+            self.extra_trials.add(trial_id)
+            return self.extra[key].pop(0)
+        return self.searches[key].suggest(trial_id)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.hours[trial_id] = result.get("time_total_s", 0.0) / 3600
         if trial_id in self.done:  # a failed trial that `--resume` restarted: running again
             self.done.discard(trial_id)
             self.resumed.add(trial_id)
+        if trial_id in self.extra_trials:
+            return
         if self.metric in result and trial_id not in self.resumed:  # Optuna records the metric only
             self.searches[self.trial_cell[trial_id]].on_trial_result(trial_id, result)
 
@@ -160,6 +182,8 @@ class StudySearch(Searcher):
         self.done.add(trial_id)
         if result is not None and "time_total_s" in result:
             self.hours[trial_id] = result["time_total_s"] / 3600
+        if trial_id in self.extra_trials:
+            return  # a seed added on resume: its configuration's score was told with the seeds it had
         if trial_id in self.resumed:
             self.tell_late(key, trial_id, result, error)
         else:
@@ -193,8 +217,31 @@ class StudySearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self.__dict__.setdefault("extra", {})  # a search saved before seeds could be added
+        self.__dict__.setdefault("extra_trials", set())
         self.stopped = None  # a raised budget is read at the next suggestion
+        self.grow_repeats(read_repeats(self.record, self.spec))
         StudySearch.live[self.record] = self
+
+    def grow_repeats(self, repeats: int) -> None:
+        """Run every configuration with `repeats` seeds (a `--resume` that raised `repeats`): the seeds that
+        ran are kept, the configurations already begun get only their missing seeds, the cell searches run
+        the ones not yet begun with all of them."""
+        old = self.spec.repeats
+        if repeats <= old:
+            return
+        for key, search in self.searches.items():
+            begun = [{n: v for n, v in self.params[t].items() if n != REPEAT_KEY}
+                     for t, cell in self.trial_cell.items()
+                     if cell == key and self.params[t].get(REPEAT_KEY, 0) == 0 and t not in self.extra_trials]
+            self.extra[key] = self.extra.get(key, []) + [
+                {**config, REPEAT_KEY: k} for config in begun for k in range(old, repeats)]
+            if isinstance(search, GridPoints):
+                search.grow_repeats(old, repeats)
+            elif isinstance(search, Repeater):
+                search.repeat = repeats
+        self.spec = self.spec.model_copy(update={"repeats": repeats})
+        self.finished_cells.clear()
 
 
 class BudgetStopper(tune.Stopper):
@@ -221,15 +268,27 @@ def spent(budget: BudgetSpec, resources: ResourceSpec, trial_hours: float) -> st
     return None
 
 
-def read_budget(record: str | None, spec: StudySpec) -> BudgetSpec:
-    """The budget in the study's record `study.json` (a `--resume` may have raised it), else the spec's."""
+def read_repeats(record: str | None, spec: StudySpec) -> int:
+    """Seeds per configuration in the study's record (`--resume` may have raised them), else the spec's."""
+    recorded = _recorded_spec(record)
+    return spec.repeats if recorded is None else int(recorded.get("repeats", 1))
+
+
+def _recorded_spec(record: str | None) -> dict[str, Any] | None:
+    """The spec as the study's record `study.json` holds it, or None where there is no record."""
     if record is None:
-        return spec.budget
+        return None
     fs, path = pyarrow.fs.FileSystem.from_uri(record)
     if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
-        return spec.budget
+        return None
     with fs.open_input_stream(path) as f:
-        return BudgetSpec.model_validate(json.loads(f.read())["spec"].get("budget") or {})
+        return json.loads(f.read())["spec"]
+
+
+def read_budget(record: str | None, spec: StudySpec) -> BudgetSpec:
+    """The budget in the study's record `study.json` (a `--resume` may have raised it), else the spec's."""
+    recorded = _recorded_spec(record)
+    return spec.budget if recorded is None else BudgetSpec.model_validate(recorded.get("budget") or {})
 
 
 class CellScheduler(FIFOScheduler):

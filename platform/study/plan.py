@@ -5,27 +5,47 @@ from __future__ import annotations
 import math
 import os
 
-from avmae.platform.spec import Grid, Range, StudySpec
-from avmae.platform.tracking import cell_key
+from avmae.platform.study.spec import Grid, Range, StudySpec
+from avmae.platform.tracking.layout import cell_key
 
 
 def describe(spec: StudySpec, storage: str, tracking_uri: str, address: str | None,
              cluster_gpus: int | None = None) -> str:
-    cells, res, tr = spec.cells(), spec.resources, spec.train
-    lines = [f"Study {spec.name}" + (f": {spec.description.strip()}" if spec.description.strip() else "")]
+    """The whole plan, one section after another, as `avmae sweep --dry-run` prints it."""
+    lines = [*_study_lines(spec), *_cell_lines(spec), *_search_lines(spec), *_training_lines(spec),
+             _evaluation_line(spec), *_trial_lines(spec)]
+    if cluster_gpus:
+        lines.append(cluster_plan(spec, cluster_gpus))
+    lines += [_ray_line(spec, address), f"Storage: {storage}", f"MLflow: {tracking_uri}"]
+    return "\n".join(lines)
+
+
+def _study_lines(spec: StudySpec) -> list[str]:
+    """The study's name and description, its data, its model."""
     data = spec.data
-    lines.append(f"Data: {data.kind} at {data.root} (train split {data.train_split!r}"
-                 + (f", validation {data.val_split!r}" if data.val_split else "")
-                 + (f", cache {data.cache_dir}" if data.cache_dir else ", decoded on the fly") + ")")
     fixed = ", ".join(f"{k}={v}" for k, v in spec.model.overrides.items())
     model = f"Model: preset {spec.model.preset}" + (f", input {spec.model.input}" if spec.model.input else "")
-    lines.append(model + (f"; fixed {fixed}" if fixed else ""))
+    return [
+        f"Study {spec.name}" + (f": {spec.description.strip()}" if spec.description.strip() else ""),
+        f"Data: {data.kind} at {data.root} (train split {data.train_split!r}"
+        + (f", validation {data.val_split!r}" if data.val_split else "")
+        + (f", cache {data.cache_dir}" if data.cache_dir else ", decoded on the fly") + ")",
+        model + (f"; fixed {fixed}" if fixed else ""),
+    ]
 
+
+def _cell_lines(spec: StudySpec) -> list[str]:
+    """How many cells the axes make (and how many are excluded), then each cell's key."""
+    cells = spec.cells()
     axes = " x ".join(f"{name}[{len(values)}]" for name, values in spec.axes.items()) or "no axes"
     excluded = math.prod(len(v) for v in spec.axes.values()) - len(cells)
-    lines.append(f"Cells: {len(cells)} ({axes}" + (f", {excluded} excluded" if excluded else "") + ")")
-    lines += [f"  {i:>3}. {cell_key(cell) or '(the whole study)'}" for i, cell in enumerate(cells, 1)]
+    return [f"Cells: {len(cells)} ({axes}" + (f", {excluded} excluded" if excluded else "") + ")",
+            *(f"  {i:>3}. {cell_key(cell) or '(the whole study)'}" for i, cell in enumerate(cells, 1))]
 
+
+def _search_lines(spec: StudySpec) -> list[str]:
+    """How each cell is searched (Optuna, a grid, or repeats of one configuration), then each dimension."""
+    tr = spec.train
     if spec.searched_by_optuna:
         startup = min(spec.optuna.startup_trials or 10, spec.trials_per_cell)
         how = f"Optuna TPE, {spec.trials_per_cell} trials, the first {startup} random"
@@ -36,59 +56,72 @@ def describe(spec: StudySpec, storage: str, tracking_uri: str, address: str | No
     if spec.repeats > 1:
         how += (f"; each configuration run with seeds {tr.seed}..{tr.seed + spec.repeats - 1}, "
                 "paired across cells")
-    lines.append(f"Search inside each cell ({how}):")
+    lines = [f"Search inside each cell ({how}):"]
     for name, dim in spec.search.items():
         if isinstance(dim, Range):
             lines.append(f"  {name}: {dim.dist}({dim.low:g}, {dim.high:g})")
         else:
-            kind = "grid" if isinstance(dim, Grid) else "choice"
-            lines.append(f"  {name}: {kind} {dim.values}")
+            lines.append(f"  {name}: {'grid' if isinstance(dim, Grid) else 'choice'} {dim.values}")
+    return lines
 
+
+def _training_lines(spec: StudySpec) -> list[str]:
+    """The recipe every trial trains with, and the scheduler that stops poor trials."""
+    tr, sch = spec.train, spec.scheduler
     steps = f"at most {tr.steps_per_epoch} steps" if tr.steps_per_epoch else "the whole split"
     base, wd, warmup = (
         "searched" if name in spec.search or name in spec.axes else f"{getattr(tr, name):g}"
         for name in ("lr", "weight_decay", "warmup_epochs")
     )
-    lines.append(f"Training: {tr.epochs} epochs of {steps}, batch {tr.batch_size} per worker, "
-                 f"lr = base ({base}) x global batch / 256, AdamW(0.9, 0.95) wd {wd}, warmup {warmup} "
-                 f"epochs + cosine; metric {spec.metric} ({spec.mode})")
-    sch = spec.scheduler
-    if sch.name == "asha":
-        lines.append(f"Scheduler: ASHA on {spec.metric}, grace {sch.grace_period} epoch(s), "
-                     f"reduction {sch.reduction_factor:g}")
-    else:
-        lines.append("Scheduler: none (every trial runs all epochs)")
+    scheduler = (f"Scheduler: ASHA on {spec.metric}, grace {sch.grace_period} epoch(s), "
+                 f"reduction {sch.reduction_factor:g}" if sch.name == "asha"
+                 else "Scheduler: none (every trial runs all epochs)")
+    return [f"Training: {tr.epochs} epochs of {steps}, batch {tr.batch_size} per worker, "
+            f"lr = base ({base}) x global batch / 256, AdamW(0.9, 0.95) wd {wd}, warmup {warmup} "
+            f"epochs + cosine; metric {spec.metric} ({spec.mode})", scheduler]
+
+
+def _evaluation_line(spec: StudySpec) -> str:
     ev = spec.evaluation
     probe = ", ".join(ev.probe)
+    if not probe:
+        return "Evaluation: none"
     when = f"every {ev.probe_every} epoch(s) and after the last" if ev.probe_every else "after the last epoch"
     refs = "; reference rows: a random-init encoder and the raw input" if ev.baselines else ""
-    lines.append(f"Evaluation: linear probe ({probe}) {when}, trained on {ev.train_split!r}, scored on "
-                 f"{ev.test_split!r}{refs}" if probe else "Evaluation: none")
+    return (f"Evaluation: linear probe ({probe}) {when}, trained on {ev.train_split!r}, scored on "
+            f"{ev.test_split!r}{refs}")
 
-    total = len(cells) * spec.trials_in_cell
-    per_trial = {"CPU": res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}
+
+def _trial_lines(spec: StudySpec) -> list[str]:
+    """How many trials, how many at once, the budget, and what one trial and the peak reserve."""
+    res, cells = spec.resources, len(spec.cells())
+    per_trial = _per_trial(spec)
     peak = {k: v * res.max_concurrent_trials for k, v in per_trial.items()}
     per_cell = f", at most {res.max_concurrent_per_cell} per cell" if res.max_concurrent_per_cell else ""
-    lines.append(f"Trials: {total} ({len(cells)} cells x {spec.trials_in_cell}), at most "
-                 f"{res.max_concurrent_trials} at a time from every cell, dealt round-robin{per_cell}")
+    lines = [f"Trials: {cells * spec.trials_in_cell} ({cells} cells x {spec.trials_in_cell}), at most "
+             f"{res.max_concurrent_trials} at a time from every cell, dealt round-robin{per_cell}"]
     budget = [f"{v:g} {k.replace('_', ' ')}" for k, v in spec.budget.model_dump().items() if v]
     if budget:
         lines.append(f"Budget: {' and '.join(budget)}; then no new trial starts (--resume with more goes on)")
     lines.append(f"Per trial: {res.workers} worker(s) x {{CPU: {res.cpus_per_worker:g}, GPU: "
                  f"{res.gpus_per_worker:g}}} = {_resources(per_trial)}; at peak {_resources(peak)}")
-    if cluster_gpus:
-        lines.append(cluster_plan(spec, cluster_gpus))
+    return lines
+
+
+def _ray_line(spec: StudySpec, address: str | None) -> str:
+    """The cluster joined, or the local runtime and how many trials fit on this machine."""
     if address:
-        lines.append(f"Ray: the cluster at {address}")
-    else:
-        cpus = os.cpu_count() or 1
-        fits = math.floor(cpus / per_trial["CPU"]) if per_trial["CPU"] else res.max_concurrent_trials
-        note = "" if fits >= res.max_concurrent_trials else f" - only {fits} trial(s) fit at a time here"
-        gpu_note = " - needs GPUs: use --address" if per_trial["GPU"] else ""
-        lines.append(f"Ray: a local runtime for the job ({cpus} CPUs here){note}{gpu_note}")
-    lines.append(f"Storage: {storage}")
-    lines.append(f"MLflow: {tracking_uri}")
-    return "\n".join(lines)
+        return f"Ray: the cluster at {address}"
+    res, per_trial, cpus = spec.resources, _per_trial(spec), os.cpu_count() or 1
+    fits = math.floor(cpus / per_trial["CPU"]) if per_trial["CPU"] else res.max_concurrent_trials
+    note = "" if fits >= res.max_concurrent_trials else f" - only {fits} trial(s) fit at a time here"
+    gpu_note = " - needs GPUs: use --address" if per_trial["GPU"] else ""
+    return f"Ray: a local runtime for the job ({cpus} CPUs here){note}{gpu_note}"
+
+
+def _per_trial(spec: StudySpec) -> dict[str, float]:
+    res = spec.resources
+    return {"CPU": res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}
 
 
 def cluster_plan(spec: StudySpec, gpus: int) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from avmae.platform.data import ClipGeometry
 from avmae.platform.data.config import AVDigitsBuild
-from avmae.platform.spec import StudySpec
+from avmae.platform.study.spec import StudySpec
 
 
 def av_digits_build_name(settings: AVDigitsBuild, speech: str | Path | None) -> str:
@@ -53,13 +53,16 @@ def geometries(spec: StudySpec) -> set[ClipGeometry]:
 
 
 def prepare_data(spec: StudySpec, speech: str | Path | None = None) -> None:
-    """Build AV-Digits if needed (idempotent) and decode every split the study reads into the cache."""
+    """Build AV-Digits if needed (idempotent), check the index (`preflight_index`: IndexHygieneError when its
+    rows disagree) and decode every split the study reads into the cache."""
+    # torch: only when preparing, not for --dry-run
+    from avmae.platform.data import build_av_digits, build_from_config, preflight_index
+
     data = spec.data
     if data.kind == "av-digits":
-        from avmae.platform.data import build_av_digits  # torch: only when building, not for --dry-run
-
         settings = data.av_digits or AVDigitsBuild()
         build_av_digits(data.root, settings, speech=speech, workers=data.workers)
+    preflight_index(data)
     if data.cache_dir is None:
         return  # trials decode the media themselves
     splits = {data.train_split, data.val_split}
@@ -67,4 +70,4 @@ def prepare_data(spec: StudySpec, speech: str | Path | None = None) -> None:
         splits |= {spec.evaluation.train_split, spec.evaluation.test_split}
     for geometry in geometries(spec):
         for split in sorted(s for s in splits if s):
-            data.dataset(split, geometry, train=False)
+            build_from_config(data, split, geometry, train=False)

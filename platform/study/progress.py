@@ -11,9 +11,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from avmae.platform import tracking as T
-from avmae.platform.callbacks import trial_status
-from avmae.platform.reports import DIVERGED, better
+from avmae.platform.tracking import layout as T
+from avmae.platform.tracking.callbacks import trial_status
+from avmae.platform.train.reports import DIVERGED, better
 from ray import tune
 from tqdm import tqdm
 

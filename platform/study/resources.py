@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 
-from avmae.platform.spec import StudySpec
+from avmae.platform.study.spec import StudySpec
 
 Node = Mapping[str, float]
 

@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from avmae.models import AVMAEConfig, resolve_config  # the config side of avmae.models: no torch
 from avmae.platform.data.config import AVDigitsBuild, DataConfig
-from avmae.platform.reports import metric_mode
-from avmae.platform.tracking import PROBE_PREFIX, SEED_PARAM, cell_key
+from avmae.platform.tracking.layout import PROBE_PREFIX, SEED_PARAM, TRAIN_LOSS, VAL_LOSS, cell_key
+from avmae.platform.train.reports import metric_mode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Searchable training hyperparameters; every other name must be an `AVMAEConfig` field.
@@ -208,7 +208,7 @@ class StudySpec(Strict):
     trials_per_cell: int = Field(1, ge=1)  # with a grid: repeats of the grid (Tune's num_samples)
     repeats: int = Field(1, ge=1)  # every configuration runs with seeds seed+0..seed+repeats-1, paired
     train: TrainSpec
-    metric: str = Field("train/loss", pattern=METRIC_PATTERN)  # a loss (min) or a probe score (max)
+    metric: str = Field(TRAIN_LOSS, pattern=METRIC_PATTERN)  # a loss (min) or a probe score (max)
     lr_tolerance: float = Field(0.05, gt=0, lt=1)  # the LR-stability window: within 5% of the best score
     scheduler: SchedulerSpec = SchedulerSpec()
     optuna: OptunaSpec = OptunaSpec()
@@ -232,7 +232,7 @@ class StudySpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> StudySpec:
-        if self.metric == "val/loss" and self.data.val_split is None:
+        if self.metric == VAL_LOSS and self.data.val_split is None:
             raise ValueError("metric: val/loss needs data.val_split")
         if self.metric.startswith(PROBE_PREFIX):
             modality = self.metric.removeprefix(PROBE_PREFIX).split("_")[0]

@@ -3,7 +3,7 @@
 The driver is the one process that sees every trial end: when ASHA stops a trial, Tune kills its process, so
 nothing after `fit()` runs there. The workers never talk to MLflow; their reports carry what is logged, and
 their checkpoints carry it too (`reports.BACKLOG`), for the epochs whose report a killed driver never saw.
-The callback only queues writes (`mlflow_queue`); a thread sends them. Tune pickles its callbacks with the
+The callback only queues writes (`queue`); a thread sends them. Tune pickles its callbacks with the
 experiment and hands the copy back on `Tuner.restore`, so the state here is small, and runs are found again
 by their MLflow tags.
 """
@@ -15,12 +15,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from avmae.platform import mlflow_queue as Q
-from avmae.platform import tracking as T
-from avmae.platform.mlflow_queue import FLUSH_WAIT_S, MlflowQueue
-from avmae.platform.reports import BACKLOG, CHECKPOINT_PATH, DIVERGED, HISTORY, EpochReport, better
-from avmae.platform.spec import StudySpec
-from avmae.platform.uris import MASK, redact
+from avmae.platform.study.spec import StudySpec
+from avmae.platform.tracking import entries as E
+from avmae.platform.tracking import layout as T
+from avmae.platform.tracking.queue import FLUSH_WAIT_S, MlflowQueue, open_queue, warn_left
+from avmae.platform.tracking.uris import MASK, redact
+from avmae.platform.train.reports import BACKLOG, CHECKPOINT_PATH, DIVERGED, HISTORY, EpochReport, better
 from ray import tune
 
 if TYPE_CHECKING:
@@ -59,8 +59,9 @@ def error_reason(trial: Trial) -> str | None:
 
 
 class MlflowTrials(tune.Callback):
-    """One nested MLflow run per trial under the study run: params, curves, probe scores, status. Every write
-    goes through the study's durable queue (`mlflow_queue`): Tune's loop never waits on MLflow."""
+    """One nested MLflow run per trial under the study run: params, its data splits as dataset inputs, curves,
+    probe scores, status. Every write goes through the study's durable queue (`queue`, shared with the study's
+    driver in this process): Tune's loop never waits on MLflow."""
 
     def __init__(self, tracking_uri: str, study_run_id: str, spec: StudySpec, journal: str,
                  flush_wait_s: float = FLUSH_WAIT_S) -> None:
@@ -69,12 +70,14 @@ class MlflowTrials(tune.Callback):
         self.tracking_uri, self.study_run_id, self.spec = tracking_uri, study_run_id, spec
         self.journal, self.flush_wait_s = journal, flush_wait_s
         self._queue: MlflowQueue | None = None
+        self._datasets: list[dict[str, Any]] | None = None  # the splits' datasets, measured once per process
         self._best: dict[str, tuple[float, str]] = {}  # trial id -> (best metric, its checkpoint)
         self._placed: set[str] = set()  # trials whose node is tagged since they (re)started
 
     def __getstate__(self) -> dict[str, Any]:
-        """What Tune stores with the experiment: no queue, and no credentials from the tracking URI."""
-        return {**self.__dict__, "_queue": None, "tracking_uri": redact(self.tracking_uri)}
+        """What Tune stores with the experiment: no queue, no datasets (the data may change before a resume),
+        and no credentials from the tracking URI."""
+        return {**self.__dict__, "_queue": None, "_datasets": None, "tracking_uri": redact(self.tracking_uri)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -90,15 +93,22 @@ class MlflowTrials(tune.Callback):
 
     def setup(self, **info: Any) -> None:
         """Start the queue with the experiment: it first sends what an earlier run of the sweep left queued
-        (a `--resume` after the server was down at exit, or after the driver was killed)."""
+        (a `--resume` after the server was down at exit, or after the driver was killed); measure the
+        datasets its trials log (`provenance.split_datasets`)."""
         if self._queue is None:
-            self._queue = MlflowQueue(self.journal, self.tracking_uri)
+            self._queue = open_queue(self.journal, self.tracking_uri)
+        if self._datasets is None:
+            from avmae.platform.tracking.provenance import split_datasets
+
+            self._datasets = split_datasets(self.spec)
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         resolved = self.spec.resolve_trial(trial.config)
         self._placed.discard(trial.trial_id)  # a restored trial may run elsewhere: tagged again
-        self.queue.put(Q.trial_run_entry(self.study_run_id, trial.trial_id, resolved.cell,
-                                         resolved.params(self.spec), resolved.repeat))
+        self.queue.put(E.TrialRun(self.study_run_id, trial.trial_id, resolved.cell,
+                                  resolved.params(self.spec), resolved.repeat))
+        for dataset in self._datasets:  # measured by `setup`, which `queue` ran
+            self.queue.put(E.TrialDataset(self.study_run_id, trial.trial_id, **dataset))
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
@@ -110,9 +120,9 @@ class MlflowTrials(tune.Callback):
         # A diverged epoch logs where it diverged, never its sentinel score: MLflow keeps the last finite
         # metrics, and the status tag says the trial diverged. A restored trial's first report brings the
         # epochs of its checkpoint: those this driver's predecessor never logged are logged now, once.
-        self.queue.put(Q.epochs_entry(self.study_run_id, trial.trial_id, [*backlog, report.record()]))
+        self.queue.put(E.Epochs(self.study_run_id, trial.trial_id, [*backlog, report.record()]))
         if report.node_id and trial.trial_id not in self._placed:
-            self.queue.put(Q.tags_entry(self.study_run_id, trial.trial_id, {
+            self.queue.put(E.Tags(self.study_run_id, trial.trial_id, {
                 T.NODE_TAG: report.node_id, T.HOST_TAG: report.hostname, T.PID_TAG: str(report.pid)}))
             self._placed.add(trial.trial_id)
         if report.diverged:
@@ -130,15 +140,14 @@ class MlflowTrials(tune.Callback):
         self._end(trial, T.TrialStatus.FAILED, {T.ERROR_TAG: reason} if reason is not None else {})
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        """The sweep ended (or was interrupted): wait a while for MLflow to take what is queued."""
+        """The sweep ended (or was interrupted): let go of the queue. Its last holder (this callback, unless
+        the study's driver holds it too and waits at the study's end) waits a while for MLflow to take what
+        is queued, and says what is left."""
         left, self._queue = self.queue.close(self.flush_wait_s), None
         if left:
-            study = self.journal.rsplit("/", 1)[0]
-            print(f"warning: MLflow at {redact(self.tracking_uri)} did not take {left} queued writes within "
-                  f"{self.flush_wait_s:.0f} s. Nothing is lost: they are kept in {self.journal}, and "
-                  f"`avmae mlflow flush {study}` (or the sweep's --resume) sends them.", flush=True)
+            warn_left(left, self.journal, self.tracking_uri, self.flush_wait_s)
 
     def _end(self, trial: Trial, status: T.TrialStatus, tags: dict[str, str] | None = None) -> None:
         checkpoint = self._best.get(trial.trial_id, (0, trial.last_result.get(CHECKPOINT_PATH)))[1]
         tags = {**(tags or {}), **({T.CHECKPOINT_TAG: checkpoint} if checkpoint else {})}
-        self.queue.put(Q.end_entry(self.study_run_id, trial.trial_id, status, tags))
+        self.queue.put(E.End(self.study_run_id, trial.trial_id, status, tags))

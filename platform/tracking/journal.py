@@ -24,6 +24,12 @@ class Journal:
         self._lock = threading.Lock()
         self._next = max((int(name.removesuffix(SUFFIX)) for name in self.pending()), default=-1) + 1
 
+    @staticmethod
+    def key(uri: str) -> str:
+        """The folder `uri` names, the same however it is spelled (`/a/b/`, `file:///a/b`)."""
+        fs, folder = pyarrow.fs.FileSystem.from_uri(uri)
+        return f"{fs.type_name}://{folder.rstrip('/')}"
+
     def pending(self) -> list[str]:
         """The entries not done yet, oldest first."""
         infos = self._fs.get_file_info(pyarrow.fs.FileSelector(self._folder, allow_not_found=True))
@@ -43,6 +49,12 @@ class Journal:
     def read(self, name: str) -> dict[str, Any]:
         with self._fs.open_input_stream(f"{self._folder}/{name}") as f:
             return json.loads(f.read())
+
+    def set_aside(self, name: str) -> str:
+        """Take the entry out of the queue, keeping it beside as `<name>.unreadable`; that name."""
+        kept = f"{name}.unreadable"
+        self._fs.move(f"{self._folder}/{name}", f"{self._folder}/{kept}")
+        return kept
 
     def done(self, name: str) -> None:
         try:

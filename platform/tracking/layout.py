@@ -14,6 +14,7 @@ import math
 import subprocess
 import time
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +36,23 @@ STOPPED_TAG = "avmae.stopped"  # on the study run: why it ended before every tri
 REPEAT_TAG = "avmae.repeat"  # k = 0..repeats-1: trials of one configuration with seed k; paired across cells
 PARENT_TAG = "mlflow.parentRunId"
 GIT_TAG = "mlflow.source.git.commit"
+# On the study's experiment: its kind as the MLflow UI reads it (its bundle knows genai_development,
+# custom_model_development, finetuning, forecasting, classification, ...): model training, whose view is the
+# runs table. A UI with the GenAI / Model-training switch (3.18) goes by the switch instead: see `runs_page`.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+UI_WORKFLOW = "machine_learning"  # the MLflow UI's "Model training" view (`runs_page`)
+# On the study run: when its driver last said it is alive (UTC, ISO 8601), every HEARTBEAT_INTERVAL_S. A study
+# run still RUNNING whose beat is older than DRIVER_LOST_AFTER_S has lost its driver (killed, its machine
+# gone): readers call it DRIVER_LOST. A run without the tag (an older avmae) is taken at its MLflow status.
+HEARTBEAT_TAG = "avmae.heartbeat"
+HEARTBEAT_INTERVAL_S = 30.0
+DRIVER_LOST_AFTER_S = 3 * HEARTBEAT_INTERVAL_S
+DRIVER_LOST = "driver lost"
+# A trial's dataset inputs: one per split it reads, this MLflow input tag holding the split.
+DATASET_CONTEXT_TAG = "mlflow.data.context"
 
 # Metric names. Step-wise metrics use the optimiser step as MLflow `step`; epoch-wise ones use the epoch.
+TRAIN_PREFIX, VAL_PREFIX = "train/", "val/"  # every training and validation metric
 TRAIN_LOSS, TRAIN_LOSS_AUDIO, TRAIN_LOSS_VIDEO = "train/loss", "train/loss_audio", "train/loss_video"
 TRAIN_LR, TRAIN_GRAD_NORM, TRAIN_CLIPS_PER_S = "train/lr", "train/grad_norm", "train/clips_per_s"
 # A rewind after a divergence (train.on_diverge), at the step that diverged: the rewinds so far, and the
@@ -47,7 +63,7 @@ EPOCH = "epoch"
 DIVERGED_AT_STEP = "diverged_at_step"
 N_BROKEN = "data/n_broken"
 TRAIN_SECONDS = "time/train_s"
-# Rank 0's machine load per log window (platform/system_metrics.py; MLflow's own system-metric names).
+# Rank 0's machine load per log window (tracking/system_metrics.py; MLflow's own system-metric names).
 SYSTEM_PROCESS_CPU = "system/process_cpu_utilization_percentage"  # 100 = one core
 SYSTEM_GPU_UTILIZATION = "system/gpu_0_utilization_percentage"
 PROBE_PREFIX = "probe/"  # probe/av_acc, probe/audio_acc, probe/video_acc (or *_map for multi-label)
@@ -117,8 +133,41 @@ def git_commit(path: Path | str = ".") -> str | None:
 
 
 def experiment_id(client: MlflowClient, study: str) -> str:
+    """The study's experiment, created (or, made by an older avmae, tagged) as a model-training one."""
     experiment = client.get_experiment_by_name(study)
-    return experiment.experiment_id if experiment else client.create_experiment(study)
+    if experiment is None:
+        return client.create_experiment(study, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def runs_page(server_url: str, experiment_id: str) -> str:
+    """The MLflow UI's page of the experiment's runs table on `server_url` (http[s]://host:port). The UI
+    (3.18) opens an experiment in the view its workflow switch holds, GenAI until a user switches, whatever
+    the experiment's kind: the query names the model-training one."""
+    return f"{server_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType={UI_WORKFLOW}"
+
+
+def heartbeat_text(ms: int) -> str:
+    """A heartbeat's tag value: the UTC time `ms` (milliseconds since the epoch), e.g.
+    2026-11-28T09:30:05.250Z."""
+    stamp = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def heartbeat_ms(tags: Mapping[str, str]) -> int | None:
+    """When the study run's driver last beat (milliseconds since the epoch); None without a readable beat."""
+    try:
+        return int(datetime.fromisoformat(tags[HEARTBEAT_TAG].replace("Z", "+00:00")).timestamp() * 1000)
+    except (KeyError, ValueError):
+        return None
+
+
+def driver_lost(status: str, beat_ms: int | None, now_ms: int) -> bool:
+    """Whether a study run (its MLflow `status`, its `heartbeat_ms`) says RUNNING while its driver stopped
+    beating."""
+    return status == "RUNNING" and beat_ms is not None and now_ms - beat_ms > DRIVER_LOST_AFTER_S * 1000
 
 
 def literal(value: str) -> str:
@@ -144,10 +193,12 @@ def start_study_run(
     exp_id = experiment_id(client, study)
     query = f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = {literal(study)}"
     run_id = _find_run(client, exp_id, query)
+    beat = heartbeat_text(int(time.time() * 1000))
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, HEARTBEAT_TAG, beat)
         return run_id
-    tags = {STUDY_TAG: study, ROLE_TAG: "study"}
+    tags = {STUDY_TAG: study, ROLE_TAG: "study", HEARTBEAT_TAG: beat}
     commit = git_commit(spec_path.parent if spec_path else ".")
     if commit:
         tags[GIT_TAG] = commit
@@ -261,16 +312,31 @@ def end_trial_run(
     client.set_terminated(run_id, status=_MLFLOW_STATUS[status], end_time=end_time_ms)
 
 
-def interrupt_trial_runs(client: MlflowClient, study_run_id: str) -> None:
+def log_dataset(client: MlflowClient, run_id: str, name: str, digest: str, source: str, split: str,
+                profile: Mapping[str, Any]) -> None:
+    """Log a split a trial reads as a dataset input of its run: `name`, `digest` (at most 36 characters),
+    `source` (the data's root: a path, or a URI such as s3://...) and `profile` (e.g. its clip count); the
+    input's `DATASET_CONTEXT_TAG` is the split. Logging it again changes nothing."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    scheme = source.split("://", 1)[0] if "://" in source else "local"  # MLflow's artifact dataset sources
+    dataset = Dataset(name=name, digest=digest, source_type=scheme, source=json.dumps({"uri": source}),
+                      profile=json.dumps(dict(profile)))
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag(DATASET_CONTEXT_TAG, split)])])
+
+
+def interrupt_trial_runs(client: MlflowClient, study_run_id: str, end_time_ms: int | None = None) -> None:
     """The study's trials still RUNNING when Ctrl-C stopped it (Tune ends them without a callback): they say
-    so, and `--resume` reopens them."""
+    so, and `--resume` reopens them. `end_time_ms`: when the study stopped (default: now)."""
     exp_id = client.get_run(study_run_id).info.experiment_id
     query = (f"tags.`{PARENT_TAG}` = {literal(study_run_id)} and "
              f"tags.`{STATUS_TAG}` = {literal(TrialStatus.RUNNING.value)}")
     for run in client.search_runs([exp_id], query):
-        end_trial_run(client, run.info.run_id, TrialStatus.INTERRUPTED)
+        end_trial_run(client, run.info.run_id, TrialStatus.INTERRUPTED, end_time_ms)
 
 
-def end_study_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
-    """`status`: FINISHED, FAILED (an error ended the sweep), KILLED (interrupted: `--resume` reopens it)."""
-    client.set_terminated(run_id, status=status)
+def end_study_run(client: MlflowClient, run_id: str, status: str = "FINISHED",
+                  end_time_ms: int | None = None) -> None:
+    """`status`: FINISHED, FAILED (an error ended the sweep), KILLED (interrupted: `--resume` reopens it).
+    `end_time_ms`: when the study ended (default: now)."""
+    client.set_terminated(run_id, status=status, end_time=end_time_ms)

@@ -12,6 +12,12 @@ weights (decoder and optimiser state left out), and a copy of `avmae.models` as 
 Only MLflow's client API and the tags of `tracking` are used: it works the same against a local SQLite store
 and `mlflow server --serve-artifacts` (artifacts go through the server), and the tracking URI is the client's,
 never MLflow's global one.
+
+These writes go to MLflow directly, not through the study's durable queue (`queue`): choosing the encoders
+reads the trial runs back, each request needs the answer of the one before (a logged model's id, the
+registered model), and `MODEL_TAG`, which makes a rerun skip an encoder already logged, must land with the
+upload it marks. When MLflow fails here the study tags the failure (through the queue) and `--resume` logs
+the encoders.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from avmae.platform import tracking as T
-from avmae.platform.reports import metric_mode
+from avmae.platform.tracking import layout as T
+from avmae.platform.train.reports import metric_mode
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

@@ -19,11 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from avmae.platform.spec import StudySpec
+from avmae.platform.study.spec import StudySpec
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -31,12 +32,15 @@ if TYPE_CHECKING:
 FOLDER = "provenance"
 RECORD = f"{FOLDER}/provenance.json"
 PARAM_PREFIX = "provenance."
-CHECKOUT = Path(__file__).resolve().parents[1]  # the avmae code that runs (a checkout, or site-packages)
+DIGEST_CHARS = 16  # of a split's dataset digest (MLflow keeps 36)
+CHECKOUT = Path(__file__).resolve().parents[2]  # the avmae code that runs (a checkout, or site-packages)
 
 
-def record(client: MlflowClient, run_id: str, spec: StudySpec, checkout: Path = CHECKOUT) -> dict[str, Any]:
+def record(client: MlflowClient, run_id: str, spec: StudySpec, checkout: Path = CHECKOUT,
+           log_params: Callable[[dict[str, str]], None] | None = None) -> dict[str, Any]:
     """Collect the record and log it to the study run `run_id` (after the data is prepared: the fingerprint
-    reads the indexes and cache headers). Returns it."""
+    reads the indexes and cache headers). Returns it. The artifacts go to MLflow at once (it must answer);
+    `log_params` logs the summary params of a first record (default: at once, by `client`)."""
     now = collect(spec, checkout)
     diff = now["git"].pop("diff", "")  # an artifact of its own, not a field of the JSON
     first = not [a for a in client.list_artifacts(run_id, FOLDER) if a.path == RECORD]
@@ -50,10 +54,12 @@ def record(client: MlflowClient, run_id: str, spec: StudySpec, checkout: Path = 
         if diff:
             (folder / ("git_diff.patch" if first else f"{Path(name).stem}.patch")).write_text(diff)
         client.log_artifacts(run_id, tmp, FOLDER)
-    if first:
-        from avmae.platform.tracking import log_params
+    if first and log_params is not None:
+        log_params(summary(now))
+    elif first:
+        from avmae.platform.tracking import layout
 
-        log_params(client, run_id, summary(now))
+        layout.log_params(client, run_id, summary(now))
     return now
 
 
@@ -128,7 +134,7 @@ def dataset(spec: StudySpec) -> dict[str, Any]:
     over the three."""
     from avmae.platform.data import load_index
     from avmae.platform.data.loader import cache_path
-    from avmae.platform.prepare import geometries
+    from avmae.platform.study.prepare import geometries
 
     data = spec.data
     indexes = {str(p): _file_sha256(p) for p in index_files(spec)}
@@ -144,10 +150,23 @@ def dataset(spec: StudySpec) -> dict[str, Any]:
     if data.cache_dir is not None:
         for geometry in sorted(geometries(spec), key=repr):
             for split in splits(spec):
-                header = cache_path(data.cache_dir, split, geometry) / "cache.json"
+                header = cache_path(data.cache_dir, split, geometry, data.cache_format) / "cache.json"
                 caches[str(header)] = _file_sha256(header)
     parts = {"indexes": indexes, "clips": clips, "caches": caches}
     return {**parts, "fingerprint": _sha256(json.dumps(parts, sort_keys=True).encode())}
+
+
+def split_datasets(spec: StudySpec, data: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each split the study reads as the MLflow dataset its trials log, in `layout.log_dataset`'s keyword
+    arguments: named after the data's kind, its source the data's root, its digest derived from the dataset
+    fingerprint (of `data`, a `dataset` record, else measured now) and the split, so that each split is a
+    dataset of its own, and its profile the split's clip count and the whole fingerprint."""
+    data = dataset(spec) if data is None else data
+    fingerprint = data["fingerprint"]
+    return [{"name": spec.data.kind, "digest": _sha256(f"{fingerprint}/{split}".encode())[:DIGEST_CHARS],
+             "source": str(spec.data.root), "split": split,
+             "profile": {"clips": data["clips"].get(split), "fingerprint": fingerprint}}
+            for split in splits(spec)]
 
 
 def splits(spec: StudySpec) -> list[str]:

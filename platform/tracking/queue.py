@@ -1,15 +1,19 @@
-"""Every MLflow write of a study's trials goes through a durable queue, so MLflow never stops training.
+"""Every MLflow write of a study after its run's creation goes through a durable queue, so MLflow never
+stops training and an outage loses nothing; only the provenance artifacts and the trained encoders, which
+need MLflow's answer at once, and the driver's heartbeat (`heartbeat`) go directly.
 
-The driver's Tune callback only appends entries to a `journal.Journal` on the study's storage (a small file
-write) and returns; a background thread sends them to MLflow in order, retrying with backoff while the server
-is down, and removes each once MLflow has it. Entries left at exit (the server still down, the driver killed)
-are sent by the next `--resume` or by `avmae mlflow flush STUDY_DIR`.
+Writers (the trials' Tune callback, the study's driver) only append entries (`entries`) to a
+`journal.Journal` on the study's storage (a small file write) and return; a background thread sends them to
+MLflow in order, retrying with backoff while the server is down, and removes each once MLflow has it. Entries
+left at exit (the server still down, the driver killed) are sent by the next `--resume` or by
+`avmae mlflow flush STUDY_DIR`. A process has one queue per journal (`open_queue`), which its writers share.
 
 Entries name trials, not MLflow runs: a trial's run is found by its tags or created when its first entry is
-sent (`tracking.start_trial_run` finds before it creates), so a trial starts while the server is down and its
+sent (`layout.start_trial_run` finds before it creates), so a trial starts while the server is down and its
 run appears once the server is back. Sending an entry twice (a crash between MLflow's answer and the entry's
 removal) changes nothing: runs are found again, tags and statuses are set again, an epoch already in the run
-is skipped (`tracking.log_epochs`), and a metric sent again with its timestamp is stored once.
+is skipped (`layout.log_epochs`), a metric sent again with its timestamp is stored once, and a dataset input
+already logged is not logged again.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from avmae.platform import tracking as T
-from avmae.platform.journal import Journal
-from avmae.platform.uris import redact
+from avmae.platform.tracking import entries as E
+from avmae.platform.tracking import layout as T
+from avmae.platform.tracking.journal import Journal
+from avmae.platform.tracking.uris import redact
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -36,30 +42,6 @@ PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOU
                     "BAD_REQUEST", "INVALID_STATE"}
 
 
-def trial_run_entry(study_run: str, trial_id: str, cell: Mapping[str, Any], params: Mapping[str, Any],
-                    repeat: int) -> dict[str, Any]:
-    """Find or create the trial's run under the study run (and reopen it: a resumed trial runs again)."""
-    return {"op": "trial_run", "study_run": study_run, "trial": trial_id, "cell": dict(cell),
-            "params": dict(params), "repeat": repeat}
-
-
-def epochs_entry(study_run: str, trial_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Log the epoch records (`EpochReport.record`) the trial's run does not hold yet."""
-    return {"op": "epochs", "study_run": study_run, "trial": trial_id, "records": records}
-
-
-def tags_entry(study_run: str, trial_id: str, tags: Mapping[str, str]) -> dict[str, Any]:
-    return {"op": "tags", "study_run": study_run, "trial": trial_id, "tags": dict(tags)}
-
-
-def end_entry(
-    study_run: str, trial_id: str, status: T.TrialStatus, tags: Mapping[str, str]
-) -> dict[str, Any]:
-    """Set `tags`, then close the trial's run with `status`, as of now."""
-    return {"op": "end", "study_run": study_run, "trial": trial_id, "status": status.value,
-            "tags": dict(tags), "time_ms": int(time.time() * 1000)}
-
-
 class Writer:
     """Sends entries to MLflow, remembering each trial's run and the epochs it holds."""
 
@@ -68,25 +50,36 @@ class Writer:
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._epochs: dict[str, set[int]] = {}  # run id -> epochs it holds
 
-    def apply(self, entry: dict[str, Any]) -> None:
-        op = entry["op"]
-        if op == "trial_run":
-            self._runs[entry["trial"]] = T.start_trial_run(
-                self.client, entry["study_run"], entry["trial"], entry["cell"], entry["params"],
-                repeat=entry["repeat"])
-            return
-        run = self.run_id(entry["study_run"], entry["trial"])
-        if op == "epochs":
-            if run not in self._epochs:
-                self._epochs[run] = T.logged_epochs(self.client, run)
-            T.log_epochs(self.client, run, entry["records"], self._epochs[run])
-            return
-        if entry["tags"]:
-            from mlflow.entities import RunTag
-
-            self.client.log_batch(run, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
-        if op == "end":
-            T.end_trial_run(self.client, run, T.TrialStatus(entry["status"]), end_time_ms=entry["time_ms"])
+    def apply(self, entry: E.Entry) -> None:
+        client = self.client
+        match entry:
+            case E.TrialRun():
+                self._runs[entry.trial] = T.start_trial_run(client, entry.study_run, entry.trial, entry.cell,
+                                                            entry.params, repeat=entry.repeat)
+            case E.Epochs():
+                run = self.run_id(entry.study_run, entry.trial)
+                if run not in self._epochs:
+                    self._epochs[run] = T.logged_epochs(client, run)
+                T.log_epochs(client, run, entry.records, self._epochs[run])
+            case E.Tags():
+                self._tags(self.run_id(entry.study_run, entry.trial), entry.tags)
+            case E.End():
+                run = self.run_id(entry.study_run, entry.trial)
+                self._tags(run, entry.tags)
+                T.end_trial_run(client, run, entry.status, end_time_ms=entry.time_ms)
+            case E.TrialDataset():
+                T.log_dataset(client, self.run_id(entry.study_run, entry.trial), entry.name, entry.digest,
+                              entry.source, entry.split, entry.profile)
+            case E.StudyParams():
+                T.log_params(client, entry.study_run, entry.params)
+            case E.StudyMetrics():
+                T.log_history(client, entry.study_run, [{"step": entry.step, **entry.metrics}], entry.time_ms)
+            case E.StudyTags():
+                self._tags(entry.study_run, entry.tags)
+            case E.InterruptTrials():
+                T.interrupt_trial_runs(client, entry.study_run, end_time_ms=entry.time_ms)
+            case E.EndStudy():
+                T.end_study_run(client, entry.study_run, entry.status, end_time_ms=entry.time_ms)
 
     def run_id(self, study_run: str, trial_id: str) -> str:
         if trial_id not in self._runs:
@@ -98,15 +91,60 @@ class Writer:
             self._runs[trial_id] = found
         return self._runs[trial_id]
 
+    def _tags(self, run: str, tags: dict[str, str]) -> None:
+        if tags:
+            from mlflow.entities import RunTag
+
+            self.client.log_batch(run, tags=[RunTag(k, v) for k, v in tags.items()])
+
 
 def permanent(err: BaseException) -> bool:
     """Whether MLflow refused the request itself (a retry gets the same answer), not just failed to answer."""
     return getattr(err, "error_code", None) in PERMANENT_ERRORS
 
 
+_OPEN: dict[str, MlflowQueue] = {}  # journal folder (`Journal.key`) -> this process's queue of it
+_OPEN_LOCK = threading.Lock()
+
+
+def open_queue(journal_uri: str, tracking_uri: str) -> MlflowQueue:
+    """This process's queue of the journal at `journal_uri`, started (sending to `tracking_uri`) by its first
+    opener and shared by the others: one sender, and one numbering of entries, per journal folder however
+    its URI is spelled. Each `open_queue` is paired with a `close`."""
+    key = Journal.key(journal_uri)
+    with _OPEN_LOCK:
+        queue = _OPEN.get(key)
+        if queue is None:
+            queue = _OPEN[key] = MlflowQueue(journal_uri, tracking_uri)
+        queue._holders += 1
+        return queue
+
+
+@contextmanager
+def held_queue(journal_uri: str, tracking_uri: str, wait_s: float = FLUSH_WAIT_S) -> Iterator[MlflowQueue]:
+    """`open_queue` for the block; at its end (however it ends) wait up to `wait_s` for MLflow to take what is
+    queued, let go of the queue, and say what is left."""
+    queue = open_queue(journal_uri, tracking_uri)
+    try:
+        yield queue
+    finally:
+        left = queue.wait(wait_s)
+        queue.close(0)
+        if left:
+            warn_left(left, journal_uri, tracking_uri, wait_s)
+
+
+def warn_left(left: int, journal_uri: str, tracking_uri: str, waited_s: float) -> None:
+    """Say that `left` queued writes were not sent within `waited_s`, where they are, and how to send them."""
+    study = journal_uri.rsplit("/", 1)[0]
+    print(f"warning: MLflow at {redact(tracking_uri)} did not take {left} queued writes within "
+          f"{waited_s:.0f} s. Nothing is lost: they are kept in {journal_uri}, and "
+          f"`avmae mlflow flush {study}` (or the sweep's --resume) sends them.", flush=True)
+
+
 class MlflowQueue:
     """The journal at `journal_uri`, sent to MLflow at `tracking_uri` by a background thread: entries left by
-    an earlier process first, then each `put`, in order."""
+    an earlier process first, then each `put`, in order. Made by `open_queue`."""
 
     def __init__(self, journal_uri: str, tracking_uri: str) -> None:
         from mlflow.tracking import MlflowClient
@@ -117,11 +155,12 @@ class MlflowQueue:
         self._names = deque(self.journal.pending())
         self._changed = threading.Condition()
         self._closed = False
+        self._holders = 0  # the `open_queue`s not closed yet
         threading.Thread(target=self._send, name="avmae-mlflow-queue", daemon=True).start()
 
-    def put(self, entry: dict[str, Any]) -> None:
+    def put(self, entry: E.Entry) -> None:
         """Queue `entry` durably; returns at once, whatever MLflow does."""
-        name = self.journal.put(entry)
+        name = self.journal.put(E.encode(entry))
         with self._changed:
             self._names.append(name)
             self._changed.notify_all()
@@ -134,8 +173,16 @@ class MlflowQueue:
                 self._changed.wait(left)
             return len(self._names)
 
-    def close(self, timeout: float) -> int:
-        """`wait`, then stop sending (what is left stays in the journal); the number of entries left."""
+    def close(self, timeout: float) -> int | None:
+        """Let go of the queue. The last holder waits (`wait`) and stops the sender (what is left stays in
+        the journal) and gets the number of entries left; the others get None at once."""
+        with _OPEN_LOCK:
+            self._holders -= 1
+            if self._holders > 0:
+                return None
+            key = Journal.key(self.journal.uri)
+            if _OPEN.get(key) is self:
+                del _OPEN[key]
         left = self.wait(timeout)
         with self._changed:
             self._closed = True
@@ -151,15 +198,15 @@ class MlflowQueue:
                     return
                 name = self._names[0]
             try:
-                entry = self.journal.read(name)
                 try:
-                    self._writer.apply(entry)
-                except Exception as err:
-                    if not permanent(err):
-                        raise
-                    self._say(f"MLflow refused a {entry['op']} write of trial {entry.get('trial')} "
-                              f"({_first_line(err)}); it is dropped")
-                self.journal.done(name)
+                    entry = E.decode(self.journal.read(name))
+                except ValueError as err:  # not JSON, or not an entry this avmae knows (E.UnreadableEntry)
+                    kept = self.journal.set_aside(name)
+                    self._say(f"{self.journal.uri}/{name} is unreadable ({_first_line(err)}): it is kept as "
+                              f"{kept}, unsent")
+                else:
+                    self._send_one(entry)
+                    self.journal.done(name)
             except Exception as err:  # noqa: BLE001 (MLflow's, the network's, the storage's: all retried)
                 if down_since is None:
                     down_since = time.monotonic()
@@ -176,6 +223,15 @@ class MlflowQueue:
             with self._changed:
                 self._names.popleft()
                 self._changed.notify_all()
+
+    def _send_one(self, entry: E.Entry) -> None:
+        try:
+            self._writer.apply(entry)
+        except Exception as err:
+            if not permanent(err):
+                raise
+            self._say(f"MLflow refused a {entry.op.value} write of {E.subject(entry)} ({_first_line(err)}); "
+                      "it is dropped")
 
     @staticmethod
     def _say(line: str) -> None:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from avmae.platform import tracking as T
+from avmae.platform.tracking import layout as T
 
 CPU = "system/cpu_utilization_percentage"
 MEMORY_MB = "system/system_memory_usage_megabytes"

@@ -24,6 +24,8 @@ TRAIN_CONTEXT_MODULE = "ray.train.v2._internal.execution.context"
 DATASETS_CALLBACK = ("ray.train.v2._internal.callbacks.datasets", "DatasetsCallback")
 CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 ROUTINE_CLEANUP = "Detected that the Ray Train controller actor"  # the cleaner's routine message
+AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"  # at WARNING, on every local start
 
 
 def train_context_logger() -> str:
@@ -61,10 +63,11 @@ def __getattr__(name: str) -> Any:
 SEARCH_STATE = "search_gen_state-*.json"  # SearchGenerator.CKPT_FILE_TMPL
 
 
-def reopen_search(experiment: str) -> bool:
+def reopen_search(experiment: str, total_trials: int | None = None) -> bool:
     """Clear the `finished` mark of the newest saved search state of the Tune experiment at `experiment` (a
-    path or URI), so that a restored experiment asks its searcher for trials again (a study whose budget a
-    stopper enforced, resumed with a larger one). Returns whether there was a mark to clear."""
+    path or URI), and raise its trial count to `total_trials`, so that a restored experiment asks its searcher
+    for trials again (a study whose budget a stopper enforced, resumed with a larger one; a study resumed with
+    more seeds). Returns whether the state changed."""
     import fnmatch
 
     import pyarrow.fs
@@ -78,9 +81,10 @@ def reopen_search(experiment: str) -> bool:
     newest = max(files)
     with fs.open_input_stream(newest) as f:
         state = cloudpickle.loads(f.read())
-    if not state.get("finished"):
+    total = max(state["total_samples"], total_trials or 0)
+    if not state.get("finished") and total == state["total_samples"]:
         return False
-    state["finished"] = False
+    state["finished"], state["total_samples"] = False, total
     with fs.open_output_stream(newest) as f:
         f.write(cloudpickle.dumps(state))
     return True

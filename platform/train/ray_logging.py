@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from avmae.platform.ray_compat import CLEANER_LOGGER, ROUTINE_CLEANUP
+from avmae.platform.train.ray_compat import CLEANER_LOGGER, ROUTINE_CLEANUP
 
 
 def drop_routine_cleanup(record: logging.LogRecord) -> bool:

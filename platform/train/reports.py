@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from avmae.platform import tracking as T
+from avmae.platform.tracking import layout as T
 
 # Keys of a result besides the MLflow metric names of `tracking`.
 DIVERGED = "diverged"  # 1 when the loss became non-finite (the trial then stops)

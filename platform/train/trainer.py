@@ -1,54 +1,50 @@
-"""What every Ray Train worker runs for one trial (through trial.train_loop_per_worker): model + loader, the
-paper's recipe, one report per epoch, and a linear probe of the frozen encoder (every `probe_every` epochs
-and after the last).
+"""One rank of one trial, without Ray: model + loader, the paper's recipe, one report per epoch, and a linear
+probe of the frozen encoder (every `probe_every` epochs and after the last). `ray_worker` is the Ray layer on
+top: it reads the Train context and the checkpoint, calls `build_worker`, and hands `run` its `SendReport`.
 
-`setup` builds a rank's state in the order that makes the recipe right for any number of workers: the model,
-then this rank's loader (a seeded `DistributedSampler`, also for one worker), then the schedule from the steps
-*that* loader takes per epoch, then the checkpoint, then DDP. `train_epoch` runs one epoch; `finish_epoch`
-evaluates and reports it. Randomness is seeded per (seed, rank, epoch): ranks draw different masks, and a
-trial resumed at epoch e draws what an uninterrupted one draws there.
+`build_worker` builds a rank's state in the order that makes the recipe right for any number of workers:
+the model, then this rank's loader (a seeded `DistributedSampler`, also for one worker), then the schedule
+from the steps *that* loader takes per epoch, then DDP, then the checkpoint. `train_epoch` runs one epoch;
+`finish_epoch` evaluates and reports it. Randomness is seeded per (seed, rank, epoch) (`begin_epoch`): ranks
+draw different masks, and a trial resumed at epoch e draws what an uninterrupted one draws there.
 
 Metrics go to Tune as `reports.EpochReport`s. Step-wise values are averaged over `log_every_steps` steps (one
 host sync per interval) and travel in the epoch's report as `history`, so a worker never waits on MLflow.
 Each checkpoint also holds the MLflow records of every epoch so far: a driver killed before it saw an epoch's
 report logs that epoch late, from the restored trial's first report (`reports.BACKLOG`).
-
-Workers need no watch of their own for a dead driver: Ray ends them. A local runtime's raylet is started with
-PR_SET_PDEATHSIG and dies with the driver, and each worker exits once its raylet is gone
-(`CoreWorker::ExitIfParentRayletDies`); on a cluster the GCS ends the actors whose owner died (driver, trial,
-Train controller, workers). `tests/test_faults.py` measures it.
 """
 
 from __future__ import annotations
 
 import io
 import itertools
-import logging
 import math
 import os
 import socket
-import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
 from avmae import models
 from avmae.models.recipe import StepMetrics
-from avmae.platform import tracking as T
-from avmae.platform.data import ClipGeometry, build_loader
-from avmae.platform.probe import encoder_features, eval_loader, probe_scores
-from avmae.platform.ray_compat import train_context_logger
-from avmae.platform.reports import BACKLOG, HISTORY, EpochReport
-from avmae.platform.spec import StudySpec, TrialConfig, rank_seed
-from avmae.platform.system_metrics import SystemSampler
+from avmae.platform.data import ClipGeometry, build_from_config, build_loader
+from avmae.platform.evaluation.probe import encoder_features, eval_loader, probe_scores
+from avmae.platform.study.spec import StudySpec, TrialConfig, rank_seed
+from avmae.platform.tracking import layout as T
+from avmae.platform.tracking.system_metrics import SystemSampler
+from avmae.platform.train.reports import BACKLOG, HISTORY, EpochReport
+from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-CHECKPOINT_FILE = "checkpoint.pt"  # {"config", "state_dict", ...}: loads with AVClassifier.from_pretrained
+CHECKPOINT_FILE = "checkpoint.pt"  # a `CheckpointState` as a dict: loads with AVClassifier.from_pretrained
+
+# Hands one report (Tune's result dict, and rank 0's serialised `CheckpointState` or None) to the trial;
+# every rank calls it once per report, as Train's report is a collective.
+SendReport = Callable[[dict[str, Any], bytes | None], None]
 
 
 class Meter:
@@ -85,6 +81,72 @@ class Meter:
 
 
 @dataclass
+class CheckpointState:
+    """A trial's state after `epoch` (1-based) epochs. On disk (`CHECKPOINT_FILE`) it is a plain dict of these
+    fields, in this order (`to_dict`): `AVClassifier.from_pretrained` and `model_export` read its `config`
+    and `state_dict`. Checkpoints written before `records`, `result` and `rewinds` existed load with their
+    defaults."""
+
+    config: dict[str, Any]  # the model's `AVMAEConfig.to_dict()`
+    state_dict: dict[str, torch.Tensor]
+    epoch: int
+    step: int
+    train_s: float
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    # What MLflow keeps of every epoch so far (`EpochReport.record`) and the last epoch's Tune result, for a
+    # driver that never saw the report of the epoch the checkpoint holds.
+    records: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+    rewinds: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> CheckpointState:
+        """The record of a checkpoint's dict; ValueError for keys it does not know (not an avmae checkpoint,
+        or one from a newer avmae), TypeError for a missing required one."""
+        unknown = set(state) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"not an avmae trial checkpoint: unknown keys {sorted(unknown)}")
+        return cls(**state)
+
+    def dumps(self) -> bytes:
+        """The checkpoint file's bytes."""
+        buffer = io.BytesIO()
+        torch.save(self.to_dict(), buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def loads(cls, data: bytes, device: torch.device | str = "cpu") -> CheckpointState:
+        return cls.from_dict(torch.load(io.BytesIO(data), map_location=device, weights_only=True))
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device | str = "cpu") -> CheckpointState:
+        return cls.from_dict(torch.load(path, map_location=device, weights_only=True))
+
+
+def _as_is(module: nn.Module, find_unused_parameters: bool) -> nn.Module:
+    return module
+
+
+def _loader_as_is(loader: DataLoader) -> DataLoader:
+    return loader
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a rank runs and how its model and loader are wrapped there (Ray Train's DDP and device copies,
+    from `ray_worker`); the defaults run it in this process, on the CPU, unwrapped."""
+
+    device: torch.device = torch.device("cpu")
+    node_id: str = ""
+    wrap_model: Callable[[nn.Module, bool], nn.Module] = _as_is  # (model, find_unused_parameters)
+    wrap_loader: Callable[[DataLoader], DataLoader] = _loader_as_is
+
+
+@dataclass
 class Worker:
     """One rank's state for one trial; `step`, `train_s` and `start_epoch` come back with a checkpoint."""
 
@@ -108,9 +170,7 @@ class Worker:
     start_epoch: int = 0
     step: int = 0
     train_s: float = 0.0
-    # What MLflow keeps of every epoch so far (`EpochReport.record`) and the last epoch's Tune result: both
-    # travel in the checkpoint, for a driver that never saw the report of the epoch it holds.
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # as in `CheckpointState`
     result: dict[str, Any] = field(default_factory=dict)
     backlog: list[dict[str, Any]] = field(default_factory=list)  # restored records, not yet sent (rank 0)
     # With `train.on_diverge`: the last good state (serialised: one host copy), the rewinds so far, and the
@@ -119,33 +179,35 @@ class Worker:
     rewinds: int = 0
     events: list[dict[str, float]] = field(default_factory=list)
 
-    def state(self, epoch: int) -> dict[str, Any]:
+    def state(self, epoch: int) -> CheckpointState:
         """The checkpoint after `epoch` (1-based) epochs."""
-        return {"config": self.model.config.to_dict(), "state_dict": self.model.state_dict(), "epoch": epoch,
-                "step": self.step, "train_s": self.train_s, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "records": self.records, "result": self.result,
-                "rewinds": self.rewinds}
+        return CheckpointState(
+            config=self.model.config.to_dict(), state_dict=self.model.state_dict(), epoch=epoch,
+            step=self.step, train_s=self.train_s, optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), records=self.records, result=self.result,
+            rewinds=self.rewinds,
+        )
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.start_epoch, self.step, self.train_s = state["epoch"], state["step"], state["train_s"]
-        # Absent from checkpoints written before the records were kept: their epochs are logged as before.
-        self.records, self.result = state.get("records", []), state.get("result", {})
+    def restore(self, state: CheckpointState) -> None:
+        """Back to `state`: weights, optimiser, schedule, position (`start_epoch`, `step`), records; rank 0
+        sends the restored records with its next report."""
+        self.model.load_state_dict(state.state_dict)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.start_epoch, self.step, self.train_s = state.epoch, state.step, state.train_s
+        self.records, self.result = state.records, state.result
         self.backlog = list(self.records) if self.rank == 0 else []
-        self.rewinds = state.get("rewinds", 0)
+        self.rewinds = state.rewinds
         policy = self.spec.train.on_diverge
         if self.rewinds and policy is not None and policy.fp32:
             self.train_step.amp_dtype = self.evaluator.amp_dtype = None
 
-    def keep_good(self, state: dict[str, Any]) -> bytes:
+    def keep_good(self, state: CheckpointState) -> bytes:
         """`state` serialised; kept as the state a divergence rewinds to when `train.on_diverge` is set."""
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
+        data = state.dumps()
         if self.spec.train.on_diverge is not None:
-            self.good = buffer.getvalue()
-        return buffer.getvalue()
+            self.good = data
+        return data
 
     def tune_result(self, report: EpochReport) -> dict[str, Any]:
         """`report` as Tune's result; rank 0's first one after a restore brings the restored records."""
@@ -155,19 +217,66 @@ class Worker:
         return result
 
 
-def train(config: dict[str, Any]) -> None:
-    """`config`: {"spec": the StudySpec as a dict, "params": the trial's Tune config}."""
-    run(setup(config))
+def build_worker(spec: StudySpec, trial: TrialConfig, rank: int, world_size: int,
+                 placement: Placement | None = None, checkpoint: CheckpointState | None = None) -> Worker:
+    """Rank `rank` of `world_size`, ready for `run`: the trial's initial weights (seeded by its seed), this
+    rank's loader, the schedule of the steps it takes, DDP (through `placement`: by default this process, on
+    the CPU), then `checkpoint` if any (a resumed trial starts at its epoch)."""
+    placement = placement or Placement()
+    torch.manual_seed(trial.seed)  # repeat k's init: the same in every cell (DDP broadcasts rank 0's anyway)
+    device = placement.device
+    model = models.AVMAE(trial.model).to(device)
+    geometry, sampler, loader = _train_data(spec, trial, model, rank, world_size, placement)
+    steps_per_epoch = min(len(loader), spec.train.steps_per_epoch or len(loader))
+    global_batch = spec.train.batch_size * world_size
+    optimizer = models.build_optimizer(model, trial.lr, global_batch, trial.weight_decay)
+    scheduler = models.warmup_cosine(
+        optimizer, round(trial.warmup_epochs * steps_per_epoch), spec.train.epochs * steps_per_epoch
+    )
+    val_split = spec.data.val_split if rank == 0 else None  # rank 0 validates alone
+    val_loader = eval_loader(spec, val_split, geometry) if val_split else None
+    # DDP only pays for a search of unused parameters where the objective leaves some unused.
+    wrapped = placement.wrap_model(model, trial.model.unused_parameters)
+    step = models.TrainStep(wrapped, optimizer, scheduler, amp_dtype="auto", compile=spec.train.compile)
+    worker = Worker(
+        spec=spec, trial=trial, rank=rank, world=world_size, device=device, model=model, train_step=step,
+        evaluator=models.TrainStep(model, optimizer, amp_dtype="auto"),
+        loader=loader, sampler=sampler, steps_per_epoch=steps_per_epoch, optimizer=optimizer,
+        scheduler=scheduler, geometry=geometry, val_loader=val_loader,
+        where={"node_id": placement.node_id, "hostname": socket.gethostname(), "pid": os.getpid()},
+        system=SystemSampler(device) if rank == 0 else None,
+    )
+    if checkpoint is not None:
+        worker.restore(checkpoint)
+    if spec.train.on_diverge is not None:
+        worker.keep_good(worker.state(worker.start_epoch))  # a divergence in the first epoch rewinds here
+    return worker
 
 
-def run(worker: Worker) -> None:
-    """The epochs left to train (all of them, or those after the checkpoint), each reported."""
+def _train_data(spec: StudySpec, trial: TrialConfig, model: models.AVMAE, rank: int, world_size: int,
+                placement: Placement) -> tuple[ClipGeometry, DistributedSampler, DataLoader]:
+    """The clip geometry of `model`, and this rank's sampler and loader of the train split."""
+    geometry = ClipGeometry.from_input_shapes(model.input_shapes, frame_stride=spec.data.frame_stride)
+    dataset = build_from_config(spec.data, spec.data.train_split, geometry, train=True)
+    # Repeat k's data order, the same in every cell; each rank reads its share of each global batch.
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=trial.seed)
+    loader = build_loader(dataset, spec.train.batch_size, train=True, num_workers=spec.data.loader_workers,
+                          sampler=sampler)
+    loader = placement.wrap_loader(loader)
+    if len(loader) == 0:
+        raise ValueError(f"split {spec.data.train_split!r} holds fewer clips than one batch per worker "
+                         f"({spec.train.batch_size} x {world_size} workers)")
+    return geometry, sampler, loader
+
+
+def run(worker: Worker, send: SendReport) -> None:
+    """The epochs left to train (all of them, or those after the checkpoint), each reported through `send`."""
     epochs = worker.spec.train.epochs
     if worker.start_epoch >= epochs and worker.result:
         # Restored from its last checkpoint (its driver was killed before it saw that report): the last
         # epoch is reported again, so Tune ends the trial as finished and its records reach MLflow.
         backlog = {BACKLOG: worker.backlog} if worker.backlog else {}
-        ray.train.report({**worker.result, **backlog})
+        send({**worker.result, **backlog}, None)
         return
     epoch = worker.start_epoch
     while epoch < epochs:
@@ -176,9 +285,9 @@ def run(worker: Worker) -> None:
             epoch = worker.start_epoch
             continue
         if report.diverged:
-            ray.train.report(worker.tune_result(report))
+            send(worker.tune_result(report), None)
             return
-        finish_epoch(worker, report, last=epoch == epochs - 1)
+        finish_epoch(worker, report, last=epoch == epochs - 1, send=send)
         epoch += 1
 
 
@@ -190,7 +299,7 @@ def rewind(worker: Worker, report: EpochReport) -> bool:
     if policy is None or w.good is None or w.rewinds >= policy.rewinds:
         return False
     rewinds, backlog = w.rewinds + 1, w.backlog
-    w.restore(torch.load(io.BytesIO(w.good), map_location=w.device, weights_only=True))
+    w.restore(CheckpointState.loads(w.good, w.device))
     scale = policy.lr_factor ** (rewinds - w.rewinds)  # the good state already runs at its own scale
     w.rewinds, w.backlog = rewinds, backlog
     for i, group in enumerate(w.optimizer.param_groups):
@@ -203,83 +312,28 @@ def rewind(worker: Worker, report: EpochReport) -> bool:
     return True
 
 
-def setup(config: dict[str, Any]) -> Worker:
-    """Model, this rank's loader, the schedule of the steps it takes, the checkpoint if any, DDP."""
-    spec = StudySpec.model_validate(config["spec"])
-    trial = spec.resolve_trial(config["params"])
-    logging.getLogger(train_context_logger()).setLevel(logging.WARNING)  # it logs every report in full
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
-    torch.manual_seed(trial.seed)  # repeat k's init: the same in every cell (DDP broadcasts rank 0's anyway)
-    device = ray.train.torch.get_device()
-
-    model = models.AVMAE(trial.model).to(device)
-    geometry = ClipGeometry.from_input_shapes(model.input_shapes, frame_stride=spec.data.frame_stride)
-    dataset = spec.data.dataset(spec.data.train_split, geometry, train=True)
-    # Repeat k's data order, the same in every cell; each rank reads its share of each global batch.
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=trial.seed)
-    loader = build_loader(dataset, spec.train.batch_size, train=True, num_workers=spec.data.loader_workers,
-                          sampler=sampler)
-    if device.type == "cuda":  # Ray's wrapper copies the next batch to the GPU on a side stream
-        loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False, auto_transfer=True)
-    if len(loader) == 0:
-        raise ValueError(f"split {spec.data.train_split!r} holds fewer clips than one batch per worker "
-                         f"({spec.train.batch_size} x {world} workers)")
-    steps_per_epoch = min(len(loader), spec.train.steps_per_epoch or len(loader))
-    optimizer = models.build_optimizer(model, trial.lr, spec.train.batch_size * world, trial.weight_decay)
-    scheduler = models.warmup_cosine(
-        optimizer, round(trial.warmup_epochs * steps_per_epoch), spec.train.epochs * steps_per_epoch
-    )
-    val_split = spec.data.val_split if rank == 0 else None  # rank 0 validates alone
-    val_loader = eval_loader(spec, val_split, geometry) if val_split else None
-    # DDP only pays for a search of unused parameters where the objective leaves some unused.
-    wrapped = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": trial.model.unused_parameters}
-    )
-    step = models.TrainStep(wrapped, optimizer, scheduler, amp_dtype="auto", compile=spec.train.compile)
-    worker = Worker(
-        spec=spec, trial=trial, rank=rank, world=world, device=device, model=model, train_step=step,
-        evaluator=models.TrainStep(model, optimizer, amp_dtype="auto"),
-        loader=loader, sampler=sampler, steps_per_epoch=steps_per_epoch, optimizer=optimizer,
-        scheduler=scheduler, geometry=geometry, val_loader=val_loader,
-        where={"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
-               "pid": os.getpid()},
-        system=SystemSampler(device) if rank == 0 else None,
-    )
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # a restored trial: Train hands back its latest checkpoint
-        with checkpoint.as_directory() as folder:
-            worker.restore(torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True))
-    if spec.train.on_diverge is not None:
-        worker.keep_good(worker.state(worker.start_epoch))  # a divergence in the first epoch rewinds here
-    return worker
+def begin_epoch(worker: Worker, epoch: int) -> None:
+    """Seed epoch `epoch` (0-based) of this rank: the clip order (the trial's seed and the epoch: one
+    permutation, split over the ranks) and this rank's masks and augmentations (`rank_seed`)."""
+    worker.sampler.set_epoch(epoch)
+    torch.manual_seed(rank_seed(worker.trial.seed, worker.rank, epoch))
 
 
 def train_epoch(worker: Worker, epoch: int) -> EpochReport:
     """One epoch (0-based) of `steps_per_epoch` steps on every rank alike; stops at the first non-finite
     window (the report then says where it diverged)."""
     w, log_every = worker, worker.spec.train.log_every_steps
-    w.sampler.set_epoch(epoch)
-    torch.manual_seed(rank_seed(w.trial.seed, w.rank, epoch))  # masks and augmentations of this rank
+    begin_epoch(w, epoch)
     window, epoch_meter = Meter(w.device), Meter(w.device)
     history = list(w.events)  # rewinds since the last report come first (kept until it is made)
     n_broken, began, first_step_at = 0, time.perf_counter(), None
     for i, batch in enumerate(itertools.islice(w.loader, w.steps_per_epoch)):
         n_broken += batch["n_broken"]
-        audio, video, clips = _inputs(w, batch)
-        # A rank whose every clip was broken still steps, with zero weight: the ranks stay in lockstep.
-        metrics = w.train_step(audio, video, weight=1.0 if clips else 0.0)
-        if clips:
-            window.add(metrics, clips)
-            epoch_meter.add(metrics, clips)
-        w.step += 1
+        _step(w, batch, (window, epoch_meter))
         first_step_at = first_step_at or time.time()
         if w.step % log_every and i != w.steps_per_epoch - 1:
             continue
-        record = {"step": w.step, **window.read(), T.TRAIN_LR: w.scheduler.get_last_lr()[0]}
-        if w.system is not None:  # CPU, memory, GPU: a starved loader is told from a slow model
-            record.update(w.system.read())
+        record = _window_record(w, window)
         if not _finite(record):  # the same on every rank: the window was summed over all of them
             return EpochReport(epoch=epoch + 1, steps=w.step, history=history, diverged_at_step=w.step,
                                n_broken=n_broken, reported_at=time.time(), **w.where)
@@ -292,7 +346,27 @@ def train_epoch(worker: Worker, epoch: int) -> EpochReport:
     )
 
 
-def finish_epoch(worker: Worker, report: EpochReport, last: bool) -> None:
+def _step(worker: Worker, batch: dict[str, Any], meters: tuple[Meter, ...]) -> None:
+    """One optimiser step on `batch`, counted in each of `meters`. A rank whose every clip was broken still
+    steps, with zero weight: the ranks stay in lockstep."""
+    audio, video, clips = _inputs(worker, batch)
+    metrics = worker.train_step(audio, video, weight=1.0 if clips else 0.0)
+    if clips:
+        for meter in meters:
+            meter.add(metrics, clips)
+    worker.step += 1
+
+
+def _window_record(worker: Worker, window: Meter) -> dict[str, float]:
+    """The history record of the steps since the last one (a collective); rank 0 adds its machine's load
+    (CPU, memory, GPU: a starved loader is told from a slow model)."""
+    record = {"step": worker.step, **window.read(), T.TRAIN_LR: worker.scheduler.get_last_lr()[0]}
+    if worker.system is not None:
+        record.update(worker.system.read())
+    return record
+
+
+def finish_epoch(worker: Worker, report: EpochReport, last: bool, send: SendReport) -> None:
     """Rank 0 adds the validation loss (and the probe every `probe_every` epochs and after the last) and
     attaches the checkpoint; every rank reports (Train's report is a collective)."""
     w = worker
@@ -304,13 +378,11 @@ def finish_epoch(worker: Worker, report: EpochReport, last: bool) -> None:
     if w.rank != 0:
         if w.spec.train.on_diverge is not None:
             w.keep_good(w.state(report.epoch))
-        ray.train.report(result)
+        send(result, None)
         return
     w.records.append(report.record())
     w.result = {k: v for k, v in result.items() if k not in (HISTORY, BACKLOG)}
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / CHECKPOINT_FILE).write_bytes(w.keep_good(w.state(report.epoch)))
-        ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    send(result, w.keep_good(w.state(report.epoch)))
 
 
 def _inputs(worker: Worker, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, int]:

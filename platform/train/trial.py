@@ -1,8 +1,9 @@
 """One trial: the Tune function trainable that launches a Ray Train `TorchTrainer` run.
 
 Kept light on purpose. The Tune trial process imports this module to run `run_trial`, and the Train controller
-and workers unpickle what it passes them; so the study spec travels as a plain dict and the training code
-(torch, timm, the data pipeline: seconds of imports on 2 cores) is imported by the workers alone.
+and workers unpickle what it passes them: the study spec, parsed once here, and the trial's `TrialConfig`
+(pydantic models and dataclasses, no torch). The training code (torch, timm, the data pipeline: seconds of
+imports on 2 cores) is imported by the workers alone.
 
 Train's reports reach Tune through the trial's own thread (`TuneReports`, `fit_reporting`), not through Ray's
 `TuneReportCallback`: that one hands them to Tune's result thread, which races the trial function's return
@@ -17,8 +18,9 @@ import threading
 from typing import Any
 
 import ray.train
-from avmae.platform.ray_compat import TorchTrainer
-from avmae.platform.reports import CHECKPOINT_PATH, metric_mode
+from avmae.platform.study.spec import ResourceSpec, StudySpec
+from avmae.platform.train.ray_compat import TorchTrainer
+from avmae.platform.train.reports import CHECKPOINT_PATH
 from ray import tune
 from ray.util.queue import Empty, Queue
 
@@ -26,8 +28,9 @@ POLL_S = 1.0  # how often the trial thread looks whether the Train run has ended
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train's entry point on each worker (see trainer.train)."""
-    from avmae.platform.trainer import train
+    """Ray Train's entry point on each worker: `config` is {"spec": StudySpec, "trial": TrialConfig} (see
+    ray_worker.train)."""
+    from avmae.platform.train.ray_worker import train
 
     train(config)
 
@@ -99,27 +102,37 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any], storage: str) -> Non
     `config`: the trial's Tune config (cell, sampled values, repeat index); `spec`: the StudySpec as a dict;
     `storage`: where Train keeps the trial's checkpoints.
     """
-    res = spec["resources"]
+    study = StudySpec.model_validate(spec)
     reports = TuneReports()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec, "params": config},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=res["workers"],
-            use_gpu=res["gpus_per_worker"] > 0,
-            resources_per_worker={"CPU": res["cpus_per_worker"], "GPU": res["gpus_per_worker"]},
-        ),
-        run_config=ray.train.RunConfig(
-            name=tune.get_context().get_trial_id(),  # deterministic, so a restored trial finds its checkpoint
-            storage_path=storage,
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=spec["metric"],
-                checkpoint_score_order=metric_mode(spec["metric"]),
-            ),
-            # A worker error fails the trial (Tune records it); a worker group that cannot start: 2 retries.
-            failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=2),
-            callbacks=[reports],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
+        train_loop_config={"spec": study, "trial": study.resolve_trial(config)},
+        scaling_config=scaling(study.resources),
+        run_config=run_config(study, storage, reports),
     )
     fit_reporting(trainer, reports)
+
+
+def scaling(resources: ResourceSpec) -> ray.train.ScalingConfig:
+    """One Train worker per DDP rank, each with its CPUs and (a share of) GPUs."""
+    return ray.train.ScalingConfig(
+        num_workers=resources.workers,
+        use_gpu=resources.gpus_per_worker > 0,
+        resources_per_worker={"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker},
+    )
+
+
+def run_config(spec: StudySpec, storage: str, reports: TuneReports) -> ray.train.RunConfig:
+    """The trial's Train run: named by the trial (so a restored trial finds its checkpoints), keeping its two
+    best checkpoints by the study metric, reporting to Tune through `reports`."""
+    return ray.train.RunConfig(
+        name=tune.get_context().get_trial_id(),
+        storage_path=storage,
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute=spec.metric, checkpoint_score_order=spec.mode,
+        ),
+        # A worker error fails the trial (Tune records it); a worker group that cannot start: 2 retries.
+        failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=2),
+        callbacks=[reports],
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+    )

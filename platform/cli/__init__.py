@@ -1,0 +1,1 @@
+"""The `avmae` command line: subcommands that load lazily, so `--help` needs no torch or Ray."""

@@ -1,0 +1,1 @@
+"""Scores of frozen encoders: the linear probe and the Ray-free does-it-learn check."""

@@ -1,0 +1,1 @@
+"""A study from its YAML file to its Tune experiment: spec, cells, plan, data preparation, the runner."""

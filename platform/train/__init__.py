@@ -1,0 +1,1 @@
+"""One trial: the Tune trainable, the Ray Train worker loop, its reports, and Ray's private parts."""
