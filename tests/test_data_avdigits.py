@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,15 +134,31 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_build(tmp_path: Pat
               "progress=False)")
     second = subprocess.Popen([sys.executable, "-c", script, str(out)], stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(3)  # imports and all: a second builder that ignored the lock would be writing by now
-        assert second.poll() is None and not list(out.glob("*.mp4"))
+        said = _first_line_with(second, "being built by another process; waiting", timeout=300)
+        assert said and second.poll() is None and not list(out.glob("*.mp4"))  # it waits, writing nothing
         build_av_digits(out, ONE, workers=1, progress=False)  # the first builder's build
         stamp = (out / "av_digits.json").stat().st_mtime_ns
     finally:
         first.release()
-    _, stderr = second.communicate(timeout=120)
-    assert second.returncode == 0 and "being built by another process; waiting" in stderr
+    second.communicate(timeout=120)
+    assert second.returncode == 0
     assert (out / "av_digits.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+def _first_line_with(proc: subprocess.Popen, text: str, timeout: float) -> str | None:
+    """The first line of `proc`'s stderr that holds `text`, read as it comes (None: not within `timeout`)."""
+    found: list[str] = []
+
+    def read() -> None:
+        for line in proc.stderr:
+            if text in line:
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return found[0] if found else None
 
 
 def test_dtmf_tones_are_learnable(dtmf: Path):

@@ -2,16 +2,15 @@
 
 Per clip the cache keeps every `frame_stride`-th frame of the clip's even time grid (`decode.ClipPlan`) as
 uint8 at the resize short side (so any window of any length can still be drawn) and the float16 log-mel of the
-whole clip. Shards are written to temporary names and renamed, their JSON last, so an interrupted run resumes
-by skipping finished shards. `broken.csv` lists the clips it skipped, each with its index line.
+whole clip. Shards are written to temporary names and renamed (`sink.ShardSink`), their JSON last, so an
+interrupted run resumes by skipping finished shards; their entries name the node that decoded them.
+`broken.csv` lists the clips it skipped, each with its index line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,10 @@ from tqdm import tqdm
 
 from .broken import BrokenClip, BrokenRecord, write_broken_csv
 from .dataset import broken_item, label_tensor
+from .distribute import node_id, run_jobs
 from .geometry import AUDIOSET_STATS, MIN_CLIP_SECONDS, AudioStats, ClipGeometry
 from .indexes import Clip
-from .pool import process_pool
+from .sink import ShardSink
 from .window import Window, audio_tensor, choose_window, fit_frames, frame_positions, video_tensor
 
 VERSION = 3  # 3: one clock and one geometry (PyAV), real-audio cover, minimum clip length in the header
@@ -70,23 +70,22 @@ def decode_entry(
     return {**entry, "n_frames": n_frames, "fps": fps, "audio_seconds": audio_seconds}, fbank, frames
 
 
-def finish_shard(stem: Path, entries: list[dict[str, Any]]) -> int:
-    """Write a shard's JSON (temporary name, then renamed: last, so its presence marks the shard done);
-    returns how many of its clips were broken."""
-    tmp = stem.with_suffix(f".json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(entries))
-    os.replace(tmp, stem.with_suffix(".json"))
+def finish_shard(sink: ShardSink, shard: int, entries: list[dict[str, Any]]) -> int:
+    """Write a shard's JSON (last: its presence marks the shard done), each entry with the node that decoded
+    it; returns how many of its clips were broken."""
+    node = node_id()
+    sink.write_bytes(f"shard_{shard:05d}.json", json.dumps([{**e, "node": node} for e in entries]).encode())
     return sum("broken" in e for e in entries)
 
 
 def _write_shard(
-    out: Path, shard: int, clips: Sequence[tuple[int, Clip]], geometry: ClipGeometry, min_clip_s: float
+    sink: ShardSink, shard: int, clips: Sequence[tuple[int, Clip]], geometry: ClipGeometry, min_clip_s: float
 ) -> int:
     """Decode and write one shard; returns how many of its clips were broken."""
     entries: list[dict[str, Any]] = []
-    stem = out / f"shard_{shard:05d}"
-    tmp = f".tmp{os.getpid()}"  # concurrent writers (two trials) never share a temporary file
-    frame_tmp, fbank_tmp = stem.with_suffix(".frames" + tmp), stem.with_suffix(".fbank" + tmp)
+    stem = f"shard_{shard:05d}"
+    # scratch names are per process: concurrent writers (two trials) never share a temporary file
+    frame_tmp, fbank_tmp = sink.scratch(f"{stem}.frames"), sink.scratch(f"{stem}.fbank")
     with frame_tmp.open("wb") as frames_f, fbank_tmp.open("wb") as fbank_f:
         for i, clip in clips:
             entry, fbank, frames = decode_entry(i, clip, geometry, min_clip_s)
@@ -96,12 +95,12 @@ def _write_shard(
                 frames_f.write(frames.tobytes())
                 fbank_f.write(fbank.tobytes())
             entries.append(entry)
-    os.replace(frame_tmp, stem.with_suffix(".frames"))
-    os.replace(fbank_tmp, stem.with_suffix(".fbank"))
-    return finish_shard(stem, entries)
+    sink.put(frame_tmp, f"{stem}.frames")
+    sink.put(fbank_tmp, f"{stem}.fbank")
+    return finish_shard(sink, shard, entries)
 
 
-ShardWriter = Callable[[Path, int, Sequence[tuple[int, Clip]], ClipGeometry, float], int]
+ShardWriter = Callable[[ShardSink, int, Sequence[tuple[int, Clip]], ClipGeometry, float], int]
 
 
 @dataclass(frozen=True)
@@ -128,12 +127,13 @@ def write_cache(
     min_clip_s: float = MIN_CLIP_SECONDS,
     writer: ShardWriter = _write_shard,
     settings: dict[str, Any] | None = None,
-) -> Path:
-    """Decode `clips` into `out` (resumable: finished shards are kept); clips shorter than `min_clip_s` are
-    broken ("too_short"). `writer` writes one shard (picklable for `workers` > 1); `settings` (its codec's)
-    join the layout the cache is bound to. Returns `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    cluster: bool = False,
+) -> str | Path:
+    """Decode `clips` into `out`, a folder or (compressed caches) a URI (resumable: finished shards are kept);
+    clips shorter than `min_clip_s` are broken ("too_short"). `writer` writes one shard (picklable for
+    `workers` > 1 or `cluster`); `settings` (its codec's) join the layout the cache is bound to. `cluster`:
+    shards are Ray tasks on the connected cluster (`distribute.run_jobs`). Returns `out`."""
+    sink = ShardSink(out)
     header = CacheHeader(
         VERSION,
         {**geometry_layout(geometry), **(settings or {})},
@@ -144,23 +144,9 @@ def write_cache(
         [list(c.label) if multi_label else c.label for c in clips],
         min_clip_s,
     )
-    header_path = out / "cache.json"
-    if header_path.exists():
-        found = json.loads(header_path.read_text())
-        if found.get("version") != VERSION:
-            raise ValueError(
-                f"{out} holds a cache of format {found.get('version')}, this avmae writes {VERSION}; "
-                "delete it or use a new directory"
-            )
-        if found != json.loads(json.dumps(asdict(header))):
-            raise ValueError(f"{out} holds a cache made from other clips or geometry; use a new directory")
-    else:
-        header_path.write_text(json.dumps(asdict(header)))
-    todo = [
-        s
-        for s in range(0, len(clips), shard_size)
-        if not (out / f"shard_{s // shard_size:05d}.json").exists()
-    ]
+    _claim(sink, header)
+    done = sink.names()
+    todo = [s for s in range(0, len(clips), shard_size) if f"shard_{s // shard_size:05d}.json" not in done]
     bar = tqdm(
         total=len(clips),
         initial=len(clips) - sum(min(shard_size, len(clips) - s) for s in todo),
@@ -169,20 +155,31 @@ def write_cache(
         disable=not (progress and todo),  # a finished cache stays silent
     )
     numbered = list(enumerate(clips))
-    jobs = [(out, s // shard_size, numbered[s : s + shard_size], geometry, min_clip_s) for s in todo]
+    jobs = [(sink, s // shard_size, numbered[s : s + shard_size], geometry, min_clip_s) for s in todo]
     with bar:
-        if workers <= 1:
-            for job in jobs:
-                writer(*job)
-                bar.update(len(job[2]))
-        else:
-            with process_pool(workers) as pool:
-                futures = {pool.submit(writer, *job): len(job[2]) for job in jobs}
-                for future in as_completed(futures):
-                    future.result()
-                    bar.update(futures[future])
-    write_broken_csv(out / BROKEN_REPORT, _broken(read_entries(out, len(clips), shard_size)))
-    return out
+        for count in run_jobs(writer, jobs, workers, cluster):
+            bar.update(count)
+    report = sink.scratch(BROKEN_REPORT)
+    write_broken_csv(report, _broken(read_entries(out, len(clips), shard_size, sink.read_bytes)))
+    sink.put(report, BROKEN_REPORT)
+    return out if sink.remote else Path(out)
+
+
+def _claim(sink: ShardSink, header: CacheHeader) -> None:
+    """Write the header of a new cache; refuse a folder that holds another format's or other clips' cache."""
+    try:
+        found = json.loads(sink.read_bytes("cache.json"))
+    except FileNotFoundError:
+        sink.write_bytes("cache.json", json.dumps(asdict(header)).encode())
+        return
+    if found.get("version") != VERSION:
+        raise ValueError(
+            f"{sink.location} holds a cache of format {found.get('version')}, this avmae writes {VERSION}; "
+            "delete it or use a new directory"
+        )
+    if found != json.loads(json.dumps(asdict(header))):
+        raise ValueError(f"{sink.location} holds a cache made from other clips or geometry; "
+                         "use a new directory")
 
 
 def read_entries(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from .avdigits import build_av_digits, read_manifest
 from .cache import BROKEN_REPORT, CachedAVDataset, write_cache
 from .codecs import default_codec
 from .config import CACHE_FORMATS, DEFAULT_MAX_BROKEN, KINDS, AVDigitsBuild, DataConfig
+from .distribute import ray_connection
 from .geometry import ClipGeometry
 from .hygiene import check_splits
 from .indexes import Index, IndexFormatError
-from .loader import cache_path, load_split, load_splits
+from .loader import cache_location, load_split, load_splits
+from .locations import join
 from .scan import ScanReport, TooManyBrokenError, scan_clips
 from .shards import ShardedAVDataset, write_shards
 
@@ -154,7 +157,8 @@ def _dataset_options(command: Callable) -> Callable:
 
 @data.command("cache")
 @_dataset_options
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Cache directory.")
+@click.option("--out", required=True,
+              help="Cache directory, or a URI (s3://bucket/prefix?endpoint_override=...) for jpeg and h264.")
 @click.option("--img-size", type=int, default=224, show_default=True, help="Model crop size.")
 @click.option("--frame-stride", type=int, default=4, show_default=True)
 @click.option("--shard-size", type=int, default=32, show_default=True)
@@ -169,6 +173,9 @@ def _dataset_options(command: Callable) -> Callable:
     "0.87 MB, ~67/s (GPU-decodable); h264 (GOP 8, crf 20) 0.83 MB, 0.41 MB, ~72/s. Sizes include the "
     "float16 log-mel; jpeg and h264 are two files a shard, for object storage.",
 )
+@click.option("--address", default=None,
+              help="Decode on every node of the Ray cluster at this address (e.g. auto), one task a shard; "
+              "the media and OUT must be reachable from every node. Default: --workers local processes.")
 def cache(
     kind: str,
     root: Path,
@@ -178,32 +185,38 @@ def cache(
     labels: Path | None,
     target: str,
     workers: int,
-    out: Path,
+    out: str,
     img_size: int,
     frame_stride: int,
     shard_size: int,
     fmt: str,
+    address: str | None,
 ) -> None:
     """Decode every clip once into OUT/<split>_r<short side>_s<stride>_v<version>[_<format>] (resumable)."""
-    config = _config(kind=kind, root=root, index=index, pattern=pattern, labels=labels, target=target)
+    config = _config(kind=kind, root=root, index=index, pattern=pattern, labels=labels, target=target,
+                     cache_dir=out, cache_format=fmt)
     table = _load(config, split)
     geometry = ClipGeometry(audio_frames=1, num_frames=1, img_size=img_size, frame_stride=frame_stride)
-    path = cache_path(out, split, geometry, fmt)
+    path = cache_location(out, split, geometry, fmt)
     classes, multi_label = len(table.classes), table.multi_label
     try:
-        if fmt == "uint8":
-            write_cache(table.clips, path, geometry, classes, multi_label, workers, shard_size)
-        else:
-            codec = default_codec(fmt)
-            write_shards(table.clips, path, geometry, classes, codec, multi_label, workers, shard_size)
+        with ray_connection(address) as cluster:
+            if fmt == "uint8":
+                write_cache(table.clips, path, geometry, classes, multi_label, workers, shard_size,
+                            cluster=cluster)
+            else:
+                write_shards(table.clips, path, geometry, classes, default_codec(fmt), multi_label, workers,
+                             shard_size, cluster=cluster)
     except ValueError as err:
         raise click.ClickException(str(err)) from err
-    reader = CachedAVDataset if fmt == "uint8" else ShardedAVDataset
-    report = ScanReport(len(table.clips), reader(path, geometry, train=False).broken)
+    reader = (CachedAVDataset if fmt == "uint8" else ShardedAVDataset)(path, geometry, train=False)
+    report = ScanReport(len(table.clips), reader.broken)
     click.echo(f"cached {len(table.clips) - len(report.broken)} of {len(table.clips)} clips in {path}")
+    nodes = Counter(entry.get("node", "unrecorded") for entry in reader.entries)
+    click.echo(f"decoded on {len(nodes)} node(s): " + ", ".join(f"{n} ({c} clips)" for n, c in nodes.items()))
     if report.broken:
         click.echo(f"skipped {report.describe()}")
-        click.echo(f"every skipped clip, with its index line: {path / BROKEN_REPORT}")
+        click.echo(f"every skipped clip, with its index line: {join(path, BROKEN_REPORT)}")
 
 
 @data.command("scan")

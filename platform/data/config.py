@@ -71,13 +71,35 @@ class DataConfig(BaseModel):
     target: Literal["verb", "noun"] = "verb"
     audio_mean: float | None = None
     audio_std: float | None = None
-    cache_dir: Path | None = None
+    cache_dir: Path | str | None = Field(
+        None, description="Cache folder, or a URI pyarrow.fs opens (s3://bucket/prefix?endpoint_override="
+        "host:port&scheme=http) for the compressed formats: shards are written there and each trial copies "
+        "those it reads into `cache_copy_dir`.")
+    cache_copy_dir: Path | None = Field(
+        None, description="Local folder for the copies of a remote cache's shards (default: the system's "
+        "temporary folder); at most `cache_copy_gb`, least recently used out.")
+    cache_copy_gb: float = Field(50, gt=0, description="Bound of `cache_copy_dir`, in GiB.")
     cache_format: CacheFormat = Field(
         "uint8", description="Frames in the cache: uint8 (no decoding, ~10x the source's bytes), jpeg or "
         "h264 (compressed shards, decoded per sample; docs/benchmarks.md, Training formats).")
     max_broken_fraction: float | None = DEFAULT_MAX_BROKEN
     min_clip_s: float = Field(MIN_CLIP_SECONDS, gt=0, description="Shorter clips are broken (too_short).")
     workers: int = 1
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _uri_kept(cls, value: object) -> object:
+        """A URI stays a string (a Path would fold its `//`); anything else is a folder."""
+        if value is None or (isinstance(value, str) and "://" in value):
+            return value
+        return Path(value)
+
+    @model_validator(mode="after")
+    def _uri_needs_shards(self) -> DataConfig:
+        if isinstance(self.cache_dir, str) and self.cache_format == "uint8":
+            raise ValueError(f"cache_dir {self.cache_dir} is a URI: set cache_format jpeg or h264 (the uint8 "
+                             "cache is read from a local or shared folder)")
+        return self
 
     @model_validator(mode="after")
     def _stats_come_in_pairs(self) -> DataConfig:

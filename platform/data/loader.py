@@ -10,6 +10,7 @@ the same keys, dtypes, shapes and values).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,9 +36,10 @@ from .indexes import (
     read_vggsound,
     read_vggsound_splits,
 )
+from .locations import join
 from .scan import ScanReport, scan_clips
 from .shards import ShardBatches, ShardedAVDataset, write_shards
-from .store import is_uri
+from .store import DEFAULT_LOCAL_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -113,22 +115,38 @@ def cache_path(cache_dir: str | Path, split: str | None, geometry: ClipGeometry,
     return Path(cache_dir) / (name if fmt == "uint8" else f"{name}_{fmt}")
 
 
+def cache_location(cache_dir: str | Path, split: str | None, geometry: ClipGeometry,
+                   fmt: str = "uint8") -> str | Path:
+    """`cache_path` for a folder or a URI (the cache's name goes into the URI's path)."""
+    return join(cache_dir, cache_path("", split, geometry, fmt).name)
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """How a split's cache is written and read: decoding `workers` (or Ray tasks with `cluster`), and where
+    the shards of a remote cache are copied (`copy_dir`, at most `copy_bytes`)."""
+
+    workers: int = 1
+    cluster: bool = False
+    copy_dir: str | Path | None = None
+    copy_bytes: int = DEFAULT_LOCAL_BYTES
+
+
 def open_cache(
     clips: list, cache_dir: str | Path, split: str | None, geometry: ClipGeometry, train: bool,
-    num_classes: int, multi_label: bool, audio_stats: AudioStats, fmt: str, workers: int, min_clip_s: float,
+    num_classes: int, multi_label: bool, audio_stats: AudioStats, fmt: str, min_clip_s: float,
+    use: CacheUse = CacheUse(),
 ) -> CachedAVDataset:
-    """The split's cache in format `fmt`, written first unless it is there; a URI (`s3://...`) names a
-    compressed cache already written and uploaded, read through `store.ShardStore`."""
-    if is_uri(cache_dir):
-        name = cache_path("", split, geometry, fmt).name
-        return ShardedAVDataset(f"{str(cache_dir).rstrip('/')}/{name}", geometry, train, audio_stats)
-    path = cache_path(cache_dir, split, geometry, fmt)
+    """The split's cache in format `fmt` at a folder or a URI (`s3://...`, compressed formats), written first
+    unless it is there (resumable)."""
+    path = cache_location(cache_dir, split, geometry, fmt)
     if fmt == "uint8":
-        write_cache(clips, path, geometry, num_classes, multi_label, workers=workers, min_clip_s=min_clip_s)
+        write_cache(clips, path, geometry, num_classes, multi_label, workers=use.workers,
+                    min_clip_s=min_clip_s, cluster=use.cluster)
         return CachedAVDataset(path, geometry, train, audio_stats)
-    write_shards(clips, path, geometry, num_classes, default_codec(fmt), multi_label, workers=workers,
-                 min_clip_s=min_clip_s)
-    return ShardedAVDataset(path, geometry, train, audio_stats)
+    write_shards(clips, path, geometry, num_classes, default_codec(fmt), multi_label, workers=use.workers,
+                 min_clip_s=min_clip_s, cluster=use.cluster)
+    return ShardedAVDataset(path, geometry, train, audio_stats, use.copy_dir, use.copy_bytes)
 
 
 def preflight(
@@ -160,9 +178,10 @@ def build_dataset(
     workers: int = 1,
     min_clip_s: float = MIN_CLIP_SECONDS,
     cache_format: str = "uint8",
+    cache_use: CacheUse | None = None,
 ) -> AVDataset | CachedAVDataset:
     """A split's Dataset: raw decoding when `cache_dir` is None, else the decoded cache in `cache_format`
-    (made on first use; `open_cache`).
+    (made on first use; `open_cache`, as `cache_use` says, by default with `workers` processes).
 
     `audio_stats` defaults to AudioSet's, or to the measured stats for AV-Digits. `workers` processes scan and
     cache. Unless `max_broken_fraction` is None, a preflight raises TooManyBrokenError above that fraction.
@@ -178,17 +197,19 @@ def build_dataset(
         )
     else:
         dataset = open_cache(table.clips, cache_dir, split, geometry, train, num_classes, table.multi_label,
-                             audio_stats, cache_format, workers, min_clip_s)
+                             audio_stats, cache_format, min_clip_s, cache_use or CacheUse(workers))
     if max_broken_fraction is not None:
         preflight(dataset, max_broken_fraction, workers, min_clip_s)
     return dataset
 
 
 def build_from_config(
-    config: DataConfig, split: str, geometry: ClipGeometry, train: bool
+    config: DataConfig, split: str, geometry: ClipGeometry, train: bool, cluster: bool = False
 ) -> AVDataset | CachedAVDataset:
-    """`build_dataset` for one split of a study's dataset."""
+    """`build_dataset` for one split of a study's dataset (`cluster`: a missing cache is written by Ray tasks
+    on the connected cluster)."""
     stats = None if config.audio_mean is None else AudioStats(config.audio_mean, config.audio_std)
+    use = CacheUse(config.workers, cluster, config.cache_copy_dir, int(config.cache_copy_gb * 2**30))
     return build_dataset(
         config.kind,
         config.root,
@@ -205,6 +226,7 @@ def build_from_config(
         workers=config.workers,
         min_clip_s=config.min_clip_s,
         cache_format=config.cache_format,
+        cache_use=use,
     )
 
 

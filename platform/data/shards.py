@@ -12,7 +12,6 @@ reuses `cache.write_cache`: resumable, the same verdicts, `broken.csv`; the head
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from .cache import (
 from .codecs import Codec, codec_from_settings
 from .geometry import AUDIOSET_STATS, MIN_CLIP_SECONDS, AudioStats, ClipGeometry
 from .indexes import Clip
+from .sink import ShardSink
 from .store import DEFAULT_LOCAL_BYTES, ShardStore
 
 ALIGN = 64  # byte boundary of each clip's log-mel, so it maps as aligned float16
@@ -46,15 +46,15 @@ class ShardWriter:
 
     def __call__(
         self,
-        out: Path,
+        sink: ShardSink,
         shard: int,
         clips: Sequence[tuple[int, Clip]],
         geometry: ClipGeometry,
         min_clip_s: float,
     ) -> int:
         entries: list[dict[str, Any]] = []
-        stem = out / f"shard_{shard:05d}"
-        tmp = stem.with_suffix(f".bin.tmp{os.getpid()}")
+        name = f"shard_{shard:05d}.bin"
+        tmp = sink.scratch(name)
         with tmp.open("wb") as f:
             for i, clip in clips:
                 entry, fbank, frames = decode_entry(i, clip, geometry, min_clip_s)
@@ -67,8 +67,8 @@ class ShardWriter:
                     entry["blobs"] = np.cumsum([0, *map(len, blobs)]).tolist()
                     f.write(b"".join(blobs))
                 entries.append(entry)
-        os.replace(tmp, stem.with_suffix(".bin"))
-        return finish_shard(stem, entries)
+        sink.put(tmp, name)
+        return finish_shard(sink, shard, entries)
 
 
 def write_shards(
@@ -82,10 +82,12 @@ def write_shards(
     shard_size: int = 32,
     progress: bool = True,
     min_clip_s: float = MIN_CLIP_SECONDS,
-) -> Path:
-    """`cache.write_cache` with frames compressed by `codec` (resumable; a folder holds one codec's cache)."""
+    cluster: bool = False,
+) -> str | Path:
+    """`cache.write_cache` with frames compressed by `codec` (resumable; a folder or URI holds one codec's
+    cache; `cluster`: Ray tasks on the connected cluster)."""
     return write_cache(clips, out, geometry, num_classes, multi_label, workers, shard_size, progress,
-                       min_clip_s, writer=ShardWriter(codec), settings=codec.settings)
+                       min_clip_s, writer=ShardWriter(codec), settings=codec.settings, cluster=cluster)
 
 
 class ShardedAVDataset(CachedAVDataset):

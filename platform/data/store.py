@@ -13,11 +13,9 @@ from typing import Any
 
 from pyarrow import fs
 
+from .locations import is_uri
+
 DEFAULT_LOCAL_BYTES = 50 * 2**30
-
-
-def is_uri(location: str | Path) -> bool:
-    return "://" in str(location)
 
 
 class ShardStore:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from avmae.platform.data import ClipGeometry
 from avmae.platform.data.config import AVDigitsBuild
+from avmae.platform.data.locations import is_uri, join
 from avmae.platform.study.spec import StudySpec
 
 
@@ -23,8 +24,8 @@ def av_digits_build_name(settings: AVDigitsBuild, speech: str | Path | None) -> 
 
 
 def absolute(spec: StudySpec, speech: str | Path | None = None) -> StudySpec:
-    """The spec with every data path absolute; an AV-Digits cache gets a folder per build (audio kind and
-    settings)."""
+    """The spec with every data path absolute (a cache URI kept as it is); an AV-Digits cache gets a folder
+    per build (audio kind and settings)."""
     data = spec.data
     if speech is not None and data.kind != "av-digits":
         raise ValueError(f"--speech is for AV-Digits studies; this one reads {data.kind}")
@@ -33,9 +34,11 @@ def absolute(spec: StudySpec, speech: str | Path | None = None) -> StudySpec:
         index = {split: Path(p).resolve() for split, p in index.items()}
     elif index is not None:
         index = Path(index).resolve()
-    cache_dir = Path(data.cache_dir).resolve() if data.cache_dir else None
+    cache_dir = data.cache_dir
+    if cache_dir is not None and not is_uri(cache_dir):  # a URI is the same from every node
+        cache_dir = Path(cache_dir).resolve()
     if cache_dir is not None and data.kind == "av-digits":
-        cache_dir = cache_dir / av_digits_build_name(data.av_digits or AVDigitsBuild(), speech)
+        cache_dir = join(cache_dir, av_digits_build_name(data.av_digits or AVDigitsBuild(), speech))
     update = {
         "root": Path(data.root).resolve(),
         "index": index,
@@ -52,11 +55,13 @@ def geometries(spec: StudySpec) -> set[ClipGeometry]:
             for cell in spec.cells()}
 
 
-def prepare_data(spec: StudySpec, speech: str | Path | None = None) -> None:
+def prepare_data(spec: StudySpec, speech: str | Path | None = None, address: str | None = None) -> None:
     """Build AV-Digits if needed (idempotent), check the index (`preflight_index`: IndexHygieneError when its
-    rows disagree) and decode every split the study reads into the cache."""
+    rows disagree) and decode every split the study reads into the cache: with `address`, as Ray tasks on
+    every node of that cluster, else with `data.workers` local processes."""
     # torch: only when preparing, not for --dry-run
     from avmae.platform.data import build_av_digits, build_from_config, preflight_index
+    from avmae.platform.data.distribute import ray_connection
 
     data = spec.data
     if data.kind == "av-digits":
@@ -68,6 +73,7 @@ def prepare_data(spec: StudySpec, speech: str | Path | None = None) -> None:
     splits = {data.train_split, data.val_split}
     if spec.evaluation.probe:
         splits |= {spec.evaluation.train_split, spec.evaluation.test_split}
-    for geometry in geometries(spec):
-        for split in sorted(s for s in splits if s):
-            build_from_config(data, split, geometry, train=False)
+    with ray_connection(address) as cluster:
+        for geometry in geometries(spec):
+            for split in sorted(s for s in splits if s):
+                build_from_config(data, split, geometry, train=False, cluster=cluster)
