@@ -36,6 +36,9 @@ MISSING = "n/a"  # an ablation axis a trial does not set
 TEXT_COLUMNS = ("trial_id", "run_id", "run_name", "cell", "status", "mlflow_status", *CELL_AXES)
 REPEAT = "repeat"  # column of the repeat index k (the `avmae.repeat` tag); NaN for studies older than repeats
 BASELINE_COLUMNS = ("baseline", "probe", REPEAT, "value")
+# One row per fine-tuning run (role `finetune`): its cell (or T.SCRATCH_CELL), setting, repeat k, LR, status,
+# and its test score (accuracy, or mAP for a multi-label recipe) after its last epoch.
+FINETUNE_COLUMNS = ("run_id", "cell", "setting", REPEAT, "lr", "status", "score", "score_name")
 
 
 class StudyNotFound(LookupError):
@@ -59,6 +62,7 @@ class StudyData:
     baselines: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=BASELINE_COLUMNS))
     settings: dict[str, str] = field(default_factory=dict)  # the study run's params: its flattened config
     heartbeat_ms: int | None = None  # when the study's driver last beat (`T.HEARTBEAT_TAG`); None: no beat
+    finetune: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FINETUNE_COLUMNS))
 
     @property
     def driver_lost(self) -> bool:
@@ -158,6 +162,8 @@ def collect_study(client: MlflowClient, study: str) -> StudyData:
         baselines=_baselines(client, parent),
         settings=dict(parent.data.params),
         heartbeat_ms=T.heartbeat_ms(parent.data.tags),
+        finetune=_finetune(_search(client, [experiment.experiment_id], f"tags.`{T.ROLE_TAG}` = "
+                                   f"'{T.FINETUNE_ROLE}' and tags.`{T.STUDY_TAG}` = '{study}'")),
     )
 
 
@@ -172,6 +178,18 @@ def _baselines(client: MlflowClient, parent: Run) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=BASELINE_COLUMNS)
     # A repeat logged twice (a resumed study) counts once: its last value.
     return frame.drop_duplicates(["baseline", "probe", REPEAT], keep="last").reset_index(drop=True)
+
+
+def _finetune(runs: list[Run]) -> pd.DataFrame:
+    """The study's fine-tuning runs, one row each (`FINETUNE_COLUMNS`)."""
+    rows = []
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        name = T.FT_TEST_MAP if T.FT_TEST_MAP in metrics else T.FT_TEST_ACC
+        rows.append((run.info.run_id, tags.get(T.CELL_TAG), tags.get(T.SETTING_TAG),
+                     int(tags.get(T.REPEAT_TAG, 0)), float(tags.get(T.FINETUNE_LR_TAG, "nan")),
+                     tags.get(T.STATUS_TAG), metrics.get(name, math.nan), name))
+    return pd.DataFrame(rows, columns=FINETUNE_COLUMNS)
 
 
 def _search(client: MlflowClient, exp_ids: list[str], filter_string: str) -> list[Run]:

@@ -19,6 +19,7 @@ from avmae.dashboards import figures
 from avmae.dashboards.budget_view import budget_view
 from avmae.dashboards.collect import StudyData, collect_study
 from avmae.dashboards.cost import cost_lines
+from avmae.dashboards.finetune import finetune_figure, finetune_lines
 from avmae.dashboards.verdicts import gains_lines, seeds_to_settle, unsettled_gains
 from avmae.platform.tracking.layout import DRIVER_LOST_AFTER_S, TrialStatus
 from mlflow.tracking import MlflowClient
@@ -47,6 +48,8 @@ SECTIONS = (
     Section("parallel", "How do the searched parameters go with the study metric and the probes?",
             figures.parallel_coordinates),
     Section("load", "Was a slow trial slow, or starved of data or CPU?", figures.machine_load),
+    Section("finetune", "Does fine-tuning confirm the cells, and does the probe rank them as it does?",
+            finetune_figure),
 )
 
 
@@ -79,7 +82,8 @@ def study_outcome(study: str, tracking_uri: str, out: Path | None = None) -> Stu
     client = MlflowClient(tracking_uri=tracking_uri)
     data = collect_study(client, study)
     page = write_dashboard(client, data, out, log_to_mlflow=True)
-    return StudyOutcome(page, gains_lines(data) + cost_lines(data), seeds_to_settle(unsettled_gains(data)))
+    return StudyOutcome(page, gains_lines(data) + cost_lines(data) + finetune_lines(data),
+                        seeds_to_settle(unsettled_gains(data)))
 
 
 def write_dashboard(client: MlflowClient, data: StudyData, out: Path | None, log_to_mlflow: bool) -> Path:

@@ -14,6 +14,8 @@ SUBCOMMANDS = {
     "status": ("avmae.platform.cli.status:status",
                "List the studies in MLflow, or a study's progress and ETA."),
     "mlflow": ("avmae.platform.cli.flush:mlflow_group", "Send to MLflow what a study left queued (flush)."),
+    "finetune": ("avmae.platform.cli.finetune:finetune",
+                 "Fine-tune each cell's best configuration of a study whose pretraining ended."),
 }
 
 

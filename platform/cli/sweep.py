@@ -51,6 +51,9 @@ def default_tracking_uri() -> str:
 @click.option("--dry-run", is_flag=True, help="Validate and print the cells, search space and resource plan.")
 @click.option("--cluster-gpus", type=click.IntRange(min=1),
               help="With --dry-run: the trials so many GPUs run at once, and in how many waves.")
+@click.option("--clips-per-s", type=click.FloatRange(min=0, min_open=True),
+              help="With --dry-run: clips/s each worker trains on, for the data feed it needs (default for "
+                   "GPU studies: 1,066, the ViT-B step on an H200; docs/benchmarks.md).")
 @click.option("--speech", type=click.Path(exists=True, file_okay=False),
               help="AV-Digits: FSDD recordings for real spoken digits (default: DTMF tones).")
 @click.option("--repeats", type=click.IntRange(min=1),
@@ -58,8 +61,8 @@ def default_tracking_uri() -> str:
                    "seeds run; the finished ones are kept. A study's closing lines say how many settle the "
                    "gains still open.")
 def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storage: str, name: str | None,
-          resume: bool, restart: bool, dry_run: bool, cluster_gpus: int | None, speech: str | None,
-          repeats: int | None) -> None:
+          resume: bool, restart: bool, dry_run: bool, cluster_gpus: int | None, clips_per_s: float | None,
+          speech: str | None, repeats: int | None) -> None:
     """Run the study in SPEC_FILE: every cell of its ablation axes, searched, trained and probed.
 
     Ctrl-C, SIGTERM and SIGHUP stop it cleanly (exit 130, 143, 129): everything logged is kept and the
@@ -78,7 +81,7 @@ def sweep(spec_file: Path, address: str | None, tracking_uri: str | None, storag
         from avmae.platform.study.plan import describe
 
         named = spec.model_copy(update={"name": name})
-        click.echo(describe(named, storage, shown_uri, address, cluster_gpus))
+        click.echo(describe(named, storage, shown_uri, address, cluster_gpus, clips_per_s))
     refuse_unplaceable(spec, address)
     if dry_run:
         return

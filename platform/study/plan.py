@@ -10,12 +10,13 @@ from avmae.platform.tracking.layout import cell_key
 
 
 def describe(spec: StudySpec, storage: str, tracking_uri: str, address: str | None,
-             cluster_gpus: int | None = None) -> str:
+             cluster_gpus: int | None = None, clips_per_s: float | None = None) -> str:
     """The whole plan, one section after another, as `avmae sweep --dry-run` prints it."""
     lines = [*_study_lines(spec), *_cell_lines(spec), *_search_lines(spec), *_training_lines(spec),
-             _evaluation_line(spec), *_trial_lines(spec)]
+             _evaluation_line(spec), *_trial_lines(spec), *data_feed_lines(spec, clips_per_s)]
     if cluster_gpus:
         lines.append(cluster_plan(spec, cluster_gpus))
+    lines += finetune_lines(spec, cluster_gpus)
     lines += [_ray_line(spec, address), f"Storage: {storage}", f"MLflow: {tracking_uri}"]
     return "\n".join(lines)
 
@@ -108,6 +109,38 @@ def _trial_lines(spec: StudySpec) -> list[str]:
     return lines
 
 
+def data_feed_lines(spec: StudySpec, clips_per_s: float | None = None) -> list[str]:
+    """The prepared cache's size in its format, and what each trial's readers need at `clips_per_s` per
+    worker (default: a GPU study's ViT-B step on an H200; none for CPU studies): MB/s and decoding cores
+    against the CPUs the trial reserves (`data.sizing`, measured costs)."""
+    from avmae.platform.data import sizing
+    from avmae.platform.study.prepare import geometries
+
+    data, res = spec.data, spec.resources
+    fmt = data.cache_format if data.cache_dir else "uint8"
+    clips, seconds, source = sizing.dataset_clips(data, data.av_digits)
+    source = f"{data.kind}'s {source}"
+    rate = clips_per_s or (sizing.VIT_B_CLIPS_PER_S if res.gpus_per_worker else None)
+    lines = [f"Data feed ({fmt} cache{'' if data.cache_dir else ', if cached'}; measured costs: "
+             "docs/benchmarks.md, Training formats):"]
+    for geometry in sorted(geometries(spec), key=lambda g: g.short_side):
+        cost, measured = sizing.format_cost(fmt, geometry)
+        size = sizing.Sizing(clips, seconds, cost, (rate or 0) * res.workers)
+        lines += [f"  prepared (short side {geometry.short_side}): {clips:,} clips x {seconds:g} s x "
+                  f"{cost.disk_mb_per_s:.3g} MB/s = {size.prepared_gb:,.1f} GB"
+                  + ("" if measured else " (costs scaled from the nearest measured geometry)"),
+                  f"    clips: {source}"]
+        if rate:
+            cpus = res.workers * res.cpus_per_worker
+            verdict = "enough" if size.cores <= cpus else "too few: raise cpus_per_worker, or jpeg on the GPU"
+            lines += [f"  each trial ({res.workers} worker(s) at {rate:,.0f} clips/s): reads "
+                      f"{size.read_mb_per_s:,.0f} MB/s, decodes on {size.cores:.1f} of its {cpus:g} CPU "
+                      f"cores ({verdict})",
+                      f"  at peak ({res.max_concurrent_trials} trials): reads "
+                      f"{size.read_mb_per_s * res.max_concurrent_trials / 1000:,.2f} GB/s"]
+    return lines
+
+
 def _ray_line(spec: StudySpec, address: str | None) -> str:
     """The cluster joined, or the local runtime and how many trials fit on this machine."""
     if address:
@@ -140,6 +173,29 @@ def cluster_plan(spec: StudySpec, gpus: int) -> str:
             f"{concurrent} concurrent trials, ~{math.ceil(total / concurrent)} waves"
             + ("" if concurrent * per_trial >= gpus or concurrent == total
                else f" (max_concurrent_trials leaves {gpus - concurrent * per_trial:g} GPUs idle)"))
+
+
+def finetune_lines(spec: StudySpec, gpus: int | None = None) -> list[str]:
+    """The fine-tuning stage (study/finetune_stage.py): its runs, their recipe and resources, and on `gpus`
+    GPUs how many run at once and in about how many waves; nothing without a `finetune:` section."""
+    ft = spec.finetune
+    if ft is None:
+        return []
+    cells, lrs = len(spec.cells()), ft.grid()
+    total = (cells + ft.scratch) * spec.repeats * len(ft.settings) * len(lrs)
+    recipe = ft.resolve(ft.settings[0], lrs[0])
+    rows = f"{cells} cells' best configuration" + (" + the from-scratch row" if ft.scratch else "")
+    lines = [f"Fine-tuning: {total} runs = ({rows}) x {spec.repeats} seed(s) x {len(ft.settings)} setting(s) "
+             f"({', '.join(ft.settings)}) x {len(lrs)} LR(s) ({', '.join(f'{lr:g}' for lr in lrs)})",
+             f"  recipe {ft.recipe}: {recipe.epochs} epochs, global batch {recipe.batch_size}, SGD, "
+             f"layer decay {recipe.layer_decay:g}, fusion layer {recipe.fusion_layer}; each cell "
+             "judged at its best LR", f"  per run: the study's resources, {_resources(_per_trial(spec))}"]
+    per_run = spec.resources.workers * spec.resources.gpus_per_worker
+    if gpus and per_run:
+        concurrent = min(math.floor(gpus / per_run), spec.resources.max_concurrent_trials, total)
+        lines.append(f"  on {gpus} GPUs: {concurrent} concurrent runs of {per_run:g} GPUs, "
+                     f"~{math.ceil(total / max(concurrent, 1))} waves")
+    return lines
 
 
 def _resources(amounts: dict[str, float]) -> str:

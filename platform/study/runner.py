@@ -24,6 +24,7 @@ from avmae.platform.study.cells import (
     spent,
     study_scheduler,
 )
+from avmae.platform.study.finetune_stage import run_finetune_stage
 from avmae.platform.study.prepare import prepare_data
 from avmae.platform.study.progress import CellSummary, StudyProgress
 from avmae.platform.study.record import (
@@ -164,6 +165,8 @@ def run_study(
             baselines = start_baselines(spec, client, study_run)
             try:
                 summaries = run_trials(spec, launch, queue, study_run, callbacks)
+                if spec.finetune is not None and not run_finetune_stage(spec, launch, queue, study_run):
+                    raise StudyInterrupted("")
             except (StudyInterrupted, KeyboardInterrupt):
                 queue.put(E.InterruptTrials(study_run))
                 queue.put(E.EndStudy(study_run, "KILLED"))
@@ -190,7 +193,7 @@ def open_study(spec: StudySpec, launch: Launch, client: Any, speech: str | Path 
         )
     study_record(launch, spec, write=False)
     try:
-        prepare_data(spec, speech)
+        prepare_data(spec, speech, launch.address)  # on the cluster's CPUs, if any
     except (IndexFormatError, TooManyBrokenError, FileNotFoundError) as err:
         raise StudyDataError(str(err)) from err
     study_record(launch, spec)

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from avmae.models import AVMAEConfig, resolve_config  # the config side of avmae.models: no torch
 from avmae.platform.data.config import AVDigitsBuild, DataConfig
+from avmae.platform.study.finetune_spec import FinetuneSpec
 from avmae.platform.tracking.layout import PROBE_PREFIX, SEED_PARAM, TRAIN_LOSS, VAL_LOSS, cell_key
 from avmae.platform.train.reports import metric_mode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -215,6 +216,7 @@ class StudySpec(Strict):
     resources: ResourceSpec = ResourceSpec()
     budget: BudgetSpec = BudgetSpec()
     evaluation: EvalSpec = EvalSpec()
+    finetune: FinetuneSpec | None = None  # fine-tuning after pretraining (study/finetune_stage.py)
 
     @field_validator("axes")
     @classmethod
@@ -254,6 +256,8 @@ class StudySpec(Strict):
             raise ValueError("exclude leaves no cell to run")
         check_model(self)
         check_distinct_cells(self)
+        if self.finetune is not None:
+            check_finetune(self)
         return self
 
     @property
@@ -376,6 +380,20 @@ def check_model(spec: StudySpec) -> None:
             resolve(f"search.{name}={value}", {name: value})
     for params in _corners(spec):
         resolve("cell with " + ", ".join(f"{k}={v}" for k, v in params.items()), params)
+
+
+def check_finetune(spec: StudySpec) -> None:
+    """The fine-tuning recipe must fit the study: its global batch split evenly over the DDP workers, its
+    fusion layer inside the pretrained encoder's depth."""
+    ft = spec.finetune
+    recipe = ft.resolve(ft.settings[0], ft.grid()[0])
+    if recipe.batch_size % spec.resources.workers:
+        raise ValueError(f"finetune.batch_size: {recipe.batch_size} does not split over "
+                         f"{spec.resources.workers} workers")
+    depth = spec.resolve_model({}).depth
+    if recipe.fusion_layer > depth:
+        raise ValueError(f"finetune.overrides.fusion_layer: {recipe.fusion_layer} is past the encoder's "
+                         f"{depth} layers (the paper fuses at 16 of ViT-L's 24)")
 
 
 def check_distinct_cells(spec: StudySpec) -> None:

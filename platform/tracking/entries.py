@@ -48,6 +48,11 @@ class TrialRun:
     cell: dict[str, Any]
     params: dict[str, Any]
     repeat: int = 0
+    role: str = "trial"  # or layout.FINETUNE_ROLE
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)  # more tags of a new run
+    # When the trial started: a run created later (MLflow was down) starts then, not when it is sent. In an
+    # older avmae's entry, when it is read.
+    time_ms: int = dataclasses.field(default_factory=now_ms)
 
 
 @dataclasses.dataclass(frozen=True)

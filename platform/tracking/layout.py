@@ -33,6 +33,8 @@ NODE_TAG, HOST_TAG = "avmae.node_id", "avmae.hostname"  # where the trial's rank
 PID_TAG = "avmae.pid"  # its process id there (`py-spy dump --pid`, or a fault test's `kill -9`)
 ERROR_TAG = "avmae.error"  # first line of a failed trial's exception
 STOPPED_TAG = "avmae.stopped"  # on the study run: why it ended before every trial ran (a spent budget)
+MODEL_TAG = "avmae.model_uri"  # on a trial run: `models:/<model id>` of its logged encoder
+FUSION_TAG = "avmae.fusion"  # on a logged encoder (an MLflow LoggedModel): its encoder fusion
 REPEAT_TAG = "avmae.repeat"  # k = 0..repeats-1: trials of one configuration with seed k; paired across cells
 PARENT_TAG = "mlflow.parentRunId"
 GIT_TAG = "mlflow.source.git.commit"
@@ -72,6 +74,15 @@ SEED_PARAM = "seed"  # a trial's effective seed (the study seed + its repeat ind
 # (an untrained encoder) and `baseline/raw_input/probe/audio_acc` (pooled patches), same probe and splits.
 BASELINE_PREFIX = "baseline/"
 BASELINES = ("random_init", "raw_input")
+# Fine-tuning runs (study/finetune_stage.py): children of the study run with role FINETUNE_ROLE, one per
+# (cell, setting, seed, LR) and the from-scratch row (cell SCRATCH_CELL), tagged with what they started from.
+FINETUNE_ROLE = "finetune"
+SCRATCH_CELL = "from scratch"  # the cell tag of the from-scratch row: the same classifier from random init
+SETTING_TAG = "avmae.finetune.setting"  # av, audio or video
+FINETUNE_LR_TAG = "avmae.finetune.lr"  # the recipe's LR (not rescaled by batch)
+PRETRAINED_TRIAL_TAG = "avmae.finetune.pretrained_trial"  # the pretraining trial whose checkpoint it began at
+PRETRAINED_RUN_TAG = "avmae.finetune.pretrained_run"  # that trial's MLflow run (the link)
+FT_TRAIN_LOSS, FT_TEST_ACC, FT_TEST_MAP = "finetune/train_loss", "finetune/test_acc", "finetune/test_map"
 
 
 def baseline_metric(baseline: str, probe: str) -> str:
@@ -217,9 +228,14 @@ def start_trial_run(
     cell: Mapping[str, Any],
     params: Mapping[str, Any],
     repeat: int = 0,
+    role: str = "trial",
+    tags: Mapping[str, str] | None = None,
+    start_time_ms: int | None = None,
 ) -> str:
     """A trial's child run, nested under the study run; reused if the trial already has one (resume).
-    `repeat`: its repeat index k (seed k), which pairs it with repeat k of every other cell."""
+    `repeat`: its repeat index k (seed k), which pairs it with repeat k of every other cell; `role`: "trial"
+    (pretraining) or FINETUNE_ROLE; `tags`: more tags for a new run; `start_time_ms`: when the trial started
+    (default: now), for a run created late (MLflow was down)."""
     parent = client.get_run(study_run_id)
     exp_id, study = parent.info.experiment_id, parent.data.tags[STUDY_TAG]
     run_id = _find_run(client, exp_id, _trial_filter(study, trial_id))
@@ -230,13 +246,15 @@ def start_trial_run(
     tags = {
         PARENT_TAG: study_run_id,
         STUDY_TAG: study,
-        ROLE_TAG: "trial",
+        ROLE_TAG: role,
         TRIAL_TAG: trial_id,
         CELL_TAG: cell_key(cell),
         STATUS_TAG: TrialStatus.RUNNING.value,
         REPEAT_TAG: str(repeat),
+        **(tags or {}),
     }
-    run_id = client.create_run(exp_id, run_name=f"{cell_key(cell)}#{trial_id}", tags=tags).info.run_id
+    run_id = client.create_run(exp_id, start_time=start_time_ms, run_name=f"{cell_key(cell)}#{trial_id}",
+                               tags=tags).info.run_id
     log_params(client, run_id, flatten(params))
     return run_id
 

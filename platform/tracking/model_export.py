@@ -23,9 +23,14 @@ the encoders.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,10 +43,11 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 MODEL_NAME = "encoder"  # the logged model's name: `runs:/<trial run>/encoder`
-MODEL_TAG = "avmae.model_uri"  # on a trial run: `models:/<model id>` of its logged encoder
+MODEL_TAG = T.MODEL_TAG
 MODELS_PACKAGE = "avmae_encoder"  # the name `avmae.models` ships under (no clash with an installed avmae)
-CHECKPOINT_FILE = "checkpoint.pt"  # = trainer.CHECKPOINT_FILE (trainer imports Ray Train: not imported here)
+CHECKPOINT_FILE = "checkpoint.pt"  # = trainer.CHECKPOINT_FILE (trainer imports torch: not imported here)
 PYFUNC_FILE = Path(__file__).with_name("encoder_pyfunc.py")
+PROGRESS_BARS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # mlflow.environment_variables
 REQUIREMENTS = ("torch", "timm", "numpy", "mlflow")  # what loading the model needs, pinned to this driver's
 Policy = Literal["best_per_cell", "all", "none"]
 POLICIES: tuple[str, ...] = ("best_per_cell", "all", "none")
@@ -57,12 +63,12 @@ def log_encoder(client: MlflowClient, run_id: str, checkpoint: str | Path) -> st
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.models import Model
 
-    with tempfile.TemporaryDirectory(prefix="avmae-encoder-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="avmae-encoder-") as tmp, quiet_mlflow():
         folder = Path(tmp)
         encoder, config = _encoder_weights(_fetch(checkpoint, folder), folder / "encoder.pt")
         experiment = client.get_run(run_id).info.experiment_id
         model = client.create_logged_model(experiment, name=MODEL_NAME, source_run_id=run_id,
-                                           tags={"avmae.fusion": str(config["fusion"])})
+                                           tags={T.FUSION_TAG: str(config["fusion"])})
         try:
             mlflow.pyfunc.save_model(
                 path=folder / "model",
@@ -85,6 +91,27 @@ def log_encoder(client: MlflowClient, run_id: str, checkpoint: str | Path) -> st
     uri = f"models:/{model.model_id}"
     client.set_tag(run_id, MODEL_TAG, uri)
     return uri
+
+
+@contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """MLflow's console chatter while an encoder is logged, which tells a user nothing: its nudge to type
+    `predict` (the pyfunc is untyped on purpose: MLflow would read the hints as a second schema beside the
+    tensor signature), its INFO line on validating the input example, and its artifact progress bars."""
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level, bars = pyfunc_log.level, os.environ.get(PROGRESS_BARS)
+    os.environ[PROGRESS_BARS] = "false"
+    pyfunc_log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"(?s).*Add type hints to the `predict` method")
+            yield
+    finally:
+        pyfunc_log.setLevel(level)
+        if bars is None:
+            os.environ.pop(PROGRESS_BARS, None)
+        else:
+            os.environ[PROGRESS_BARS] = bars
 
 
 def log_study_models(client: MlflowClient, study_run_id: str, metric: str, policy: Policy) -> dict[str, str]:

@@ -55,7 +55,9 @@ class Writer:
         match entry:
             case E.TrialRun():
                 self._runs[entry.trial] = T.start_trial_run(client, entry.study_run, entry.trial, entry.cell,
-                                                            entry.params, repeat=entry.repeat)
+                                                            entry.params, repeat=entry.repeat,
+                                                            role=entry.role, tags=entry.tags,
+                                                            start_time_ms=entry.time_ms)
             case E.Epochs():
                 run = self.run_id(entry.study_run, entry.trial)
                 if run not in self._epochs:
