@@ -11,7 +11,7 @@ pretrained - scratch, and beside it the linear probe's gain pretrained - random 
 same encoders. The docs table (docs/miniature.md, "Fine-tuning in miniature") is its output:
 
     nice -n 5 .venv/bin/python bench/finetune_miniature.py --speech ../shared/data/fsdd/recordings \
-        --seeds 0 1 2
+        --seeds 0 1 2 3 --out finetune.json
 
 `--ft-<field>` overrides a field of the fine-tuning recipe (e.g. --ft-lr 0.3 --ft-mixup-alpha 0).
 AV-Digits builds go under data_cache/ (gitignored), one folder per setting, reused when there.
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from avmae import models
-from avmae.dashboards.stats import mean_ci, paired_difference
+from avmae.dashboards.stats import Interval, mean_ci, paired_difference
 from avmae.platform.data import AVDigitsBuild, ClipGeometry
 from avmae.platform.evaluation.finetune import MINIATURE_RECIPE, finetune, miniature_recipe
 from avmae.platform.evaluation.learning import Clips, Miniature, concat, load_split, pretrain, probe
@@ -74,6 +74,11 @@ def measure_seed(m: Miniature, seed: int, train: Clips, test: Clips, settings: l
     return row
 
 
+def signed(interval: Interval) -> str:
+    """'+0.106 [0.067, 0.144]': a difference's interval with its sign."""
+    return ("+" if interval.mean >= 0 else "") + interval.text()
+
+
 def table(rows: dict[int, dict], settings: list[str]) -> list[str]:
     """Per setting: fine-tuned scratch and pretrained (mean [95% CI]), the paired gains of fine-tuning and
     of the probe."""
@@ -87,8 +92,8 @@ def table(rows: dict[int, dict], settings: list[str]) -> list[str]:
         probe_gain = paired_difference(probes["probe_pretrained"], probes["probe_random_init"]).diff
         mark = " ↑" if ft_gain.lo > 0 else ""
         lines.append(f"| {s} | {mean_ci(list(acc['scratch'].values())).text()} | "
-                     f"{mean_ci(list(acc['pretrained'].values())).text()} | **{ft_gain.text()}**{mark} | "
-                     f"{probe_gain.text()} |")
+                     f"{mean_ci(list(acc['pretrained'].values())).text()} | **{signed(ft_gain)}**{mark} | "
+                     f"{signed(probe_gain)} |")
     return lines
 
 
