@@ -9,10 +9,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install quickstart test test-fast lint clean
 
+# -qq: errors only; pip's and setuptools' notes on an editable install tell a user nothing.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade --quiet pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --upgrade -qq pip
+	$(BIN)/pip install -qq -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -24,15 +24,13 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from avmae.platform.data.batch_reader import CachedBatches
 from avmae.platform.data.cache import CachedAVDataset, decode_whole, write_cache
-from avmae.platform.data.codecs import H264Codec, JpegCodec
+from avmae.platform.data.codecs import H264Codec, JpegCodec, decode_video, encode_video
 from avmae.platform.data.geometry import ClipGeometry
 from avmae.platform.data.indexes import Clip
 from avmae.platform.data.shards import ShardBatches, ShardedAVDataset, write_shards
@@ -82,24 +80,11 @@ class Av1Codec:
         return index - index % self.gop
 
     def encode(self, frames: np.ndarray) -> list[bytes]:
-        height, width = frames.shape[1:3]
-        padded = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-        encoder = av.CodecContext.create("libsvtav1", "w")
-        encoder.width, encoder.height, encoder.pix_fmt = padded.shape[2], padded.shape[1], "yuv420p"
-        encoder.time_base, encoder.gop_size = Fraction(1, 25), self.gop
-        encoder.options = {"crf": str(self.crf), "svtav1-params": "pred-struct=1:lp=1"}
-        packets = []
-        for i, picture in enumerate(padded):
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
-            frame.pts = i
-            packets += [bytes(p) for p in encoder.encode(frame)]
-        return packets + [bytes(p) for p in encoder.encode(None)]
+        options = {"crf": str(self.crf), "svtav1-params": "pred-struct=1:lp=1"}
+        return encode_video(frames, "libsvtav1", options, gop=self.gop)
 
     def decode(self, blobs: list[np.ndarray], height: int, width: int) -> np.ndarray:
-        decoder = av.CodecContext.create("libdav1d", "r")
-        decoder.thread_count = 1
-        frames = [f for blob in blobs for f in decoder.decode(av.Packet(blob))] + decoder.decode(None)
-        return np.stack([f.to_ndarray(format="rgb24")[:height, :width] for f in frames])
+        return decode_video(blobs, "libdav1d", height, width)
 
 
 CANDIDATES = {  # name -> (codec, cache_format the platform reads it with, or None: bench only)

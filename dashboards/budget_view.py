@@ -39,7 +39,7 @@ def budget_view(data: StudyData) -> go.Figure:
     fig.add_annotation(text="<br>".join(lines), x=0, y=1.0, xref="paper", yref="paper", yanchor="bottom",
                        xanchor="left", yshift=40, align="left", showarrow=False, font={"size": 12},
                        name="verdict")
-    fig.update_xaxes(title_text="trials", row=1, col=1)
+    fig.update_xaxes(title_text="trials", dtick=1, row=1, col=1)
     fig.update_xaxes(title_text=unit, row=1, col=2)
     fig.update_yaxes(title_text=f"expected best {metric}", row=1, col=1)
     fig.update_layout(title={"text": f"{TITLE}: expected best {metric} (± 1 sd over draws)", "y": 1,

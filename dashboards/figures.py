@@ -22,6 +22,7 @@ from avmae.dashboards.collect import (
     score_columns,
 )
 from avmae.dashboards.importance import NotEnoughTrials, param_importances
+from avmae.dashboards.power import SeedsNeeded
 from avmae.dashboards.stats import (
     Best,
     Comparison,
@@ -47,6 +48,7 @@ from avmae.dashboards.verdicts import (
     gain_text,
     gains_over_random_init,
     lr_verdicts,
+    unsettled_gains,
 )
 from avmae.platform.tracking import layout as T
 from plotly.colors import sample_colorscale, sequential
@@ -337,7 +339,8 @@ def ablation_table(data: StudyData) -> go.Figure:
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     hi = hi if hi > lo else lo + 0.01  # one score still needs a colour range
     verdict = {o: _verdict_text(best[o], summary) if o in best else "" for o in objectives}
-    table = _ablation_rows(summary, scores, baseline_rows(data), best, gains_over_random_init(data, summary))
+    table = _ablation_rows(summary, scores, baseline_rows(data), best, gains_over_random_init(data, summary),
+                           {(u.cell, u.column): u.needed for u in unsettled_gains(data, summary)})
     table_px, grid_px = 60 + 26 * len(table.cells.values[0]), 110 * len(axes[0]) + 60
     fig = make_subplots(
         rows=2, cols=len(objectives), row_heights=[grid_px, table_px], horizontal_spacing=0.08,
@@ -442,9 +445,11 @@ def _cell_text(cells: pd.DataFrame, key: tuple[str, str, str], scores: dict[str,
 
 
 def _ablation_rows(cells: pd.DataFrame, scores: dict[str, str], baselines: dict[str, dict[str, Interval]],
-                   best: dict[str, Best], gains: dict[str, dict[str, Comparison]]) -> go.Table:
+                   best: dict[str, Best], gains: dict[str, dict[str, Comparison]],
+                   plans: dict[tuple[str, str], SeedsNeeded]) -> go.Table:
     """Every cell's best configuration (mean [95% interval] per score, n seeds), then the reference rows, then
-    each cell's gain over the random-init encoder (paired by seed; ↑ where its interval lies above 0)."""
+    each cell's gain over the random-init encoder (paired by seed; ↑ where its interval lies above 0), with
+    the seeds per cell that would settle a gain its interval leaves open (`plans`)."""
     winners = {b.winner for b in best.values()}
     labels = _labels(cells)
     rows = [(("★ " if cell in winners else "") + label, n, [cells.loc[i, f"ci:{m}"].text() for m in scores])
@@ -457,7 +462,9 @@ def _ablation_rows(cells: pd.DataFrame, scores: dict[str, str], baselines: dict[
         if cell in gains:
             diffs = [gains[cell][column].diff if column in gains[cell] else mean_ci([])
                      for column in scores.values()]
-            rows.append((f"{GAIN_LABEL}: {label}", max(d.n for d in diffs), [gain_text(d) for d in diffs]))
+            texts = [gain_text(d) + _plan_text(plans.get((cell, column)))
+                     for d, column in zip(diffs, scores.values(), strict=True)]
+            rows.append((f"{GAIN_LABEL}: {label}", max(d.n for d in diffs), texts))
     columns = {
         "fusion · decoder · objective": [r[0] for r in rows],
         "n (seeds)": [str(r[1]) for r in rows],
@@ -468,6 +475,13 @@ def _ablation_rows(cells: pd.DataFrame, scores: dict[str, str], baselines: dict[
     return go.Table(header={"values": list(columns), "fill_color": "#e8edf3", "align": "left"},
                     cells={"values": list(columns.values()), "align": "left", "fill_color": [shade]},
                     columnwidth=[38, 10, *([34] * len(scores))], meta={"role": "ablation_rows"})
+
+
+def _plan_text(plan: SeedsNeeded | None) -> str:
+    """' · 11 seeds settle it' after an open gain, ' · >100 seeds' past the plan's cap, else nothing."""
+    if plan is None or plan.n is None:
+        return ""
+    return f" · >{plan.n} seeds" if plan.capped else f" · {plan.n} seeds settle it"
 
 
 def masking_ratios(data: StudyData) -> go.Figure:

@@ -114,9 +114,9 @@ def unsettled_gains(data: StudyData, cells: pd.DataFrame | None = None) -> list[
 
 
 def seeds_to_settle(unsettled: list[Unsettled]) -> int | None:
-    """The seeds per configuration that settle every open gain that some number of seeds can (the largest
-    plan, at most the plans' cap); None where none can (no gain measured, or no spread)."""
-    plans = [u.needed.n for u in unsettled if u.needed.n is not None]
+    """The seeds per configuration that settle every open gain a plan can settle within its cap (the largest
+    such plan); None where none can (no spread measured, a gain too small for the cap)."""
+    plans = [u.needed.n for u in unsettled if u.needed.n is not None and not u.needed.capped]
     return max(plans) if plans else None
 
 
@@ -194,6 +194,8 @@ def unsettled_lines(unsettled: list[Unsettled], names: dict[str, str]) -> list[s
     lines += [f"  {u.cell} {names.get(u.column, u.column)} {gain_text(u.gain)} (n = {u.gain.n}): "
               f"{u.needed.text()}" for u in unsettled]
     settle = seeds_to_settle(unsettled)
+    beyond = sum(u.needed.capped for u in unsettled)
     if settle is not None:
-        lines.append(f"Seeds per configuration that settle them: {settle}.")
+        lines.append(f"Seeds per configuration that settle them: {settle}"
+                     + (f" ({beyond} would need more than the plan's cap)." if beyond else "."))
     return lines

@@ -43,7 +43,7 @@ def param_groups(model: nn.Module, weight_decay: float = 0.05) -> list[dict]:
     split, params = decay_split(model), dict(model.named_parameters())
     n_decay = sum(params[n].numel() for n in split.decay)
     n_rest = sum(params[n].numel() for n in split.no_decay)
-    log.info("weight decay %g on %d tensors (%d parameters); none on %d tensors (%d parameters)",
+    log.debug("weight decay %g on %d tensors (%d parameters); none on %d tensors (%d parameters)",
              weight_decay, len(split.decay), n_decay, len(split.no_decay), n_rest)
     return [{"params": [params[n] for n in split.decay], "weight_decay": weight_decay},
             {"params": [params[n] for n in split.no_decay], "weight_decay": 0.0}]

@@ -107,3 +107,21 @@ def console_noise(output: str, expected: tuple[str, ...] = ()) -> list[str]:
     """The lines of `output` a user would read as a warning or an error, less those containing `expected`."""
     return [line for line in output.splitlines()
             if NOISE.search(line) and not any(text in line for text in expected)]
+
+
+@pytest.fixture
+def s3_endpoint():
+    """host:port of a moto S3 server on 127.0.0.1, started here; skips, saying why, where it cannot start."""
+    import socket
+
+    server_module = pytest.importorskip("moto.server", reason="moto[server] (dev extras) is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    try:
+        server.start()
+    except OSError as err:
+        pytest.skip(f"the moto S3 server cannot start here: {err}")
+    yield f"127.0.0.1:{port}"
+    server.stop()

@@ -4,7 +4,6 @@ length, broken clips, resumable writing, the loader and CLI switch, and reading 
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -142,22 +141,6 @@ def test_config_and_cli_pick_the_format(clips: list[Clip], tmp_path: Path):
     assert result.exit_code == 0, result.output
     dataset = ShardedAVDataset(tmp_path / f"train_r37_s4_v{VERSION}_jpeg", GEOMETRY, train=False)
     assert isinstance(dataset.codec, JpegCodec) and len(dataset) == 10
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> str:
-    """host:port of a moto S3 server on 127.0.0.1, started here."""
-    server_module = pytest.importorskip("moto.server", reason="moto[server] (dev extras) is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    try:
-        server.start()
-    except OSError as err:
-        pytest.skip(f"the moto S3 server cannot start here: {err}")
-    yield f"127.0.0.1:{port}"
-    server.stop()
 
 
 def test_reads_from_s3_through_a_bounded_local_copy(shards: Path, s3_endpoint: str, tmp_path: Path,

@@ -259,3 +259,24 @@ def test_the_checkpoint_file_name_is_the_trainers():
     from avmae.platform.train.trainer import CHECKPOINT_FILE
 
     assert E.CHECKPOINT_FILE == CHECKPOINT_FILE
+
+
+def test_mlflows_predict_hint_nudge_is_kept_off_the_console_and_other_warnings_are_not():
+    """MLflow resets the warning filters around its check (`filter_user_warnings_once`): only the nudge
+    goes, in a process of its own (pytest records warnings instead of printing them)."""
+    code = textwrap.dedent("""
+        import warnings
+        from mlflow.utils.annotations import filter_user_warnings_once
+        from avmae.platform.tracking.model_export import quiet_mlflow
+
+        @filter_user_warnings_once
+        def check():
+            warnings.warn("\\x1b[33mAdd type hints to the `predict` method to enable data validation")
+
+        with quiet_mlflow():
+            check()
+            warnings.warn("a warning of our own")
+        check()
+    """)
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert err.count("Add type hints") == 1 and "a warning of our own" in err  # the nudge only outside

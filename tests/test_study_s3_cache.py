@@ -4,8 +4,6 @@ has the finished trial."""
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,26 +17,15 @@ from mlflow.tracking import MlflowClient
 
 
 @pytest.fixture
-def bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """s3://avmae on a moto S3 server on 127.0.0.1, with the options pyarrow needs to reach it."""
-    server_module = pytest.importorskip("moto.server", reason="moto[server] (dev extras) is not installed")
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """s3://avmae on the test's moto S3 server, with the options pyarrow needs to reach it."""
     from pyarrow import fs
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    try:
-        server.start()
-    except OSError as err:
-        pytest.skip(f"the moto S3 server cannot start here: {err}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")  # Ray's workers inherit them from this process
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-    fs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+    fs.S3FileSystem(endpoint_override=s3_endpoint, scheme="http", region="us-east-1",
                     allow_bucket_creation=True).create_dir("avmae")
-    yield f"s3://avmae/cache?{options}"
-    server.stop()
+    return f"s3://avmae/cache?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
 
 
 @pytest.mark.ray

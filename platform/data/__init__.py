@@ -15,11 +15,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .avdigits import DIGIT_WORDS, build_av_digits
+    from .avdigits import build_av_digits
     from .broken import REASONS, BrokenClip, BrokenLog
     from .cache import CachedAVDataset, write_cache
     from .collate import AVCollate
-    from .config import AVDigitsBuild, DataConfig
+    from .config import DIGIT_WORDS, AVDigitsBuild, DataConfig
     from .dataset import AVDataset
     from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
     from .hygiene import HygieneReport, IndexHygieneError, check_splits
@@ -46,11 +46,11 @@ if TYPE_CHECKING:
     from .scan import ScanReport, TooManyBrokenError, scan_clips
 
 _SUBMODULE = {
-    **dict.fromkeys(("DIGIT_WORDS", "build_av_digits"), "avdigits"),
+    "build_av_digits": "avdigits",
     **dict.fromkeys(("REASONS", "BrokenClip", "BrokenLog"), "broken"),
     **dict.fromkeys(("CachedAVDataset", "write_cache"), "cache"),
     "AVCollate": "collate",
-    **dict.fromkeys(("AVDigitsBuild", "DataConfig"), "config"),
+    **dict.fromkeys(("DIGIT_WORDS", "AVDigitsBuild", "DataConfig"), "config"),
     "AVDataset": "dataset",
     **dict.fromkeys(("AUDIOSET_STATS", "AudioStats", "ClipGeometry"), "geometry"),
     **dict.fromkeys(("HygieneReport", "IndexHygieneError", "check_splits"), "hygiene"),

@@ -26,12 +26,11 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from . import decode
-from .config import AVDigitsBuild
+from .config import DIGIT_WORDS, AVDigitsBuild
 from .geometry import AudioStats, ClipGeometry
 from .mp4 import write_mp4
 from .pool import process_pool
 
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DTMF = {
     0: (941, 1336),
     1: (697, 1209),

@@ -205,8 +205,8 @@ def cache(
                 write_cache(table.clips, path, geometry, classes, multi_label, workers, shard_size,
                             cluster=cluster)
             else:
-                write_shards(table.clips, path, geometry, classes, default_codec(fmt), multi_label, workers,
-                             shard_size, cluster=cluster)
+                write_shards(table.clips, path, geometry, classes, default_codec(fmt), multi_label,
+                             workers=workers, shard_size=shard_size, cluster=cluster)
     except ValueError as err:
         raise click.ClickException(str(err)) from err
     reader = (CachedAVDataset if fmt == "uint8" else ShardedAVDataset)(path, geometry, train=False)

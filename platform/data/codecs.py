@@ -65,35 +65,49 @@ class H264Codec:
         return index - index % self.gop
 
     def encode(self, frames: np.ndarray) -> list[bytes]:
-        import av
-
-        height, width = frames.shape[1:3]
-        padded = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-        encoder = av.CodecContext.create("libx264", "w")
-        encoder.width, encoder.height, encoder.pix_fmt = padded.shape[2], padded.shape[1], "yuv420p"
-        encoder.time_base, encoder.thread_count = Fraction(1, 25), 1
-        encoder.options = {
+        packets = encode_video(frames, "libx264", {
             "crf": str(self.crf),
             "tune": "fastdecode",
             "x264-params": f"keyint={self.gop}:min-keyint={self.gop}:scenecut=0:bframes=0:repeat-headers=1",
-        }
-        packets: list[bytes] = []
-        for i, picture in enumerate(padded):
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
-            frame.pts = i
-            packets += [bytes(p) for p in encoder.encode(frame)]
-        packets += [bytes(p) for p in encoder.encode(None)]
+        })
         if len(packets) != len(frames):
             raise RuntimeError(f"libx264 gave {len(packets)} packets for {len(frames)} frames")
         return packets
 
     def decode(self, blobs: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
-        import av
+        return decode_video(blobs, "h264", height, width)
 
-        decoder = av.CodecContext.create("h264", "r")
-        decoder.thread_count = 1
-        frames = [f for blob in blobs for f in decoder.decode(av.Packet(blob))] + decoder.decode(None)
-        return np.stack([f.to_ndarray(format="rgb24")[:height, :width] for f in frames])
+
+def encode_video(frames: np.ndarray, encoder_name: str, options: dict[str, str], gop: int | None = None
+                 ) -> list[bytes]:
+    """[T, H, W, 3] uint8 frames as one packet each from PyAV's `encoder_name` (4:2:0, one thread), padded to
+    even sizes with their last row/column."""
+    import av
+
+    height, width = frames.shape[1:3]
+    padded = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    encoder = av.CodecContext.create(encoder_name, "w")
+    encoder.width, encoder.height, encoder.pix_fmt = padded.shape[2], padded.shape[1], "yuv420p"
+    encoder.time_base, encoder.thread_count = Fraction(1, 25), 1
+    if gop is not None:
+        encoder.gop_size = gop
+    encoder.options = options
+    packets: list[bytes] = []
+    for i, picture in enumerate(padded):
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        packets += [bytes(p) for p in encoder.encode(frame)]
+    return packets + [bytes(p) for p in encoder.encode(None)]
+
+
+def decode_video(blobs: Sequence[np.ndarray], decoder_name: str, height: int, width: int) -> np.ndarray:
+    """The [T, height, width, 3] uint8 frames of `blobs` (consecutive packets from a keyframe on)."""
+    import av
+
+    decoder = av.CodecContext.create(decoder_name, "r")
+    decoder.thread_count = 1
+    frames = [f for blob in blobs for f in decoder.decode(av.Packet(blob))] + decoder.decode(None)
+    return np.stack([f.to_ndarray(format="rgb24")[:height, :width] for f in frames])
 
 
 Codec = JpegCodec | H264Codec

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .geometry import MIN_CLIP_SECONDS
 
+# AV-Digits' classes, in label order
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
 Kind = Literal["vggsound", "audioset", "epic", "av-digits"]
 KINDS: tuple[str, ...] = get_args(Kind)
 CacheFormat = Literal["uint8", "jpeg", "h264"]

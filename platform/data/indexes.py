@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import DIGIT_WORDS, KINDS
+
 VGGSOUND_PATTERN = "{youtube_id}_{start:06d}.mp4"
 AUDIOSET_PATTERN = "{ytid}_{start:.3f}.mp4"
 EPIC_PATTERN = "{video_id}.MP4"
@@ -289,3 +291,33 @@ def read_epic(
         raise IndexFormatError(index, None, "no segments after the header")
     names = [f"{target}_{i}" for i in range(num_classes)]
     return Index(clips, names)
+
+
+def load_index(
+    kind: str,
+    root: str | Path,
+    index: str | Path | None,
+    split: str | None,
+    pattern: str | None = None,
+    labels: str | Path | None = None,
+    target: str = "verb",
+) -> Index:
+    """Read one split of an index with the adapter for `kind`.
+
+    VGGSound-format indexes (default ROOT/vggsound.csv) filter rows on their split column; AudioSet and EPIC
+    publish one file per split, so there `split` only names the cache.
+    """
+    root = Path(root)
+    if kind in ("vggsound", "av-digits"):
+        index = index or root / "vggsound.csv"
+        classes = DIGIT_WORDS if kind == "av-digits" else None
+        return read_vggsound(index, root, split, pattern or VGGSOUND_PATTERN, classes=classes)
+    if index is None:
+        raise ValueError(f"kind {kind!r} needs an index file")
+    if kind == "audioset":
+        if labels is None:
+            raise ValueError("AudioSet needs `labels` (class_labels_indices.csv)")
+        return read_audioset(index, root, labels, pattern or AUDIOSET_PATTERN)
+    if kind == "epic":
+        return read_epic(index, root, target, pattern or EPIC_PATTERN)
+    raise ValueError(f"unknown dataset kind {kind!r}; choose from {', '.join(KINDS)}")

@@ -22,18 +22,14 @@ from .cache import VERSION as CACHE_VERSION
 from .cache import CachedAVDataset, write_cache
 from .codecs import default_codec
 from .collate import AVCollate
-from .config import DEFAULT_MAX_BROKEN, KINDS, DataConfig
+from .config import DEFAULT_MAX_BROKEN, DIGIT_WORDS, DataConfig
 from .dataset import AVDataset
 from .geometry import AUDIOSET_STATS, MIN_CLIP_SECONDS, AudioStats, ClipGeometry
 from .hygiene import HygieneReport, check_splits
 from .indexes import (
-    AUDIOSET_PATTERN,
-    EPIC_PATTERN,
     VGGSOUND_PATTERN,
     Index,
-    read_audioset,
-    read_epic,
-    read_vggsound,
+    load_index,
     read_vggsound_splits,
 )
 from .locations import join
@@ -42,36 +38,6 @@ from .shards import ShardBatches, ShardedAVDataset, write_shards
 from .store import DEFAULT_LOCAL_BYTES
 
 log = logging.getLogger(__name__)
-
-
-def load_index(
-    kind: str,
-    root: str | Path,
-    index: str | Path | None,
-    split: str | None,
-    pattern: str | None = None,
-    labels: str | Path | None = None,
-    target: str = "verb",
-) -> Index:
-    """Read one split of an index with the adapter for `kind`.
-
-    VGGSound-format indexes (default ROOT/vggsound.csv) filter rows on their split column; AudioSet and EPIC
-    publish one file per split, so there `split` only names the cache.
-    """
-    root = Path(root)
-    if kind in ("vggsound", "av-digits"):
-        index = index or root / "vggsound.csv"
-        classes = avdigits.DIGIT_WORDS if kind == "av-digits" else None
-        return read_vggsound(index, root, split, pattern or VGGSOUND_PATTERN, classes=classes)
-    if index is None:
-        raise ValueError(f"kind {kind!r} needs an index file")
-    if kind == "audioset":
-        if labels is None:
-            raise ValueError("AudioSet needs `labels` (class_labels_indices.csv)")
-        return read_audioset(index, root, labels, pattern or AUDIOSET_PATTERN)
-    if kind == "epic":
-        return read_epic(index, root, target, pattern or EPIC_PATTERN)
-    raise ValueError(f"unknown dataset kind {kind!r}; choose from {', '.join(KINDS)}")
 
 
 def load_split(config: DataConfig, split: str | None) -> Index:
@@ -87,7 +53,7 @@ def load_splits(config: DataConfig) -> dict[str, Index]:
         return {split: load_split(config, split) for split in config.index}
     if config.kind in ("vggsound", "av-digits"):
         root = Path(config.root)
-        classes = avdigits.DIGIT_WORDS if config.kind == "av-digits" else None
+        classes = DIGIT_WORDS if config.kind == "av-digits" else None
         return read_vggsound_splits(
             config.index or root / "vggsound.csv", root, config.pattern or VGGSOUND_PATTERN, classes
         )

@@ -30,7 +30,7 @@ from .cache import (
     write_cache,
 )
 from .codecs import Codec, codec_from_settings
-from .geometry import AUDIOSET_STATS, MIN_CLIP_SECONDS, AudioStats, ClipGeometry
+from .geometry import AUDIOSET_STATS, AudioStats, ClipGeometry
 from .indexes import Clip
 from .sink import ShardSink
 from .store import DEFAULT_LOCAL_BYTES, ShardStore
@@ -71,23 +71,12 @@ class ShardWriter:
         return finish_shard(sink, shard, entries)
 
 
-def write_shards(
-    clips: Sequence[Clip],
-    out: str | Path,
-    geometry: ClipGeometry,
-    num_classes: int,
-    codec: Codec,
-    multi_label: bool = False,
-    workers: int = 1,
-    shard_size: int = 32,
-    progress: bool = True,
-    min_clip_s: float = MIN_CLIP_SECONDS,
-    cluster: bool = False,
-) -> str | Path:
-    """`cache.write_cache` with frames compressed by `codec` (resumable; a folder or URI holds one codec's
-    cache; `cluster`: Ray tasks on the connected cluster)."""
-    return write_cache(clips, out, geometry, num_classes, multi_label, workers, shard_size, progress,
-                       min_clip_s, writer=ShardWriter(codec), settings=codec.settings, cluster=cluster)
+def write_shards(clips: Sequence[Clip], out: str | Path, geometry: ClipGeometry, num_classes: int,
+                 codec: Codec, multi_label: bool = False, **options: Any) -> str | Path:
+    """`cache.write_cache` (its `options`: workers, shard_size, progress, min_clip_s, cluster) with frames
+    compressed by `codec`; resumable, and a folder or URI holds one codec's cache."""
+    return write_cache(clips, out, geometry, num_classes, multi_label, writer=ShardWriter(codec),
+                       settings=codec.settings, **options)
 
 
 class ShardedAVDataset(CachedAVDataset):

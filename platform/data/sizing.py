@@ -15,15 +15,7 @@ from pathlib import Path
 
 from .config import AVDigitsBuild, DataConfig
 from .geometry import ClipGeometry
-from .indexes import (
-    AUDIOSET_PATTERN,
-    EPIC_PATTERN,
-    VGGSOUND_PATTERN,
-    Index,
-    read_audioset,
-    read_epic,
-    read_vggsound,
-)
+from .indexes import Index, load_index
 
 MEASURED_SECONDS = 10.0  # the measured clip's length: disk bytes scale with a clip's seconds
 VIT_B_CLIPS_PER_S = 1066  # one H200 running the ViT-B AV-MAE step (docs/benchmarks.md): a GPU's appetite
@@ -97,14 +89,7 @@ def index_clips(config: DataConfig) -> int | None:
 
 
 def _read(config: DataConfig, index: Path | None) -> Index:
-    if config.kind in ("vggsound", "av-digits"):
-        return read_vggsound(index or config.root / "vggsound.csv", config.root, None,
-                             config.pattern or VGGSOUND_PATTERN)
-    if config.kind == "audioset" and index is not None and config.labels is not None:
-        return read_audioset(index, config.root, config.labels, config.pattern or AUDIOSET_PATTERN)
-    if config.kind == "epic" and index is not None:
-        return read_epic(index, config.root, config.target, config.pattern or EPIC_PATTERN)
-    raise ValueError(f"no readable index for {config.kind}")
+    return load_index(config.kind, config.root, index, None, config.pattern, config.labels, config.target)
 
 
 def dataset_clips(config: DataConfig, av_digits: AVDigitsBuild | None = None) -> tuple[int, float, str]:

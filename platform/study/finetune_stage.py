@@ -13,6 +13,7 @@ finished from their latest checkpoints, and their MLflow runs are found again by
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 from avmae.platform.study.record import Launch
@@ -105,6 +106,27 @@ class FinetuneTrials(MlflowTrials):
         self._end(trial, trial_status(trial.last_result, epochs))
 
 
+class FinetuneProgress(tune.Callback):
+    """A console line per ended fine-tuning run: how many of `total` ended, what it was, its last score."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total, self.ended = total, 0
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tell(trial, "finished")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tell(trial, "failed")
+
+    def tell(self, trial: Any, how: str) -> None:
+        self.ended += 1
+        job = FinetuneJob(**trial.config[JOB_KEY])
+        result = trial.last_result or {}
+        score = " ".join(f"{k} {result[k]:.3f}" for k in (T.FT_TEST_ACC, T.FT_TEST_MAP) if k in result)
+        print(f"[{time.strftime('%H:%M:%S')}] fine-tuning {self.ended}/{self.total or '?'} ended: {job.cell} "
+              f"{job.setting} seed {job.seed} lr {job.lr:g}: {how} {score}".rstrip(), flush=True)
+
+
 def finetune_tuner(spec: StudySpec, launch: Launch, jobs: list[FinetuneJob] | None,
                    callbacks: list[tune.Callback]) -> tune.Tuner:
     """The stage's Tuner: restored from storage when it exists (its jobs are its own), else a new one."""
@@ -145,7 +167,7 @@ def run_finetune_stage(spec: StudySpec, launch: Launch, queue: MlflowQueue, stud
               + (" and the from-scratch row" if spec.finetune.scratch else "") + ")", flush=True)
     sigint = signal.getsignal(signal.SIGINT)
     trials = FinetuneTrials(launch.tracking_uri, study_run, spec, f"{launch.storage}/{JOURNAL_DIR}")
-    finetune_tuner(spec, launch, jobs, [trials]).fit()
+    finetune_tuner(spec, launch, jobs, [trials, FinetuneProgress(len(jobs) if jobs else None)]).fit()
     return not interrupted_fit(sigint)
 
 

@@ -146,7 +146,6 @@ def run_study(
     `callbacks` are added to the Tuner (bench/trial_overhead.py times trials with one)."""
     from mlflow.tracking import MlflowClient
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 Tune prints nothing: StudyProgress does
     if launch.address is None:  # refused in seconds, before anything is recorded
         check_fits(spec, local_nodes(), "this machine")
     # The driver's callbacks find the URI here after a restore: what Tune pickles of them is redacted.

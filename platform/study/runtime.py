@@ -32,6 +32,7 @@ def ray_runtime(address: str | None) -> Iterator[None]:
     """Join the cluster at `address`, or start a local runtime for the job (with its dashboard: the Train
     placement-group cleaner needs the State API when Tune stops a trial mid-run)."""
     env_vars = dict(RUNTIME_ENV_VARS)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune prints nothing (verbose=0): our progress does
     if address is None:
         # Train's cleaner asks the State API of "the" local Ray; with another Ray on the machine (a second
         # sweep, a test) it must be told which one, so the dashboard gets a known port.

@@ -79,9 +79,10 @@ def log_encoders(client: Any, queue: MlflowQueue, study_run: str, spec: StudySpe
                                   "them; --resume logs them once it has"))
         return
     try:
-        model_export.log_study_models(client, study_run, spec.metric, policy)
-        if policy != "none":
-            model_export.register_winner(client, study_run, spec.metric, study)
+        with model_export.quiet_mlflow():
+            model_export.log_study_models(client, study_run, spec.metric, policy)
+            if policy != "none":
+                model_export.register_winner(client, study_run, spec.metric, study)
     except Exception as err:  # noqa: BLE001 (any failure to log models: the trials' results stand)
         tell_failure(queue, study_run, "log_models", "the trained encoders were not logged to MLflow", err)
 

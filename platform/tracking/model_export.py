@@ -48,6 +48,7 @@ MODELS_PACKAGE = "avmae_encoder"  # the name `avmae.models` ships under (no clas
 CHECKPOINT_FILE = "checkpoint.pt"  # = trainer.CHECKPOINT_FILE (trainer imports torch: not imported here)
 PYFUNC_FILE = Path(__file__).with_name("encoder_pyfunc.py")
 PROGRESS_BARS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # mlflow.environment_variables
+PREDICT_HINT_NUDGE = "Add type hints to the `predict` method"
 REQUIREMENTS = ("torch", "timm", "numpy", "mlflow")  # what loading the model needs, pinned to this driver's
 Policy = Literal["best_per_cell", "all", "none"]
 POLICIES: tuple[str, ...] = ("best_per_cell", "all", "none")
@@ -63,7 +64,7 @@ def log_encoder(client: MlflowClient, run_id: str, checkpoint: str | Path) -> st
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.models import Model
 
-    with tempfile.TemporaryDirectory(prefix="avmae-encoder-") as tmp, quiet_mlflow():
+    with tempfile.TemporaryDirectory(prefix="avmae-encoder-") as tmp:
         folder = Path(tmp)
         encoder, config = _encoder_weights(_fetch(checkpoint, folder), folder / "encoder.pt")
         experiment = client.get_run(run_id).info.experiment_id
@@ -99,14 +100,20 @@ def quiet_mlflow() -> Iterator[None]:
     `predict` (the pyfunc is untyped on purpose: MLflow would read the hints as a second schema beside the
     tensor signature), its INFO line on validating the input example, and its artifact progress bars."""
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
-    level, bars = pyfunc_log.level, os.environ.get(PROGRESS_BARS)
+    level, bars, show = pyfunc_log.level, os.environ.get(PROGRESS_BARS), warnings.showwarning
+
+    def show_but_the_nudge(message: Any, *args: Any, **kwargs: Any) -> None:
+        if PREDICT_HINT_NUDGE not in str(message):
+            show(message, *args, **kwargs)
+
     os.environ[PROGRESS_BARS] = "false"
     pyfunc_log.setLevel(logging.WARNING)
+    # Not a warnings filter: MLflow resets the filters around its check (`filter_user_warnings_once`).
+    warnings.showwarning = show_but_the_nudge
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"(?s).*Add type hints to the `predict` method")
-            yield
+        yield
     finally:
+        warnings.showwarning = show
         pyfunc_log.setLevel(level)
         if bars is None:
             os.environ.pop(PROGRESS_BARS, None)

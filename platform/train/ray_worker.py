@@ -38,14 +38,19 @@ def train(config: dict[str, Any]) -> None:
 
 def setup(spec: StudySpec, trial: TrialConfig) -> Worker:
     """This worker's rank of the trial, restored from Train's latest checkpoint if it has one."""
-    logging.getLogger(train_context_logger()).setLevel(logging.WARNING)  # it logs every report in full
     context = ray.train.get_context()
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
-    device = ray.train.torch.get_device()
-    placement = Placement(device=device, node_id=ray.get_runtime_context().get_node_id(),
-                          wrap_model=_prepare_model, wrap_loader=_prepare_loader)
-    return build_worker(spec, trial, context.get_world_rank(), context.get_world_size(), placement,
-                        checkpoint=restored(device))
+    where = placement(spec.resources.cpus_per_worker)
+    return build_worker(spec, trial, context.get_world_rank(), context.get_world_size(), where,
+                        checkpoint=restored(where.device))
+
+
+def placement(cpus: float) -> Placement:
+    """This Train worker's device and node, and Train's DDP wrapping of its model and loader; its torch
+    threads set to its `cpus`, and Train's log of every report in full kept off the console."""
+    logging.getLogger(train_context_logger()).setLevel(logging.WARNING)
+    torch.set_num_threads(max(1, int(cpus)))
+    return Placement(device=ray.train.torch.get_device(), node_id=ray.get_runtime_context().get_node_id(),
+                     wrap_model=_prepare_model, wrap_loader=_prepare_loader)
 
 
 def restored(device: torch.device) -> CheckpointState | None:
@@ -57,7 +62,7 @@ def restored(device: torch.device) -> CheckpointState | None:
         return CheckpointState.load(Path(folder) / CHECKPOINT_FILE, device)
 
 
-def report(result: dict[str, Any], checkpoint: bytes | None) -> None:
+def report(result: dict[str, Any], checkpoint: bytes | None, file_name: str = CHECKPOINT_FILE) -> None:
     """`ray.train.report` of `result`, with `checkpoint` (a `CheckpointState`'s bytes) as its checkpoint if
     given; returns once the controller has registered this round, every rank's report of it (with Train's
     public `get_all_reported_checkpoints`, COMMITTED: it waits for exactly that)."""
@@ -65,7 +70,7 @@ def report(result: dict[str, Any], checkpoint: bytes | None) -> None:
         ray.train.report(result)
     else:
         with tempfile.TemporaryDirectory() as folder:
-            (Path(folder) / CHECKPOINT_FILE).write_bytes(checkpoint)
+            (Path(folder) / file_name).write_bytes(checkpoint)
             ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(folder))
     ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
