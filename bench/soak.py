@@ -31,17 +31,16 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+
+from avmae.platform.tracking.local_server import LocalMlflowServer
 
 REPO = Path(__file__).resolve().parents[1]
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}  # trust auth
@@ -73,54 +72,6 @@ def create_database() -> str:
 def drop_database(name: str) -> None:
     with closing(pg_connect()) as conn, conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-class Server:
-    """`mlflow server --workers 1` on the database, stopped and started again on the same port."""
-
-    def __init__(self, folder: Path, database: str, port: int) -> None:
-        self.folder, self.port = folder, port
-        self.backend = f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{database}"
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 300) -> float:
-        """Start it and wait for /health; the seconds that took."""
-        began = time.monotonic()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        log = (self.folder / "server.log").open("a")
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", self.backend,
-             "--default-artifact-root", str(self.folder / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        while not self.healthy():
-            if self.proc.poll() is not None or time.monotonic() - began > timeout_s:
-                tail = (self.folder / "server.log").read_text()[-3000:]
-                raise RuntimeError(f"mlflow server did not start:\n{tail}")
-            time.sleep(0.5)
-        return time.monotonic() - began
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self) -> None:
-        """SIGKILL to the server's whole session (uvicorn and its worker)."""
-        import signal
-
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=60)
-        self.proc = None
 
 
 # ---------------------------------------------------------------- the study
@@ -192,8 +143,8 @@ def ended_callback(counter: Ended) -> Any:
 class Monitor:
     """Samples the driver every `every` s; takes the server away once `outage_after` trials ended."""
 
-    def __init__(self, journal: Path, server: Server, ended: Ended, every: float, outage_after: int,
-                 outage_s: float) -> None:
+    def __init__(self, journal: Path, server: LocalMlflowServer, ended: Ended, every: float,
+                 outage_after: int, outage_s: float) -> None:
         self.journal, self.server, self.ended, self.every = journal, server, ended, every
         self.outage_after, self.outage_s = outage_after, outage_s
         self.began = time.time()
@@ -237,7 +188,8 @@ class Monitor:
         self.outage["healthy_at"] = time.time() - self.began
 
 
-def run_soak(spec: Any, folder: Path, server: Server, args: argparse.Namespace) -> tuple[Monitor, float]:
+def run_soak(spec: Any, folder: Path, server: LocalMlflowServer, args: argparse.Namespace
+             ) -> tuple[Monitor, float]:
     """The study, sampled by a `Monitor` thread; (the monitor, the study's wall seconds)."""
     from avmae.platform.study.record import Launch
     from avmae.platform.study.runner import run_study
@@ -445,7 +397,8 @@ def soak(args: argparse.Namespace, database: str, folder: Path) -> dict[str, Any
     prepare_data(spec)  # built once, outside the timings
     os.environ.update(CLIENT_ENV)
     with reserved_port() as port:
-        server = Server(folder, database, port)
+        backend = f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{database}"
+        server = LocalMlflowServer(folder, port, backend)
         server.start()
         try:
             monitor, wall = run_soak(spec, folder, server, args)

@@ -63,14 +63,26 @@ def fsdd_dir(shared_data: Path) -> Path:
 # --- Ray sweeps (platform) -------------------------------------------------------------------------------
 
 
+def built_av_digits(factory: pytest.TempPathFactory, name: str, speech: Path | None = None,
+                    **settings: object) -> Path:
+    """An AV-Digits build with `settings` (AVDigitsBuild's fields) in a new folder `name`."""
+    from avmae.platform.data import AVDigitsBuild, build_av_digits
+
+    out = factory.mktemp(name)
+    build_av_digits(out, AVDigitsBuild(**settings), speech, workers=2, progress=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_av_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 40-clip AV-Digits build (DTMF audio) for Ray sweeps: 20 train, 10 val, 10 test clips."""
-    from avmae.platform.data import AVDigitsBuild, build_av_digits
+    return built_av_digits(tmp_path_factory, "av_digits", clips_per_digit=4)
 
-    root = tmp_path_factory.mktemp("av_digits")
-    build_av_digits(root, AVDigitsBuild(clips_per_digit=4), workers=2, progress=False)
-    return root
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 20-clip AV-Digits build (2 s clips at 32 fps, 48 px) for the cache and loader tests."""
+    return built_av_digits(tmp_path_factory, "avdigits", clips_per_digit=2, size=48)
 
 
 def run_cli(args: list[str], timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None):

@@ -23,6 +23,7 @@ from avmae.platform.data.config import AVDigitsBuild
 from avmae.platform.data.geometry import ClipGeometry
 from avmae.platform.data.loader import build_dataset
 from click.testing import CliRunner
+from conftest import built_av_digits
 from filelock import FileLock
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -38,16 +39,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def dtmf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("avdigits_dtmf")
-    build_av_digits(out, AVDigitsBuild(clips_per_digit=6), workers=2, progress=False)
-    return out
+    return built_av_digits(tmp_path_factory, "avdigits_dtmf", clips_per_digit=6)
 
 
 @pytest.fixture(scope="module")
 def speech(fsdd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("avdigits_speech")
-    build_av_digits(out, AVDigitsBuild(clips_per_digit=16), fsdd_dir, workers=2, progress=False)
-    return out
+    return built_av_digits(tmp_path_factory, "avdigits_speech", fsdd_dir, clips_per_digit=16)
 
 
 def sources(out: Path) -> list[dict[str, str]]:

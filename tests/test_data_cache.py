@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 from avmae.platform.data import AVCollate, DataConfig
-from avmae.platform.data.avdigits import audio_stats, build_av_digits
+from avmae.platform.data.avdigits import audio_stats
 from avmae.platform.data.broken import BrokenRecord
 from avmae.platform.data.cache import VERSION, CachedAVDataset, write_cache
 from avmae.platform.data.cli import data
-from avmae.platform.data.config import AVDigitsBuild
 from avmae.platform.data.dataset import AVDataset
 from avmae.platform.data.geometry import ClipGeometry
 from avmae.platform.data.indexes import Clip
@@ -24,13 +23,6 @@ from click.testing import CliRunner
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, Subset
 
 GEOMETRY = ClipGeometry(audio_frames=150, num_frames=4, img_size=32, frame_stride=4)
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("avdigits")
-    build_av_digits(out, AVDigitsBuild(clips_per_digit=2, size=48), workers=2, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from avmae.platform.data.avdigits import build_av_digits
 from avmae.platform.data.batch_reader import CachedBatches, _one_intraop_thread
 from avmae.platform.data.cache import CachedAVDataset, write_cache
 from avmae.platform.data.collate import AVCollate
-from avmae.platform.data.config import AVDigitsBuild
 from avmae.platform.data.geometry import ClipGeometry
 from avmae.platform.data.indexes import Clip
 from avmae.platform.data.loader import build_loader, load_index
@@ -27,14 +25,6 @@ GEOMETRY = ClipGeometry(audio_frames=150, num_frames=4, img_size=32, frame_strid
 # the audio is zero-padded, the reads' special cases. The same cache serves both (same short side, stride).
 PAST_THE_END = ClipGeometry(audio_frames=250, num_frames=20, img_size=32, frame_stride=4)
 ORDER = [3, 0, 19, 7, 7, 12, 5, 18, 1, 9, 14, 2]  # repeats, and clips of all three shards
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("avdigits")
-    # 2 s clips at 32 fps
-    build_av_digits(out, AVDigitsBuild(clips_per_digit=2, size=48), workers=2, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pytest
 import yaml
 from avmae.platform.study.runtime import reserved_port
 from avmae.platform.tracking import layout as T
+from avmae.platform.tracking.local_server import LocalMlflowServer
 from avmae.platform.tracking.queue import JOURNAL_DIR
 from mlflow.tracking import MlflowClient
 
@@ -37,44 +36,6 @@ CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKO
 OUTAGE_S = 15
 
 
-class Server:
-    """`mlflow server` on a SQLite store, stopped and started again on the same port (held by the fixture
-    meanwhile, so that no other process takes it during the outage)."""
-
-    def __init__(self, folder: Path, port: int) -> None:
-        self.folder, self.port = folder, port
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        mlflow = Path(sys.executable).parent / "mlflow"
-        log = (self.folder / "server.log").open("a")
-        self.proc = subprocess.Popen(
-            [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--default-artifact-root", str(self.folder / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job runner: starts sooner
-        deadline = time.monotonic() + 180
-        while not self.healthy():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                server_log = (self.folder / "server.log").read_text()
-                pytest.fail(f"mlflow server did not start:\n{server_log[-3000:]}")
-            time.sleep(0.5)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            kill_group(self.proc)
-            self.proc = None
-
-
 def kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -84,9 +45,9 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path) -> Iterator[LocalMlflowServer]:
     with reserved_port() as port:
-        server = Server(tmp_path, port)
+        server = LocalMlflowServer(tmp_path, port)
         server.start()
         try:
             yield server
@@ -94,7 +55,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
             server.stop()
 
 
-def sweep(tmp_path: Path, server: Server, *extra: str) -> subprocess.Popen:
+def sweep(tmp_path: Path, server: LocalMlflowServer, *extra: str) -> subprocess.Popen:
     args = ["sweep", f"{NAME}.yaml", "--storage", str(tmp_path / "runs"), "--tracking-uri", server.url,
             *extra]
     return subprocess.Popen([sys.executable, "-m", "avmae.platform.cli", *args], cwd=tmp_path, text=True,
@@ -157,7 +118,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.ray
 @pytest.mark.timeout(1200)
 def test_a_study_survives_killed_workers_a_killed_driver_and_an_mlflow_outage(
-    tmp_path: Path, tiny_av_digits: Path, server: Server
+    tmp_path: Path, tiny_av_digits: Path, server: LocalMlflowServer
 ):
     spec = {
         "name": NAME,
