@@ -35,6 +35,9 @@ class Row:
     gain: stats.Comparison | None  # over the scratch row, paired by seed (None for the scratch row itself)
 
 
+MIN_CELLS_TO_JUDGE = 3
+
+
 @dataclass(frozen=True)
 class Agreement:
     """Kendall's tau between two rankings of the same cells, with a bootstrap interval over seeds."""
@@ -135,10 +138,20 @@ def finetune_lines(data: StudyData) -> list[str]:
         gain = "" if r.gain is None else f"   gain {_signed(r.gain.diff)}"
         lines.append(f"  {r.setting:<5} {r.cell.ljust(width)}  {r.score.text()}, lr {r.lr:g}{gain}")
     for setting, agreement in probe_agreement(data, rows).items():
-        verdict = "" if not math.isfinite(agreement.lo) else " — the probe can stand in" \
-            if agreement.lo > 0 else " — the probe cannot be trusted to rank these cells"
-        lines.append(f"Probe vs fine-tuning ranking of the cells ({setting}): {agreement.text()}{verdict}")
+        lines.append(f"Probe vs fine-tuning ranking of the cells ({setting}): {agreement.text()}"
+                     f"{_agreement_verdict(agreement)}")
     return lines
+
+
+def _agreement_verdict(agreement: Agreement) -> str:
+    """Whether the probe can stand in for fine-tuning: only where at least 3 cells make a ranking (2 cells
+    have a tau of +1 or -1 and nothing between) and the interval lies above 0."""
+    if not math.isfinite(agreement.lo):
+        return ""
+    if agreement.n_cells < MIN_CELLS_TO_JUDGE:
+        return f" — too few cells to judge the probe by (at least {MIN_CELLS_TO_JUDGE})"
+    return (" — the probe can stand in" if agreement.lo > 0
+            else " — the probe cannot be trusted to rank these cells")
 
 
 def _signed(diff: stats.Interval) -> str:

@@ -132,3 +132,12 @@ def test_each_cell_is_judged_at_its_own_best_lr_and_paired_with_scratch():
     assert (a.cell, a.lr, a.by_repeat) == ("a", 0.3, {0: 0.7, 1: 0.8})
     assert (scratch.lr, scratch.gain) == (0.1, None)
     assert a.gain.diff.mean == pytest.approx(0.325) and a.gain.n == 2
+
+
+def test_the_probe_is_judged_only_where_at_least_three_cells_make_a_ranking():
+    from avmae.dashboards.finetune import Agreement, _agreement_verdict
+
+    assert "too few cells" in _agreement_verdict(Agreement(1.0, 1.0, 1.0, 2, 3))  # two cells: tau is +-1
+    assert _agreement_verdict(Agreement(0.8, 0.2, 1.0, 4, 5)) == " — the probe can stand in"
+    assert "cannot be trusted" in _agreement_verdict(Agreement(0.3, -0.4, 1.0, 4, 5))
+    assert _agreement_verdict(Agreement(0.5, math.nan, math.nan, 4, 1)) == ""  # one seed: no interval
