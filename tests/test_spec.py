@@ -52,6 +52,9 @@ def test_a_trial_this_machine_can_never_place_is_refused_by_the_dry_run(tmp_path
     result = CliRunner().invoke(sweep, [str(gpus), "--dry-run"], env={"CUDA_VISIBLE_DEVICES": ""})
     assert result.exit_code == 1 and "GPU 0 on one node" in result.output
     assert "resources.gpus_per_worker" in result.output and "--address" in result.output
+    planned = CliRunner().invoke(sweep, [str(gpus), "--dry-run", "--cluster-gpus", "64"],
+                                 env={"CUDA_VISIBLE_DEVICES": ""})
+    assert planned.exit_code == 0 and "On 64 GPUs:" in planned.output  # a plan for a cluster, not refused
 
 
 @pytest.mark.parametrize("name", ["it's", "a/b", "../x", ".hidden", "x" * 101])
