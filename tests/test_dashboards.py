@@ -836,7 +836,7 @@ def test_dashboard_renders_offline_in_headless_chromium(store: str, repeated: St
             page.screenshot(path=str(tmp_path / f"{study}.png"), full_page=True)
     for study in ("sweep", "repeats"):
         assert names[study] == ["overview", "learning_curves", "lr_stability", "ablation", "budget",
-                                "masking", "importance", "parallel", "load"]
+                                "masking", "importance", "parallel", "load", "finetune"]
         assert (tmp_path / f"{study}.png").stat().st_size > 50_000
     assert attempted == [] and errors == []
     ablation, stability = text["repeats"]["ablation"], text["repeats"]["lr_stability"]
