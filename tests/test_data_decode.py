@@ -132,3 +132,4 @@ def test_short_clip_is_padded(tmp_path: Path):
     assert torch.all(brightness[3:] == brightness[3])  # positions 0,2,4,6 then frame 6 repeated
     padded = item["audio"] * AUDIOSET_STATS.std + AUDIOSET_STATS.mean
     assert torch.all(padded[50:].abs() < 1e-5) and torch.all(padded[:45].abs() > 1e-3)
+

@@ -254,11 +254,14 @@ def _picture_graph(
     if info.rotation in (90, 270):
         width, height = height, width
     graph = av.filter.Graph()
+    graph.threads = 1  # no thread pool of its own either (see the scale filter's threads)
     nodes = [
         graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=time_base)
     ]
     for name, args in [
-        ("scale", f"{width}:{height}:flags=bilinear"),
+        # One swscale thread: a graph holding slice threads, still garbage when a DataLoader forks its
+        # workers, hangs the worker whose collector frees it (the threads are not in the child).
+        ("scale", f"{width}:{height}:flags=bilinear:threads=1"),
         ("format", "rgb24"),
         *TURNS[info.rotation],
     ]:
