@@ -58,11 +58,13 @@ def record_provenance(client: Any, queue: MlflowQueue, study_run: str, spec: Stu
     """Packages, runtime, code and data of this run on the study run (its artifacts at once, its params
     queued); a resumed study warns of what changed since it started (a new index file, other code, another
     torch)."""
-    from avmae.platform.tracking import provenance
+    from avmae.platform.tracking import model_export, provenance
 
-    now = provenance.record(client, study_run, spec,
-                            log_params=lambda params: queue.put(E.StudyParams(study_run, params)))
-    for line in provenance.changes_since(client, study_run, spec, now) if resume else []:
+    with model_export.quiet_mlflow():  # reading the first record back shows MLflow's download bars
+        now = provenance.record(client, study_run, spec,
+                                log_params=lambda params: queue.put(E.StudyParams(study_run, params)))
+        changes = provenance.changes_since(client, study_run, spec, now) if resume else []
+    for line in changes:
         print(f"warning: {line}", flush=True)
 
 

@@ -96,9 +96,10 @@ def log_encoder(client: MlflowClient, run_id: str, checkpoint: str | Path) -> st
 
 @contextmanager
 def quiet_mlflow() -> Iterator[None]:
-    """MLflow's console chatter while an encoder is logged, which tells a user nothing: its nudge to type
-    `predict` (the pyfunc is untyped on purpose: MLflow would read the hints as a second schema beside the
-    tensor signature), its INFO line on validating the input example, and its artifact progress bars."""
+    """MLflow's console chatter while encoders or records are written and read back, which tells a user
+    nothing: its nudge to type `predict` (the pyfunc is untyped on purpose: MLflow would read the hints as a
+    second schema beside the tensor signature), its INFO line on validating the input example, and its
+    artifact progress bars."""
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
     level, bars, show = pyfunc_log.level, os.environ.get(PROGRESS_BARS), warnings.showwarning
 
