@@ -31,9 +31,10 @@ import torch
 from avmae import models
 from avmae.dashboards.stats import Interval, mean_ci, paired_difference
 from avmae.platform.data import AVDigitsBuild, ClipGeometry
-from avmae.platform.evaluation.finetune import MINIATURE_RECIPE, finetune, miniature_recipe
+from avmae.platform.evaluation.finetune import finetune
 from avmae.platform.evaluation.learning import Clips, Miniature, concat, load_split, pretrain, probe
 from avmae.platform.evaluation.probe import encoder_features
+from avmae.platform.evaluation.recipes import MINIATURE_RECIPE, miniature_recipe
 from avmae.platform.study.spec import PROBE_MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]

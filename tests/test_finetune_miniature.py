@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from avmae import models
-from avmae.platform.evaluation.finetune import FinetuneResult, build_classifier, finetune, miniature_recipe
+from avmae.platform.evaluation.finetune import FinetuneResult, build_classifier, finetune
 from avmae.platform.evaluation.learning import Clips, Miniature
+from avmae.platform.evaluation.recipes import miniature_recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CONFIG = Miniature().config()  # tiny, mid fusion: 2 per-modality layers, then 2 joint ones

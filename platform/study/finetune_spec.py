@@ -11,7 +11,7 @@ recipe, over which small LR grid, and whether the from-scratch row runs beside t
       scratch: true                    # the same classifier from random init, same recipe and seeds
 
 The recipe resolves through `models.resolve_finetune_config` (and the miniature's through
-`evaluation.finetune.miniature_recipe`), so a field name or value the model refuses fails here, named.
+`evaluation.recipes.miniature_recipe`), so a field name or value the model refuses fails here, named.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class FinetuneSpec(BaseModel):
     def base(self, **fields: Any) -> FinetuneConfig:
         """The recipe with `fields` and the overrides."""
         if self.recipe == "miniature":
-            from avmae.platform.evaluation.finetune import miniature_recipe  # torch: only for this preset
+            from avmae.platform.evaluation.recipes import miniature_recipe
 
             return miniature_recipe(**{**self.overrides, **fields})
         return resolve_finetune_config(self.recipe, **{**self.overrides, **fields})
