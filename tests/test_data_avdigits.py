@@ -158,10 +158,12 @@ def _first_line_with(proc: subprocess.Popen, text: str, timeout: float) -> str |
     return found[0] if found else None
 
 
+@pytest.mark.slow  # builds and probes a learnable dataset
 def test_dtmf_tones_are_learnable(dtmf: Path):
     assert probe_accuracy(dtmf, with_video=False)["audio"] > 0.6  # chance is 0.1
 
 
+@pytest.mark.slow  # builds and probes a learnable dataset
 def test_speech_build_splits_speakers_and_is_learnable(speech: Path):
     rows = sources(speech)
     speakers = {(r["split"], r["audio"].split("_")[1]) for r in rows}
