@@ -19,6 +19,7 @@ from avmae.platform.data.config import AVDigitsBuild
 from avmae.platform.data.geometry import ClipGeometry
 from avmae.platform.data.indexes import Clip
 from avmae.platform.data.loader import build_from_config, build_loader, load_index
+from avmae.platform.data.sampling import ShardLocalSampler, train_sampler
 from avmae.platform.data.shards import ShardBatches, ShardedAVDataset, write_shards
 from click.testing import CliRunner
 from torch.utils.data import DistributedSampler
@@ -143,8 +144,8 @@ def test_config_and_cli_pick_the_format(clips: list[Clip], tmp_path: Path):
     assert isinstance(dataset.codec, JpegCodec) and len(dataset) == 10
 
 
-def test_reads_from_s3_through_a_bounded_local_copy(shards: Path, s3_endpoint: str, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch):
+def in_s3(shards: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The URI of a copy of the cache `shards` in a bucket of the moto server."""
     from pyarrow import fs
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
@@ -154,6 +155,12 @@ def test_reads_from_s3_through_a_bounded_local_copy(shards: Path, s3_endpoint: s
     s3.create_dir("avmae")
     fs.copy_files(str(shards), f"avmae/{shards.name}", destination_filesystem=s3)
     uri = f"s3://avmae/{shards.name}?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    return uri
+
+
+def test_reads_from_s3_through_a_bounded_local_copy(shards: Path, s3_endpoint: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    uri = in_s3(shards, s3_endpoint, monkeypatch)
     one_shard = (shards / "shard_00000.bin").stat().st_size
     remote = ShardedAVDataset(uri, GEOMETRY, False, local_dir=tmp_path, max_local_bytes=one_shard)
     local = ShardedAVDataset(shards, GEOMETRY, False)
@@ -162,3 +169,44 @@ def test_reads_from_s3_through_a_bounded_local_copy(shards: Path, s3_endpoint: s
         assert torch.equal(remote[i]["video"], local[i]["video"])
         assert torch.equal(remote[i]["audio"], local[i]["audio"])
     assert len(list(remote.store.local_dir.iterdir())) == 1
+
+
+def test_each_rank_draws_a_contiguous_run_of_whole_shards_seeded_per_epoch():
+    n, shard_size, world = 103, 10, 4
+    samplers = [ShardLocalSampler(range(n), shard_size, world, rank, seed=7) for rank in range(world)]
+
+    def epoch(number: int) -> list[list[int]]:
+        for s in samplers:
+            s.set_epoch(number)
+        return [list(s) for s in samplers]
+
+    first = epoch(0)
+    assert all(len(run) == len(samplers[0]) == 26 for run in first)
+    drawn = sorted(i for run in first for i in run)
+    assert set(drawn) == set(range(n)) and len(drawn) == 104  # every clip, one padded
+    for run in first:  # 26 clips: at most 4 shards (2 whole, 2 shared at the edges), not all 11
+        assert len({i // shard_size for i in run}) <= 4
+        assert run != sorted(run)  # shuffled within the run
+    assert epoch(0) == first  # a resumed epoch draws what an uninterrupted one draws
+    second = epoch(1)
+    assert second != first and {i // shard_size for i in second[0]} != {i // shard_size for i in first[0]}
+
+
+def test_ranks_reading_a_cache_in_s3_download_only_their_shards(
+        shards: Path, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    uri = in_s3(shards, s3_endpoint, monkeypatch)
+    local = ShardedAVDataset(shards, GEOMETRY, True)
+    assert type(train_sampler(local, 2, 0, seed=0)) is DistributedSampler  # a local cache: as before
+    seen: set[int] = set()
+    for rank in range(2):  # 11 clips in 3 shards of 4: a rank's 6 clips span 2 shards
+        dataset = ShardedAVDataset(uri, GEOMETRY, True, local_dir=tmp_path / f"rank{rank}")
+        sampler = train_sampler(dataset, 2, rank, seed=0)
+        assert isinstance(sampler, ShardLocalSampler)
+        for i in sampler:
+            dataset[i]
+            seen.add(i)
+        downloaded = {p.name for p in dataset.store.local_dir.iterdir()}
+        assert downloaded == {f"shard_{s:05d}.bin" for s in {i // 4 for i in sampler if "broken" not in
+                                                              dataset.entries[i]}}
+        assert len(downloaded) <= 2
+    assert seen == set(range(11))

@@ -24,6 +24,7 @@ import torch
 from avmae import models
 from avmae.models.downstream import select
 from avmae.platform.data import ClipGeometry, build_from_config, build_loader
+from avmae.platform.data.sampling import train_sampler
 from avmae.platform.evaluation.finetune import build_classifier
 from avmae.platform.study.spec import StudySpec, rank_seed
 from avmae.platform.tracking import layout as T
@@ -115,7 +116,7 @@ def build_finetuner(spec: StudySpec, job: FinetuneJob, rank: int, world: int,
     shapes = replace(pretrained, num_frames=recipe.num_frames).input_shapes  # both modalities: the loader's
     geometry = ClipGeometry.from_input_shapes(shapes, frame_stride=recipe.frame_stride)
     dataset = build_from_config(spec.data, ft.train_split, geometry, train=True)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=job.seed)
+    sampler = train_sampler(dataset, world, rank, job.seed)
     loader = build_loader(dataset, recipe.batch_size // world, train=True,
                           num_workers=spec.data.loader_workers, sampler=sampler)
     if len(loader) == 0:

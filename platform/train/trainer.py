@@ -32,6 +32,7 @@ import torch.distributed as dist
 from avmae import models
 from avmae.models.recipe import StepMetrics
 from avmae.platform.data import ClipGeometry, build_from_config, build_loader
+from avmae.platform.data.sampling import train_sampler
 from avmae.platform.evaluation.probe import encoder_features, eval_loader, probe_scores
 from avmae.platform.study.spec import StudySpec, TrialConfig, rank_seed
 from avmae.platform.tracking import layout as T
@@ -258,8 +259,9 @@ def _train_data(spec: StudySpec, trial: TrialConfig, model: models.AVMAE, rank: 
     """The clip geometry of `model`, and this rank's sampler and loader of the train split."""
     geometry = ClipGeometry.from_input_shapes(model.input_shapes, frame_stride=spec.data.frame_stride)
     dataset = build_from_config(spec.data, spec.data.train_split, geometry, train=True)
-    # Repeat k's data order, the same in every cell; each rank reads its share of each global batch.
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=trial.seed)
+    # Repeat k's data order, the same in every cell; each rank reads its share of each global batch (of
+    # whole shards, for a cache in object storage: `data.sampling`).
+    sampler = train_sampler(dataset, world_size, rank, trial.seed)
     loader = build_loader(dataset, spec.train.batch_size, train=True, num_workers=spec.data.loader_workers,
                           sampler=sampler)
     loader = placement.wrap_loader(loader)
