@@ -3,6 +3,7 @@ written here, decoded-cache headers where the cache puts them, and a real git ch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import subprocess
@@ -168,3 +169,27 @@ def test_outside_a_checkout_and_without_a_record(client, spec, tmp_path):
     assert state["commit"] is None and state["dirty"] is None
     assert state["avmae"] == "0.1.0"  # the installed package's version says which code ran
     assert P.changes_since(client, study_run(client), spec) == []  # a study recorded before provenance
+
+
+def test_a_cache_in_a_bucket_is_fingerprinted_by_its_headers_there(spec: StudySpec, s3_endpoint: str,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    from avmae.platform.data.loader import cache_location
+    from pyarrow import fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    s3 = fs.S3FileSystem(endpoint_override=s3_endpoint, scheme="http", region="us-east-1",
+                         allow_bucket_creation=True)
+    s3.create_dir("caches")
+    bucket = f"s3://test:hush@caches/prov?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    in_bucket = spec.model_copy(update={"data": spec.data.model_copy(
+        update={"cache_dir": bucket, "cache_format": "h264"})})
+    geometry = next(iter(geometries(in_bucket)))
+    header = cache_location(bucket, "train", geometry, "h264").split("?")[0].removeprefix("s3://test:hush@")
+    with s3.open_output_stream(f"{header}/cache.json") as f:
+        f.write(b'{"version": 2}')
+    caches = P.dataset(in_bucket)["caches"]
+    train = next(key for key in caches if "/train_" in key)
+    assert train.startswith("s3://***@caches/prov/train_") and "hush" not in train  # credentials redacted
+    assert caches[train] == hashlib.sha256(b'{"version": 2}').hexdigest()
+    assert sum(v is None for v in caches.values()) == len(caches) - 1  # the splits not there: missing

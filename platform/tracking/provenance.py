@@ -4,10 +4,11 @@ traced to both, and `--resume` can say what changed since the study started.
 The record holds the installed package versions; Python, torch, CUDA and cuDNN versions and the GPU model (of
 the driver's machine: trials on other nodes tag their host); the git commit of the avmae code, a `dirty` flag
 and the uncommitted diff; and a dataset fingerprint: the sha256 of every index file the study reads, the clip
-count of every split it uses and the sha256 of every decoded-cache header (`cache.json`). It goes to the
-study run as params (`provenance.*`, a summary) and artifacts (`provenance/provenance.json`,
-`provenance/requirements.txt`, `provenance/git_diff.patch`). The first record of a run is the study's; a
-resumed study's record is kept beside it (`provenance/resumed-<UTC time>.json`), never over it.
+count of every split it uses and the sha256 of every decoded-cache header (`cache.json`, in a folder or a
+bucket). It goes to the study run as params (`provenance.*`, a summary) and artifacts
+(`provenance/provenance.json`, `provenance/requirements.txt`, `provenance/git_diff.patch`). The first
+record of a run is the study's; a resumed study's record is kept beside it
+(`provenance/resumed-<UTC time>.json`), never over it.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from avmae.platform.data.locations import is_uri
 from avmae.platform.study.spec import StudySpec
+from avmae.platform.tracking.uris import redact
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -133,7 +136,8 @@ def dataset(spec: StudySpec) -> dict[str, Any]:
     """The dataset fingerprint: index files' sha256, clips per split, cache headers' sha256, and one sha256
     over the three."""
     from avmae.platform.data import load_index
-    from avmae.platform.data.loader import cache_path
+    from avmae.platform.data.loader import cache_location
+    from avmae.platform.data.locations import join
     from avmae.platform.study.prepare import geometries
 
     data = spec.data
@@ -150,8 +154,9 @@ def dataset(spec: StudySpec) -> dict[str, Any]:
     if data.cache_dir is not None:
         for geometry in sorted(geometries(spec), key=repr):
             for split in splits(spec):
-                header = cache_path(data.cache_dir, split, geometry, data.cache_format) / "cache.json"
-                caches[str(header)] = _file_sha256(header)
+                folder = cache_location(data.cache_dir, split, geometry, data.cache_format)
+                header = join(folder, "cache.json")
+                caches[redact(str(header))] = _file_sha256(header)
     parts = {"indexes": indexes, "clips": clips, "caches": caches}
     return {**parts, "fingerprint": _sha256(json.dumps(parts, sort_keys=True).encode())}
 
@@ -249,16 +254,26 @@ def _git(checkout: Path, *args: str, strip: bool = True) -> str | None:
     return out.stdout.strip() if strip else out.stdout
 
 
-def _file_sha256(path: Path) -> str | None:
-    """The file's sha256, None when it does not exist."""
+def _file_sha256(path: str | Path) -> str | None:
+    """The file's sha256, None when it does not exist; `path` may be a URI pyarrow.fs opens (a cache's
+    header in a bucket)."""
     digest = hashlib.sha256()
     try:
-        with Path(path).open("rb") as f:
+        with _open(path) as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     except FileNotFoundError:
         return None
     return digest.hexdigest()
+
+
+def _open(path: str | Path) -> BinaryIO:
+    if not is_uri(path):
+        return Path(path).open("rb")
+    import pyarrow.fs
+
+    fs, where = pyarrow.fs.FileSystem.from_uri(str(path))
+    return fs.open_input_stream(where)
 
 
 def _sha256(data: bytes) -> str:
