@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from avmae.dashboards import robust
 from avmae.dashboards.collect import (
     CELL_AXES,
     StudyData,
@@ -43,10 +44,12 @@ from avmae.dashboards.summary import (
 )
 from avmae.dashboards.verdicts import (
     BASELINE_LABEL,
+    Leads,
     baseline_rows,
     best_cells,
     gain_text,
     gains_over_random_init,
+    leads,
     lr_verdicts,
     unsettled_gains,
 )
@@ -70,6 +73,7 @@ TEMPLATE = "plotly_white"
 LOG_TICKS = [m * 10.0**k for k in range(-4, 5) for m in (1, 2, 5)]  # plain 0.2 / 0.5 / 1 labels on log axes
 MODALITY_LABEL = {"av": "AV", "audio": "A", "video": "V"}
 GAIN_LABEL = "Δ vs random init"  # the ablation table's rows: pretrained - random init, paired by seed
+IQM_LABEL = "IQM"  # the ablation table's rows: interquartile mean over seeds (rliable), from 5 seeds
 PANEL_HEIGHT = 260
 
 
@@ -340,7 +344,8 @@ def ablation_table(data: StudyData) -> go.Figure:
     hi = hi if hi > lo else lo + 0.01  # one score still needs a colour range
     verdict = {o: _verdict_text(best[o], summary) if o in best else "" for o in objectives}
     table = _ablation_rows(summary, scores, baseline_rows(data), best, gains_over_random_init(data, summary),
-                           {(u.cell, u.column): u.needed for u in unsettled_gains(data, summary)})
+                           {(u.cell, u.column): u.needed for u in unsettled_gains(data, summary)},
+                           leads(data, summary))
     table_px, grid_px = 60 + 26 * len(table.cells.values[0]), 110 * len(axes[0]) + 60
     fig = make_subplots(
         rows=2, cols=len(objectives), row_heights=[grid_px, table_px], horizontal_spacing=0.08,
@@ -446,10 +451,11 @@ def _cell_text(cells: pd.DataFrame, key: tuple[str, str, str], scores: dict[str,
 
 def _ablation_rows(cells: pd.DataFrame, scores: dict[str, str], baselines: dict[str, dict[str, Interval]],
                    best: dict[str, Best], gains: dict[str, dict[str, Comparison]],
-                   plans: dict[tuple[str, str], SeedsNeeded]) -> go.Table:
+                   plans: dict[tuple[str, str], SeedsNeeded], lead: Leads | None = None) -> go.Table:
     """Every cell's best configuration (mean [95% interval] per score, n seeds), then the reference rows, then
     each cell's gain over the random-init encoder (paired by seed; ↑ where its interval lies above 0), with
-    the seeds per cell that would settle a gain its interval leaves open (`plans`)."""
+    the seeds per cell that would settle a gain its interval leaves open (`plans`); then the leading cell's
+    probability of improvement over each other cell, and the IQM of every cell with 5 seeds or more."""
     winners = {b.winner for b in best.values()}
     labels = _labels(cells)
     rows = [(("★ " if cell in winners else "") + label, n, [cells.loc[i, f"ci:{m}"].text() for m in scores])
@@ -465,16 +471,44 @@ def _ablation_rows(cells: pd.DataFrame, scores: dict[str, str], baselines: dict[
             texts = [gain_text(d) + _plan_text(plans.get((cell, column)))
                      for d, column in zip(diffs, scores.values(), strict=True)]
             rows.append((f"{GAIN_LABEL}: {label}", max(d.n for d in diffs), texts))
+    rows += _lead_rows(cells, labels, scores, lead) + _iqm_rows(cells, labels, scores)
     columns = {
         "fusion · decoder · objective": [r[0] for r in rows],
         "n (seeds)": [str(r[1]) for r in rows],
         **{f"{scores[m]} mean [95% CI]": [r[2][j] for r in rows] for j, m in enumerate(scores)},
     }
     shade = ["#f4f1e8" if label.startswith("baseline: ") else "#eef4ec" if label.startswith(GAIN_LABEL)
-             else "white" for label in columns["fusion · decoder · objective"]]
+             else "#f1eef6" if label.startswith(("P(", IQM_LABEL)) else "white"
+             for label in columns["fusion · decoder · objective"]]
     return go.Table(header={"values": list(columns), "fill_color": "#e8edf3", "align": "left"},
                     cells={"values": list(columns.values()), "align": "left", "fill_color": [shade]},
                     columnwidth=[38, 10, *([34] * len(scores))], meta={"role": "ablation_rows"})
+
+
+def _lead_rows(cells: pd.DataFrame, labels: list[str], scores: dict[str, str], lead: Leads | None
+               ) -> list[tuple[str, int, list[str]]]:
+    """'P(leader > cell)' per other cell, paired by seed, where the cells have two seeds or more."""
+    if lead is None:
+        return []
+    names = dict(zip(cells["cell"], labels, strict=True))
+    rows = []
+    for cell, by_column in lead.against.items():
+        chances = [by_column[column].probability for column in scores.values()]
+        if max(p.n for p in chances) >= 2:
+            rows.append((f"P({names[lead.leader]} > {names[cell]})", max(p.n for p in chances),
+                         [p.text(2) for p in chances]))
+    return rows
+
+
+def _iqm_rows(cells: pd.DataFrame, labels: list[str], scores: dict[str, str]
+              ) -> list[tuple[str, int, list[str]]]:
+    """Each cell's IQM over its seeds with rliable's bootstrap interval, beside the mean, from 5 seeds."""
+    rows = []
+    for i, (label, n) in enumerate(zip(labels, cells["n_repeats"], strict=True)):
+        if n >= robust.MIN_IQM_N:
+            texts = [robust.iqm_ci(list(cells.loc[i, f"by_repeat:{m}"].values())).text() for m in scores]
+            rows.append((f"{IQM_LABEL}: {label}", int(n), texts))
+    return rows
 
 
 def _plan_text(plan: SeedsNeeded | None) -> str:

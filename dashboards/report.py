@@ -20,7 +20,7 @@ from avmae.dashboards.budget_view import budget_view
 from avmae.dashboards.collect import StudyData, collect_study
 from avmae.dashboards.cost import cost_lines
 from avmae.dashboards.finetune import finetune_figure, finetune_lines
-from avmae.dashboards.verdicts import gains_lines, seeds_to_settle, unsettled_gains
+from avmae.dashboards.verdicts import gains_lines, leads_lines, seeds_to_settle, unsettled_gains
 from avmae.platform.tracking.layout import DRIVER_LOST_AFTER_S, TrialStatus
 from mlflow.tracking import MlflowClient
 
@@ -82,7 +82,7 @@ def study_outcome(study: str, tracking_uri: str, out: Path | None = None) -> Stu
     client = MlflowClient(tracking_uri=tracking_uri)
     data = collect_study(client, study)
     page = write_dashboard(client, data, out, log_to_mlflow=True)
-    return StudyOutcome(page, gains_lines(data) + cost_lines(data) + finetune_lines(data),
+    return StudyOutcome(page, gains_lines(data) + leads_lines(data) + cost_lines(data) + finetune_lines(data),
                         seeds_to_settle(unsettled_gains(data)))
 
 

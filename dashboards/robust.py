@@ -12,8 +12,10 @@ of improvement P(A > B).
   seeds, ~93% at 8, 94-95% from 10 on; the percentile bootstrap cannot reach past the few values it has.
 - P(A > B): over paired seeds the fraction of seeds k with a_k > b_k, ties counting 1/2; over unpaired
   groups the Mann-Whitney form U / (n_a n_b), the fraction of all pairs (i, j) with a_i > b_j, ties 1/2
-  (rliable's `probability_of_improvement` for one task). Both are unbiased for P(A > B). At 10 seeds the
-  unpaired interval covers ~95%, the paired one only ~85% (a percentile bootstrap of a proportion of 10).
+  (rliable's `probability_of_improvement` for one task). Both are unbiased for P(A > B). The paired wins
+  are a binomial count, so their interval is Wilson's score interval: over true P(A > B) from 0.5 to 0.93
+  it covers ~96% on average at 10 seeds (a count of 10 cannot cover 95% at every P; a percentile bootstrap
+  of it covered 84%). The unpaired interval is rliable's stratified bootstrap, ~95% at 10 seeds.
 """
 
 from __future__ import annotations
@@ -90,19 +92,25 @@ class Improvement:
 
 
 def improvement_paired(a: Mapping[int, float], b: Mapping[int, float], name_a: str = "a", name_b: str = "b",
-                       confidence: float = CONFIDENCE, seed: int = BOOTSTRAP_SEED,
-                       n_bootstrap: int = N_BOOTSTRAP) -> Improvement:
-    """P(A > B) over the seeds both have (finite): the fraction with a[k] > b[k], ties 1/2, and its
-    percentile bootstrap interval over seeds (pairs kept)."""
+                       confidence: float = CONFIDENCE) -> Improvement:
+    """P(A > B) over the seeds both have (finite): the fraction with a[k] > b[k], ties 1/2, and its Wilson
+    score interval (the wins of n paired seeds are a binomial count)."""
     keys = sorted(k for k in set(a) & set(b) if math.isfinite(a[k]) and math.isfinite(b[k]))
     wins = np.array([_win(a[k], b[k]) for k in keys], dtype=float)
     n = len(wins)
     if n < 2:
         estimate = float(wins.mean()) if n else math.nan
         return Improvement(name_a, name_b, Interval(estimate, math.nan, math.nan, n, "none"), True)
-    rng = np.random.default_rng(seed)
-    lo, hi = _percentile(wins[rng.integers(0, n, size=(n_bootstrap, n))].mean(axis=1), confidence)
-    return Improvement(name_a, name_b, Interval(float(wins.mean()), lo, hi, n, "bootstrap"), True)
+    lo, hi = _wilson(float(wins.mean()), n, confidence)
+    return Improvement(name_a, name_b, Interval(float(wins.mean()), lo, hi, n, "wilson"), True)
+
+
+def _wilson(p: float, n: int, confidence: float) -> tuple[float, float]:
+    """Wilson's score interval of a proportion p observed over n trials."""
+    z = float(sps.norm.ppf((1 + confidence) / 2))
+    centre, scale = (p + z * z / (2 * n)) / (1 + z * z / n), 1 + z * z / n
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def improvement_unpaired(a: Sequence[float], b: Sequence[float], name_a: str = "a", name_b: str = "b",

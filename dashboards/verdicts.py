@@ -1,5 +1,6 @@
 """What a study's numbers support: the best cell per objective (or that there is none), the reference rows,
-each cell's gain over the random-init encoder, and the learning-rate stability verdict. Reads a `StudyData`,
+each cell's gain over the random-init encoder, the leading cell's probability of improvement over each
+other cell, and the learning-rate stability verdict. Reads a `StudyData`,
 asks `stats` and returns what the figures state, so every sentence on the page comes from one tested place.
 """
 
@@ -9,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
-from avmae.dashboards import stats
+from avmae.dashboards import robust, stats
 from avmae.dashboards.collect import REPEAT, StudyData, axis_values, in_axis_order, score_columns
 from avmae.dashboards.power import SeedsNeeded, next_run_paired
 from avmae.dashboards.summary import cell_summary, ranking
@@ -198,4 +199,46 @@ def unsettled_lines(unsettled: list[Unsettled], names: dict[str, str]) -> list[s
     if settle is not None:
         lines.append(f"Seeds per configuration that settle them: {settle}"
                      + (f" ({beyond} would need more than the plan's cap)." if beyond else "."))
+    return lines
+
+
+@dataclass(frozen=True)
+class Leads:
+    """The leading cell (the best mean primary probe score) and, for every other cell, P(leader > cell) per
+    probe score column, paired by seed (`robust.improvement_paired`)."""
+
+    leader: str
+    against: dict[str, dict[str, robust.Improvement]]
+
+
+def leads(data: StudyData, cells: pd.DataFrame | None = None) -> Leads | None:
+    """The leader's probability of improvement over each other cell; None below two scored cells."""
+    scores = score_columns(data.trials)
+    if not scores:
+        return None
+    cells = cell_summary(data) if cells is None else cells
+    primary = next(iter(scores))
+    ranked = cells[cells[primary].notna()].sort_values(primary, ascending=False)
+    if len(ranked) < 2:
+        return None
+    lead = ranked.iloc[0]
+    against = {row["cell"]: {column: robust.improvement_paired(lead[f"by_repeat:{m}"], row[f"by_repeat:{m}"],
+                                                               lead["cell"], row["cell"])
+                             for m, column in scores.items()}
+               for _, row in ranked.iloc[1:].iterrows()}
+    return Leads(lead["cell"], against)
+
+
+def leads_lines(data: StudyData, cells: pd.DataFrame | None = None) -> list[str]:
+    """'P(leader > cell), paired by seed' per other cell and probe score; nothing without two seeds."""
+    found = leads(data, cells)
+    if found is None or all(i.probability.n < 2 for by in found.against.values() for i in by.values()):
+        return []
+    names = {column: modality for modality, column in score_columns(data.trials).items()}
+    width = max(len(cell) for cell in found.against)
+    lines = [f"P({found.leader} > another cell), paired by seed (95% Wilson interval):"]
+    lines += [f"  > {cell.ljust(width)}  " + "   ".join(f"{names.get(c, c)} {i.probability.text(2)}"
+                                                    for c, i in by_column.items())
+              + f"  (n = {max(i.probability.n for i in by_column.values())})"
+              for cell, by_column in found.against.items()]
     return lines

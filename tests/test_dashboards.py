@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-from avmae.dashboards import StudyNotFound, build_study_dashboard, figures, stats
+from avmae.dashboards import StudyNotFound, build_study_dashboard, figures, robust, stats
 from avmae.dashboards.budget_view import budget_view
 from avmae.dashboards.cli import dashboard
-from avmae.dashboards.collect import REPEAT, StudyData, best_col, collect_study
+from avmae.dashboards.collect import REPEAT, StudyData, best_col, collect_study, score_columns
 from avmae.dashboards.cost import (
     budget_text,
     cell_costs,
@@ -33,7 +33,14 @@ from avmae.dashboards.cost import (
 from avmae.dashboards.importance import NotEnoughTrials, param_importances
 from avmae.dashboards.power import next_run_paired
 from avmae.dashboards.summary import cell_summary, configurations
-from avmae.dashboards.verdicts import BadSetting, gain_text, gains_lines, lr_verdicts, unsettled_gains
+from avmae.dashboards.verdicts import (
+    BadSetting,
+    gain_text,
+    gains_lines,
+    leads_lines,
+    lr_verdicts,
+    unsettled_gains,
+)
 from avmae.platform.tracking import layout as T
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -512,9 +519,20 @@ def test_ablation_crowns_the_planted_winner_only_and_carries_the_baseline_rows(r
     labels = list(columns["fusion · decoder · objective"])
     cells = ["early · shared · joint", "mid · shared · joint", "early · shared · inpainting",
              "shared · shared · inpainting"]
-    assert labels == [cells[0], f"★ {cells[1]}", *cells[2:], "baseline: random-init encoder",
-                      "baseline: raw input", *(f"{figures.GAIN_LABEL}: {c}" for c in cells)]
-    assert list(columns["n (seeds)"]) == ["3"] * 10
+    leader = cells[1]
+    assert labels[:10] == [cells[0], f"★ {leader}", *cells[2:], "baseline: random-init encoder",
+                           "baseline: raw input", *(f"{figures.GAIN_LABEL}: {c}" for c in cells)]
+    # Then the leader's probability of improvement over each other cell (best mean AV first), paired by
+    # seed; no IQM rows below 5 seeds.
+    others = sorted((c for c in cells if c != leader), key=lambda c: -np.mean(
+        [t.score("av") for t in planted_best(cell_of(*[c.split(" · ")[i] for i in (0, 2)]))]))
+    assert labels[10:] == [f"P({leader} > {c})" for c in others]
+    assert list(columns["n (seeds)"]) == ["3"] * 13
+    av = columns["probe/av_acc mean [95% CI]"]
+    for row, other in enumerate(others, start=10):
+        a, b = ({t.repeat: t.score("av") for t in planted_best(cell_of(*[c.split(" · ")[i] for i in (0, 2)]))}
+                for c in (leader, other))
+        assert av[row] == robust.improvement_paired(a, b).probability.text(2)
     for i, scores in enumerate(BASELINE_SCORES.values(), start=4):
         for modality, values in scores.items():
             column = columns[f"{T.probe_metric(modality, 'acc')} mean [95% CI]"]
@@ -921,3 +939,33 @@ def test_watch_rebuilds_while_the_study_runs_and_stops_when_it_ends(tmp_path: Pa
     result = CliRunner().invoke(dashboard, args)
     assert result.exit_code == 0, result.output
     assert result.output.count("dashboard for watched") == 3 and sleeps == [7, 7] and out.is_file()
+
+
+def test_a_sweep_ends_with_the_leaders_probability_of_improvement(repeated: StudyData, sweep: StudyData
+                                                                 ) -> None:
+    lines = leads_lines(repeated)
+    leader = cell_of("mid", "joint")
+    assert lines[0] == f"P({leader} > another cell), paired by seed (95% Wilson interval):"
+    assert len(lines) == 1 + 3
+    a = {m: {t.repeat: t.score(m) for t in planted_best(leader)} for m in ("av", "audio", "video")}
+    for line in lines[1:]:
+        other = line.split()[1]
+        b = {m: {t.repeat: t.score(m) for t in planted_best(other)} for m in a}
+        chances = [f"{m} {robust.improvement_paired(a[m], b[m]).probability.text(2)}" for m in a]
+        assert line.endswith("   ".join(chances) + "  (n = 3)"), line
+    assert leads_lines(sweep) == []  # one seed per configuration: no interval, nothing to say
+
+
+def test_cells_with_five_seeds_or_more_show_their_iqm_beside_the_mean(repeated: StudyData) -> None:
+    cells = cell_summary(repeated)
+    scores = score_columns(repeated.trials)
+    rng = np.random.default_rng(0)
+    for modality in scores:
+        cells[f"by_repeat:{modality}"] = [dict(enumerate(rng.uniform(0.4, 0.6, 5))) for _ in cells.index]
+    cells["n_repeats"] = [5, 4, 5, 3]
+    labels = figures._labels(cells)
+    rows = figures._iqm_rows(cells, labels, scores)
+    assert [label for label, _, _ in rows] == [f"IQM: {labels[0]}", f"IQM: {labels[2]}"]
+    for (_, n, texts), i in zip(rows, (0, 2), strict=True):
+        assert n == 5 and texts == [robust.iqm_ci(list(cells.loc[i, f"by_repeat:{m}"].values())).text()
+                                    for m in scores]
