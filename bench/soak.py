@@ -76,8 +76,9 @@ def drop_database(name: str) -> None:
 
 # ---------------------------------------------------------------- the study
 
-def bench_spec(trials: int, epochs: int, data: Path) -> Any:
-    """2 cells x an LR grid of ceil(trials / 2) points: tiny, 1-step epochs, no probe, FIFO."""
+def bench_spec(trials: int, epochs: int, data: Path, concurrent: int = 2) -> Any:
+    """2 cells x an LR grid of ceil(trials / 2) points: tiny, 1-step epochs, no probe, FIFO, `concurrent`
+    trials at a time (one core each)."""
     from avmae.platform.study.spec import parse_spec
 
     points = math.ceil(trials / 2)
@@ -91,7 +92,7 @@ def bench_spec(trials: int, epochs: int, data: Path) -> Any:
         "train": {"epochs": epochs, "steps_per_epoch": 1, "batch_size": 4, "log_every_steps": 1},
         "metric": "val/loss",
         "scheduler": {"name": "fifo"},
-        "resources": {"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 2},
+        "resources": {"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": concurrent},
         "evaluation": {"probe": [], "baselines": False, "log_models": "none"},
     })
 
@@ -360,6 +361,8 @@ def parse_args() -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=300, help="trials in the study (rounded up to even)")
     parser.add_argument("--epochs", type=int, default=1, choices=(1, 2), help="1-step epochs per trial")
+    parser.add_argument("--concurrent", type=int, default=2,
+                        help="trials at a time, a core each (up to the machine's cores)")
     parser.add_argument("--outage", type=float, default=60.0, help="seconds the MLflow server is down")
     parser.add_argument("--outage-after", type=float, default=0.4,
                         help="the outage starts once this share of the trials has ended")
@@ -393,7 +396,7 @@ def soak(args: argparse.Namespace, database: str, folder: Path) -> dict[str, Any
     from avmae.platform.study.prepare import absolute, prepare_data
     from avmae.platform.study.runtime import reserved_port
 
-    spec = absolute(bench_spec(args.trials, args.epochs, args.data))
+    spec = absolute(bench_spec(args.trials, args.epochs, args.data, args.concurrent))
     prepare_data(spec)  # built once, outside the timings
     os.environ.update(CLIENT_ENV)
     with reserved_port() as port:

@@ -13,3 +13,4 @@ def test_the_soak_bench_explains_itself():
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--trials" in result.stdout and "--outage" in result.stdout and "PostgreSQL" in result.stdout
+    assert "--concurrent" in result.stdout  # the docstring names it: it is an option
