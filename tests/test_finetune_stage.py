@@ -18,7 +18,7 @@ from avmae.platform.study.finetune_stage import plan_jobs
 from avmae.platform.study.plan import describe
 from avmae.platform.study.spec import SpecError, StudySpec, load_spec, parse_spec
 from avmae.platform.tracking import layout as T
-from avmae.platform.train.finetune_worker import FinetuneJob, build_finetuner, run_finetune
+from avmae.platform.train.finetune_worker import FinetuneJob, build_finetuner, mean_over_ranks, run_finetune
 from avmae.platform.train.reports import BACKLOG
 from avmae.platform.train.trainer import CHECKPOINT_FILE, CheckpointState
 from conftest import REPO, TINY_STUDY
@@ -141,3 +141,18 @@ def test_the_probe_is_judged_only_where_at_least_three_cells_make_a_ranking():
     assert _agreement_verdict(Agreement(0.8, 0.2, 1.0, 4, 5)) == " — the probe can stand in"
     assert "cannot be trusted" in _agreement_verdict(Agreement(0.3, -0.4, 1.0, 4, 5))
     assert _agreement_verdict(Agreement(0.5, math.nan, math.nan, 4, 1)) == ""  # one seed: no interval
+
+
+def rank_mean(rank: int, init: str, out: str) -> None:
+    """One of 2 gloo ranks: its step losses' mean over both ranks, written to out/<rank>."""
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    losses = [torch.tensor(1.0), torch.tensor(2.0)] if rank == 0 else [torch.tensor(6.0), torch.tensor(7.0)]
+    Path(out, str(rank)).write_text(str(mean_over_ranks(losses, torch.device("cpu"))))
+    torch.distributed.destroy_process_group()
+
+
+def test_the_fine_tuning_loss_is_the_mean_over_every_ranks_steps(tmp_path: Path):
+    torch.multiprocessing.spawn(rank_mean, args=(f"file://{tmp_path / 'group'}", str(tmp_path)), nprocs=2)
+    assert [float((tmp_path / rank).read_text()) for rank in "01"] == [4.0, 4.0]  # not rank 0's own 1.5
+    assert mean_over_ranks([torch.tensor(1.0), torch.tensor(2.0)], torch.device("cpu")) == 1.5  # no group
+    assert math.isnan(mean_over_ranks([], torch.device("cpu")))

@@ -136,7 +136,7 @@ def build_finetuner(spec: StudySpec, job: FinetuneJob, rank: int, world: int,
 
 
 def train_epoch(w: Finetuner, epoch: int) -> float:
-    """One epoch (0-based) of `finetune_step`; the mean loss over this rank's steps."""
+    """One epoch (0-based) of `finetune_step`; the mean loss over every rank's steps."""
     w.sampler.set_epoch(epoch)
     torch.manual_seed(rank_seed(w.job.seed, w.rank, epoch))  # mixup weights, stochastic depth
     amp = torch.bfloat16 if w.device.type == "cuda" else None
@@ -144,7 +144,19 @@ def train_epoch(w: Finetuner, epoch: int) -> float:
     for batch in itertools.islice(w.loader, len(w.loader)):
         audio, video, labels = (batch[k].to(w.device, non_blocking=True) for k in ("audio", "video", "label"))
         losses.append(models.finetune_step(w.wrapped, w.optim, w.recipe, audio, video, labels, amp).loss)
-    return float(torch.stack(losses).mean()) if losses else float("nan")
+    return mean_over_ranks(losses, w.device)
+
+
+def mean_over_ranks(losses: list[torch.Tensor], device: torch.device) -> float:
+    """The mean of every rank's step losses: a collective where a process group runs (DDP ranks take the
+    same number of steps, so all call it); NaN where no rank stepped."""
+    sums = torch.zeros(2, device=device)
+    if losses:
+        sums[0], sums[1] = torch.stack(losses).float().sum(), len(losses)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+    total, steps = sums.tolist()
+    return total / steps if steps else float("nan")
 
 
 @torch.no_grad()
