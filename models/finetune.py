@@ -89,11 +89,13 @@ def finetune_loss(logits: dict[str, Tensor], targets: dict[str, Tensor], multila
 
 
 def finetune_step(model: nn.Module, optim: FinetuneOptim, config: FinetuneConfig, audio: Tensor | None,
-                  video: Tensor | None, labels: Tensor,
-                  amp_dtype: torch.dtype | None = None) -> FinetuneMetrics:
+                  video: Tensor | None, labels: Tensor, amp_dtype: torch.dtype | None = None,
+                  weight: float = 1.0) -> FinetuneMetrics:
     """One optimisation step: mix, forward per-modality logits (under autocast to `amp_dtype` if given),
     loss, backward, clip the global grad norm to `max_grad_norm` (None: measure only), SGD and schedule step.
-    labels: class indices [B], or multi-hot [B, num_classes] when `config.multilabel`."""
+    labels: class indices [B], or multi-hot [B, num_classes] when `config.multilabel`. `weight` scales this
+    process's loss: 0 makes a data-parallel rank with no usable clip join the gradient all-reduce with a zero
+    contribution (on a dummy clip) instead of skipping it or sending NaN."""
     model.train()
     given = {"audio": audio, "video": video}
     inputs = {m: given[m] for m in config.modalities}
@@ -104,7 +106,7 @@ def finetune_step(model: nn.Module, optim: FinetuneOptim, config: FinetuneConfig
     with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits = model(**mixed.inputs, per_modality=True)
     loss = finetune_loss(logits, mixed.targets, config.multilabel)
-    loss.backward()
+    (loss * weight if weight != 1.0 else loss).backward()
     params = [p for p in model.parameters() if p.grad is not None]
     if config.max_grad_norm is None:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)

@@ -232,6 +232,24 @@ def test_finetune_step_updates_clips_and_schedules(modality):
     assert all(p.grad is None for p in clf.parameters())
 
 
+def test_a_zero_weight_step_on_a_dummy_clip_sends_no_gradient():
+    """A data-parallel rank whose every clip was broken steps on one all-zero clip at weight 0: a zero
+    gradient into the all-reduce and finite weights, where its empty batch would send NaN to every rank."""
+    config = tiny_config(modality="av")
+    _, ckpt = checkpoint()
+    clf = MBTClassifier.from_pretrained(ckpt, config)
+    optim = build_finetune_optimizer(clf, config, steps_per_epoch=4)
+    audio, video = batch(clf, b=1)
+    empty = finetune_step(clf, optim, config, audio[:0], video[:0], torch.zeros(0, dtype=torch.int64))
+    assert math.isnan(empty.loss.item())  # the hazard: mean over no clip
+    clf = MBTClassifier.from_pretrained(ckpt, config)
+    optim = build_finetune_optimizer(clf, config, steps_per_epoch=4)
+    dummy = finetune_step(clf, optim, config, torch.zeros_like(audio), torch.zeros_like(video),
+                          torch.zeros(1, dtype=torch.int64), weight=0.0)
+    assert dummy.grad_norm.item() == 0.0
+    assert all(torch.isfinite(p).all() for p in clf.parameters())
+
+
 def test_grad_checkpointing_gives_the_same_gradients():
     config = create_model("tiny").config
     grads = []

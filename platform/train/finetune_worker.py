@@ -142,9 +142,20 @@ def train_epoch(w: Finetuner, epoch: int) -> float:
     amp = torch.bfloat16 if w.device.type == "cuda" else None
     losses = []
     for batch in itertools.islice(w.loader, len(w.loader)):
-        audio, video, labels = (batch[k].to(w.device, non_blocking=True) for k in ("audio", "video", "label"))
-        losses.append(models.finetune_step(w.wrapped, w.optim, w.recipe, audio, video, labels, amp).loss)
+        clips = batch["audio"].shape[0]
+        audio, video, labels = (_or_dummy(batch[k], clips).to(w.device, non_blocking=True)
+                                for k in ("audio", "video", "label"))
+        step = models.finetune_step(w.wrapped, w.optim, w.recipe, audio, video, labels, amp,
+                                    weight=1.0 if clips else 0.0)
+        if clips:
+            losses.append(step.loss)
     return mean_over_ranks(losses, w.device)
+
+
+def _or_dummy(x: torch.Tensor, clips: int) -> torch.Tensor:
+    """`x`, or one all-zero clip (class 0) where every clip of the batch was broken: the rank still steps,
+    with zero weight, so the DDP ranks stay in lockstep."""
+    return x if clips else torch.zeros((1, *x.shape[1:]), dtype=x.dtype)
 
 
 def mean_over_ranks(losses: list[torch.Tensor], device: torch.device) -> float:
