@@ -493,16 +493,15 @@ def _ablation_rows(cells: pd.DataFrame, scores: dict[str, str], baselines: dict[
 
 def _lead_rows(cells: pd.DataFrame, labels: list[str], scores: dict[str, str], lead: Leads | None
                ) -> list[tuple[str, int, list[str]]]:
-    """'P(leader > cell)' per other cell, paired by seed, where the cells have two seeds or more."""
+    """'P(leader > cell)' per other cell, paired by seed (`verdicts.leads`: where they share two seeds)."""
     if lead is None:
         return []
     names = dict(zip(cells["cell"], labels, strict=True))
     rows = []
     for cell, by_column in lead.against.items():
         chances = [by_column[column].probability for column in scores.values()]
-        if max(p.n for p in chances) >= 2:
-            rows.append((f"P({names[lead.leader]} > {names[cell]})", max(p.n for p in chances),
-                         [p.text(2) for p in chances]))
+        rows.append((f"P({names[lead.leader]} > {names[cell]})", max(p.n for p in chances),
+                     [p.text(2) for p in chances]))
     return rows
 
 

@@ -212,7 +212,8 @@ class Leads:
 
 
 def leads(data: StudyData, cells: pd.DataFrame | None = None) -> Leads | None:
-    """The leader's probability of improvement over each other cell; None below two scored cells."""
+    """The leader's probability of improvement over each other cell it shares two seeds or more with; None
+    where there is no such cell."""
     scores = score_columns(data.trials)
     if not scores:
         return None
@@ -226,13 +227,14 @@ def leads(data: StudyData, cells: pd.DataFrame | None = None) -> Leads | None:
                                                                lead["cell"], row["cell"])
                              for m, column in scores.items()}
                for _, row in ranked.iloc[1:].iterrows()}
-    return Leads(lead["cell"], against)
+    against = {cell: by for cell, by in against.items() if max(i.probability.n for i in by.values()) >= 2}
+    return Leads(lead["cell"], against) if against else None
 
 
 def leads_lines(data: StudyData, cells: pd.DataFrame | None = None) -> list[str]:
     """'P(leader > cell), paired by seed' per other cell and probe score; nothing without two seeds."""
     found = leads(data, cells)
-    if found is None or all(i.probability.n < 2 for by in found.against.values() for i in by.values()):
+    if found is None:
         return []
     names = {column: modality for modality, column in score_columns(data.trials).items()}
     width = max(len(cell) for cell in found.against)
