@@ -4,6 +4,7 @@ loudly when a Ray upgrade moves one of them). Checked against ray 2.60.
 - The Train V2 worker logs each report in full at INFO from a logger named after its module's *file*.
 - The placement-group cleaner says at WARNING, once per trial, that the Train controller it watched is dead.
 - The stock `TorchTrainer` starts a `DatasetManager` actor for every run, Ray Dataset or not.
+- A worker process answers SIGTERM by raising `SystemExit` (printed as ignored inside a gc callback).
 - Tune answers the first Ctrl-C of a `Tuner.fit()` by saving, stopping the trials and returning as if done.
 - Tune marks an experiment's search finished when a stopper ends it, in the search state it saves
   (`search_gen_state-*.json`, a cloudpickled dict), so a restored experiment would start no new trial.
