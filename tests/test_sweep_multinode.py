@@ -135,6 +135,7 @@ def test_trials_spread_over_two_nodes_and_log_to_an_mlflow_server(
         out = run_cli(["sweep", str(tmp_path / "two_nodes.yaml"), "--address", address, "--tracking-uri",
                        tracking, "--storage", str(tmp_path / "shared")], timeout=600, env=env, cwd=tmp_path)
         assert out.returncode == 0, out.stdout[-6000:]
+        assert "View run" not in out.stdout  # MLflow's two links per ended run stay out of the progress lines
 
         client = MlflowClient(tracking)
         experiment = client.get_experiment_by_name("two_nodes")

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
+
+# MLflow prints two links ("View run ... / View experiment ...") for every run it ends on a tracking server: a
+# study's hundreds of trial runs would bury the progress lines. The closing lines name the server once. A user
+# who wants the links sets the variable to false.
+QUIET_MLFLOW_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 # name -> ("module:attribute" of a click command or group, one-line help shown by `avmae --help`).
 SUBCOMMANDS = {
@@ -50,4 +56,6 @@ def main() -> None:
 
     Run `avmae COMMAND --help` for a command's options.
     """
+    for name, value in QUIET_MLFLOW_ENV.items():
+        os.environ.setdefault(name, value)
 
