@@ -32,8 +32,9 @@ def drop_routine_cleanup(record: logging.LogRecord) -> bool:
 
 
 def redeliver_swallowed_exit(unraisable: Any, default: Any = sys.__unraisablehook__) -> None:
-    """`sys.unraisablehook`: a `SystemExit` raised where it could not propagate is SIGTERM's; it is sent again
-    from a thread, every 50 ms until the process has exited, so the handler raises it in ordinary code."""
+    """`sys.unraisablehook`: a `SystemExit` raised where it could not propagate is SIGTERM's; it is sent
+    again, once, 50 ms later, so the handler raises it in ordinary code. (Once, not until the process is
+    gone: a signal during the exit itself would raise inside Ray's atexit shutdown.)"""
     if unraisable.exc_type is None or not issubclass(unraisable.exc_type, SystemExit):
         default(unraisable)
     elif not any(thread.name == RESEND_THREAD for thread in threading.enumerate()):
@@ -41,9 +42,8 @@ def redeliver_swallowed_exit(unraisable: Any, default: Any = sys.__unraisablehoo
 
 
 def resend_sigterm() -> None:
-    while True:
-        time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def setup_worker() -> None:
