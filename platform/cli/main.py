@@ -7,11 +7,6 @@ import os
 
 import click
 
-# MLflow prints two links ("View run ... / View experiment ...") for every run it ends on a tracking server: a
-# study's hundreds of trial runs would bury the progress lines. The closing lines name the server once. A user
-# who wants the links sets the variable to false.
-QUIET_MLFLOW_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-
 # name -> ("module:attribute" of a click command or group, one-line help shown by `avmae --help`).
 SUBCOMMANDS = {
     "data": ("avmae.platform.data.cli:data", "Build AV-Digits, scan a dataset for broken files, cache it."),
@@ -56,6 +51,8 @@ def main() -> None:
 
     Run `avmae COMMAND --help` for a command's options.
     """
-    for name, value in QUIET_MLFLOW_ENV.items():
-        os.environ.setdefault(name, value)
+    # MLflow prints two links ("View run ... / View experiment ...") for every run it ends on a tracking
+    # server: a study's hundreds of trial runs would bury the progress lines, whose closing lines name the
+    # server once. A user who wants the links sets the variable to false.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 

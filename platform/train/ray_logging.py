@@ -31,12 +31,12 @@ def drop_routine_cleanup(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(ROUTINE_CLEANUP)
 
 
-def redeliver_swallowed_exit(unraisable: Any, default: Any = sys.__unraisablehook__) -> None:
+def redeliver_swallowed_exit(unraisable: Any) -> None:
     """`sys.unraisablehook`: a `SystemExit` raised where it could not propagate is SIGTERM's; it is sent
     again, once, 50 ms later, so the handler raises it in ordinary code. (Once, not until the process is
     gone: a signal during the exit itself would raise inside Ray's atexit shutdown.)"""
     if unraisable.exc_type is None or not issubclass(unraisable.exc_type, SystemExit):
-        default(unraisable)
+        sys.__unraisablehook__(unraisable)
     elif not any(thread.name == RESEND_THREAD for thread in threading.enumerate()):
         threading.Thread(target=resend_sigterm, name=RESEND_THREAD, daemon=True).start()
 
